@@ -1,0 +1,1 @@
+"""Benchmark package (spec filled in by the runner)."""

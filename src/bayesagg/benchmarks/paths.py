@@ -1,0 +1,46 @@
+"""Where the benchmarks' data lives: ``--data-dir``, else ``$BAYESAGG_DATA_DIR``, else ``../shared/data``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["ENV_VAR", "MissingDataError", "data_root", "dataset_dir"]
+
+ENV_VAR = "BAYESAGG_DATA_DIR"
+
+
+class MissingDataError(FileNotFoundError):
+    """A benchmark's data is not where it was looked for; the message says how to fix it."""
+
+
+def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """Return the data root to use, or None when none is given and no default exists.
+
+    Order: the explicit ``data_dir``, then ``$BAYESAGG_DATA_DIR``, then ``../shared/data``
+    relative to the current directory (this project's machines keep the real data there).
+    """
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    default = Path("..") / "shared" / "data"
+    return default.resolve() if default.is_dir() else None
+
+
+def dataset_dir(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Return ``<root>/<name>``, raising :class:`MissingDataError` that names the fix if absent."""
+    root = data_root(data_dir)
+    if root is None:
+        raise MissingDataError(
+            f"no data directory for {name!r}: pass --data-dir DIR (containing {name}/) "
+            f"or set ${ENV_VAR}"
+        )
+    path = root / name
+    if not path.is_dir():
+        raise MissingDataError(
+            f"data for {name!r} not found at {path}: pass --data-dir DIR whose {name}/ folder "
+            f"holds the files, or set ${ENV_VAR}"
+        )
+    return path

@@ -1,0 +1,93 @@
+"""Every multi-task method behind one interface: ``names()`` and ``create(name, num_tasks=K)``.
+
+Each method lives in its own module and is imported only when created, so a user of one
+method never imports the solvers of another. See :mod:`bayesagg.methods.base` for the
+training-loop contract.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from bayesagg.methods.base import Aggregator, Method
+
+__all__ = ["Aggregator", "Method", "create", "describe", "method_class", "names"]
+
+# name -> (module under bayesagg.methods, class name, one-line description)
+_REGISTRY: dict[str, tuple[str, str, str]] = {
+    # loss weightings (Sec. 5 of the BayesAgg-MTL paper and its baselines)
+    "ls": ("weighting.ls", "LinearScalarization", "linear scalarisation: sum of task losses"),
+    "stl": ("weighting.stl", "SingleTask", "single-task learning: one task's loss only"),
+    "si": ("weighting.si", "ScaleInvariant", "scale-invariant: sum of log losses"),
+    "rlw": ("weighting.rlw", "RandomLossWeighting", "random loss weighting (Lin et al. 2022)"),
+    "dwa": ("weighting.dwa", "DynamicWeightAverage", "dynamic weight average (Liu et al. 2019)"),
+    "uw": (
+        "weighting.uw",
+        "UncertaintyWeighting",
+        "homoscedastic uncertainty (Kendall et al. 2018)",
+    ),
+    "gradnorm": ("weighting.gradnorm", "GradNorm", "gradient normalisation (Chen et al. 2018)"),
+    "igbv2": ("weighting.igbv2", "IGBv2", "improvable gap balancing v2 (Dai et al. 2023)"),
+    "famo": ("weighting.famo", "FAMO", "fast adaptive multitask optimisation (Liu et al. 2023)"),
+    "db-mtl": ("weighting.db_mtl", "DBMTL", "dual-balancing MTL (Lin et al. 2023)"),
+    # gradient aggregators
+    "mgda": (
+        "gradient.mgda",
+        "MGDA",
+        "multiple-gradient descent, Frank-Wolfe (Sener & Koltun 2018)",
+    ),
+    "mgda-ub": ("gradient.mgda", "MGDAUB", "MGDA on the representation's gradients (upper bound)"),
+    "pcgrad": ("gradient.pcgrad", "PCGrad", "projecting conflicting gradients (Yu et al. 2020)"),
+    "cagrad": ("gradient.cagrad", "CAGrad", "conflict-averse gradient descent (Liu et al. 2021)"),
+    "imtl-g": ("gradient.imtl", "IMTLG", "impartial MTL, gradient part (Liu et al. 2021)"),
+    "imtl-g-ub": ("gradient.imtl", "IMTLGUB", "IMTL-G on the representation's gradients"),
+    "nash-mtl": ("gradient.nash_mtl", "NashMTL", "Nash bargaining (Navon et al. 2022)"),
+    "aligned-mtl": ("gradient.aligned_mtl", "AlignedMTL", "Aligned-MTL (Senushkin et al. 2023)"),
+    "aligned-mtl-ub": (
+        "gradient.aligned_mtl",
+        "AlignedMTLUB",
+        "Aligned-MTL on the representation's gradients",
+    ),
+    "upgrad": (
+        "gradient.upgrad",
+        "UPGrad",
+        "unconflicting projection of gradients (Quinton & Rey 2024)",
+    ),
+    "graddrop": ("gradient.graddrop", "GradDrop", "gradient sign dropout (Chen et al. 2020)"),
+    "gradvac": ("gradient.gradvac", "GradVac", "gradient vaccine (Wang et al. 2021)"),
+    # the method of this project
+    "bayesagg": ("bayesagg_mtl", "BayesAggMTL", "BayesAgg-MTL (Achituve et al. 2024)"),
+}
+
+
+def names() -> list[str]:
+    """Return the registry names of every method, in a stable order."""
+    return list(_REGISTRY)
+
+
+def describe(name: str) -> str:
+    """Return the one-line description of a registered method."""
+    return _entry(name)[2]
+
+
+def _entry(name: str) -> tuple[str, str, str]:
+    key = name.lower()
+    if key not in _REGISTRY:
+        raise KeyError(f"unknown method {name!r}; known methods: {', '.join(_REGISTRY)}")
+    return _REGISTRY[key]
+
+
+def method_class(name: str) -> type[Method]:
+    """Return the class of a registered method (imports its module on first use)."""
+    module, cls, _ = _entry(name)
+    return getattr(importlib.import_module(f"bayesagg.methods.{module}"), cls)
+
+
+def create(name: str, *, num_tasks: int, **hparams: Any) -> Method:
+    """Build method ``name`` for ``num_tasks`` tasks with its hyper-parameters."""
+    cls = method_class(name)
+    try:
+        return cls(num_tasks=num_tasks, **hparams)
+    except TypeError as err:
+        raise TypeError(f"bad hyper-parameters for method {name!r}: {err}") from err

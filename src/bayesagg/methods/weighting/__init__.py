@@ -1,0 +1,1 @@
+"""Loss-weighting methods: each sets the gradient of a weighted sum of the task losses."""

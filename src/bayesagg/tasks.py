@@ -1,0 +1,173 @@
+"""Task groups: the three kinds of linear-head task that BayesAgg-MTL handles.
+
+A multi-task model is a shared encoder ``h = f(x)`` and one linear head per task group
+(METHOD.md section 1). A group is declared once and fixes how its targets look, how its
+per-task losses are computed and how many tasks it puts on the aggregation axis:
+
+- :class:`Regression` with ``outputs`` outputs: ``outputs`` tasks, squared error (no 1/2);
+- :class:`Binary` with ``outputs`` binary tasks: ``outputs`` tasks, BCE with logits;
+- :class:`Multiclass` with ``classes`` classes: one task, cross-entropy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "Binary",
+    "Multiclass",
+    "Regression",
+    "TaskGroup",
+    "check_groups",
+    "num_tasks",
+    "task_kinds",
+    "task_losses",
+    "task_names",
+]
+
+
+@dataclass(frozen=True)
+class Regression:
+    """``outputs`` regression targets sharing one linear head; targets ``y`` of shape [B, outputs]."""
+
+    name: str
+    outputs: int = 1
+    #: Optional per-output task names (e.g. QM9's ``("mu", "alpha", ...)``).
+    labels: tuple[str, ...] | None = None
+    kind: Literal["regression"] = "regression"
+
+    @property
+    def num_tasks(self) -> int:
+        return self.outputs
+
+    @property
+    def head_outputs(self) -> int:
+        return self.outputs
+
+    def losses(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """Return the per-output mean squared error, shape [outputs]."""
+        return (prediction - target).pow(2).mean(dim=0)
+
+    def example_losses(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """Return the per-example, per-output squared error, shape [B, outputs]."""
+        return (prediction - target).pow(2)
+
+
+@dataclass(frozen=True)
+class Binary:
+    """``outputs`` binary tasks sharing one linear head; targets ``y`` in {0, 1} of shape [B, outputs]."""
+
+    name: str
+    outputs: int = 1
+    #: Optional per-task names (e.g. ChestX-ray14's diseases).
+    labels: tuple[str, ...] | None = None
+    kind: Literal["binary"] = "binary"
+
+    @property
+    def num_tasks(self) -> int:
+        return self.outputs
+
+    @property
+    def head_outputs(self) -> int:
+        return self.outputs
+
+    def losses(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """Return the per-task mean binary cross-entropy (logits in), shape [outputs]."""
+        return self.example_losses(prediction, target).mean(dim=0)
+
+    def example_losses(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """Return the per-example, per-task binary cross-entropy, shape [B, outputs]."""
+        return F.binary_cross_entropy_with_logits(
+            prediction, target.to(prediction.dtype), reduction="none"
+        )
+
+
+@dataclass(frozen=True)
+class Multiclass:
+    """One ``classes``-way classification task; targets are class ids of shape [B]."""
+
+    name: str
+    classes: int
+    kind: Literal["multiclass"] = "multiclass"
+
+    @property
+    def num_tasks(self) -> int:
+        return 1
+
+    @property
+    def head_outputs(self) -> int:
+        return self.classes
+
+    def losses(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """Return the mean cross-entropy as a one-element tensor, shape [1]."""
+        return F.cross_entropy(prediction, target.long()).reshape(1)
+
+    def example_losses(self, prediction: Tensor, target: Tensor) -> Tensor:
+        """Return the per-example cross-entropy, shape [B, 1]."""
+        return F.cross_entropy(prediction, target.long(), reduction="none").unsqueeze(1)
+
+
+TaskGroup = Regression | Binary | Multiclass
+
+
+def check_groups(groups: Sequence[TaskGroup]) -> None:
+    """Raise ``ValueError`` if the declared groups are empty, badly sized or share a name."""
+    if len(groups) == 0:
+        raise ValueError(
+            "no task groups declared: give at least one Regression, Binary or Multiclass"
+        )
+    seen: set[str] = set()
+    for g in groups:
+        if not isinstance(g, (Regression, Binary, Multiclass)):
+            raise TypeError(f"task group {g!r} is not a Regression, Binary or Multiclass")
+        if g.name in seen:
+            raise ValueError(f"task group name {g.name!r} is declared twice")
+        seen.add(g.name)
+        size = g.classes if isinstance(g, Multiclass) else g.outputs
+        minimum = 2 if isinstance(g, Multiclass) else 1
+        if size < minimum:
+            raise ValueError(f"task group {g.name!r}: size {size} < {minimum}")
+        labels = getattr(g, "labels", None)
+        if labels is not None and len(labels) != g.num_tasks:
+            raise ValueError(f"task group {g.name!r}: {len(labels)} labels for {g.num_tasks} tasks")
+
+
+def num_tasks(groups: Sequence[TaskGroup]) -> int:
+    """Return K, the number of tasks on the aggregation axis."""
+    return sum(g.num_tasks for g in groups)
+
+
+def task_names(groups: Sequence[TaskGroup]) -> list[str]:
+    """Return one name per task: the group's labels, ``group`` for one task, else ``group[i]``."""
+    names: list[str] = []
+    for g in groups:
+        labels = getattr(g, "labels", None)
+        if labels is not None:
+            names.extend(labels)
+        elif g.num_tasks == 1:
+            names.append(g.name)
+        else:
+            names.extend(f"{g.name}[{i}]" for i in range(g.num_tasks))
+    return names
+
+
+def task_kinds(groups: Sequence[TaskGroup]) -> list[str]:
+    """Return the kind ("regression", "binary", "multiclass") of each of the K tasks."""
+    return [g.kind for g in groups for _ in range(g.num_tasks)]
+
+
+def task_losses(
+    groups: Sequence[TaskGroup], predictions: Sequence[Tensor], targets: Sequence[Tensor]
+) -> Tensor:
+    """Return the K per-task mean losses, concatenated in group order (graph kept)."""
+    if not (len(groups) == len(predictions) == len(targets)):
+        raise ValueError(
+            f"{len(groups)} task groups but {len(predictions)} predictions and {len(targets)} targets"
+        )
+    return torch.cat([g.losses(p, t) for g, p, t in zip(groups, predictions, targets, strict=True)])

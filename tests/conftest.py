@@ -1,0 +1,27 @@
+"""Shared test fixtures: real-data locations (skip locally when absent, fail under CI)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def real_data_dir(name: str) -> Path:
+    """Return the real data folder ``name`` (``$BAYESAGG_DATA_DIR`` or ``../shared/data``).
+
+    Absent data skips the test with the reason, except under CI (``CI=true``), where a missing
+    data set is a failure.
+    """
+    env = os.environ.get("BAYESAGG_DATA_DIR")
+    root = Path(env) if env else ROOT.parent / "shared" / "data"
+    path = root / name
+    if not path.is_dir():
+        message = f"real data {name!r} not found at {path} (set BAYESAGG_DATA_DIR)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
