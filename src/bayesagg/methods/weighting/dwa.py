@@ -1,0 +1,100 @@
+"""Dynamic weight average: task weights from the rate of change of the epoch losses."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bayesagg.methods.base import Method, check_losses
+from bayesagg.methods.weighting._common import backward_objective, clone_or_none
+
+__all__ = ["DynamicWeightAverage"]
+
+
+class DynamicWeightAverage(Method):
+    """Dynamic weight average (DWA): gradient of ``sum_k lambda_k L_k`` with epoch-wise weights.
+
+    Liu, Johns & Davison 2019, "End-to-End Multi-Task Learning with Attention" (CVPR), Eq. 7:
+
+        lambda_k(t) = K exp(r_k(t-1) / T) / sum_i exp(r_i(t-1) / T),
+        r_k(t-1) = L_k(t-1) / L_k(t-2),
+
+    where ``L_k(t)`` is the mean training loss of task k over epoch t, handed to
+    :meth:`end_epoch`. The first two epochs use ``lambda = 1`` (the paper's initialisation);
+    ``temperature`` T = 2 is the paper's and MTAN's default. The weights sum to K.
+
+    Deviation note: the Nash-MTL / IGB code bases replace epoch averages by running means over
+    two windows of 25 iterations; this class follows the paper (epoch averages). An epoch mean
+    loss <= 0 makes the ratio undefined and raises ``ValueError``.
+
+    Stateful: the last two epoch losses and the current weights (``reset``, ``state_dict``).
+    """
+
+    name = "dwa"
+    space = "loss"
+
+    def __init__(self, num_tasks: int, *, temperature: float = 2.0) -> None:
+        super().__init__(num_tasks)
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"dwa: temperature must be finite and > 0, got {temperature}")
+        self.temperature = float(temperature)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the epoch history: back to uniform weights."""
+        self.history: list[Tensor] = []  # mean losses of the last (at most) two epochs
+        self.weights = torch.ones(self.num_tasks, dtype=torch.float64)
+        self.last_weights = None
+
+    def end_epoch(self, losses: Tensor | None = None) -> None:
+        """Record the epoch's mean task losses [K] and recompute the weights for the next epoch."""
+        if losses is None:
+            raise ValueError("dwa: end_epoch needs the epoch's mean task losses [K]")
+        losses = losses.detach().to(dtype=torch.float64, device="cpu")
+        check_losses(losses, self.num_tasks)
+        bad = (losses <= 0).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(
+                f"dwa: epoch mean loss must be > 0 for the ratio, tasks {bad}: {losses.tolist()}"
+            )
+        self.history = [*self.history, losses.clone()][-2:]
+        if len(self.history) == 2:
+            ratio = self.history[1] / self.history[0]
+            self.weights = self.num_tasks * torch.softmax(ratio / self.temperature, dim=0)
+
+    def backward(
+        self,
+        losses: Tensor,
+        *,
+        shared_parameters: Sequence[Tensor],
+        task_parameters: Sequence[Tensor] = (),
+        representation: Tensor | None = None,
+        heads: Sequence[nn.Module] | None = None,
+        targets: Sequence[Tensor] | None = None,
+    ) -> None:
+        """Accumulate the gradient of ``sum_k lambda_k L_k`` with this epoch's weights."""
+        check_losses(losses, self.num_tasks)
+        w = self.weights.to(device=losses.device, dtype=losses.dtype)
+        self.last_weights = w
+        backward_objective((w * losses).sum(), self.name, shared_parameters, task_parameters)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the base state, the epoch history and the current weights."""
+        return {
+            **super().state_dict(),
+            "history": [h.clone() for h in self.history],
+            "weights": self.weights.clone(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the state from :meth:`state_dict`."""
+        super().load_state_dict(state)
+        self.history = [torch.as_tensor(h, dtype=torch.float64).clone() for h in state["history"]]
+        self.weights = clone_or_none(torch.as_tensor(state["weights"], dtype=torch.float64))
+
+    def __repr__(self) -> str:
+        return f"DynamicWeightAverage(num_tasks={self.num_tasks}, temperature={self.temperature})"

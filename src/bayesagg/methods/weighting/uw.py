@@ -1,0 +1,102 @@
+"""Uncertainty weighting: learnable homoscedastic log-variances weigh the task losses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bayesagg.methods.base import Method, check_losses
+from bayesagg.methods.weighting._common import backward_objective
+
+__all__ = ["UncertaintyWeighting"]
+
+
+class UncertaintyWeighting(Method):
+    """Uncertainty weighting (UW): gradient of ``sum_k exp(-s_k) L_k + s_k`` for all parameters.
+
+    Kendall, Gal & Cipolla 2018, "Multi-Task Learning Using Uncertainty to Weigh Losses for
+    Scene Geometry and Semantics" (CVPR), Eq. 7 / 10, with ``s_k = log sigma_k^2`` learned.
+    Convention: this class minimises ``sum_k exp(-s_k) L_k + s_k`` (the common form). Kendall's
+    Eq. 7 and the Nash-MTL / IGB / LibMTL code use ``1/(2 sigma^2) L + log sigma``, which is
+    exactly half of it; the factor 1/2 scales every gradient alike and is immaterial under Adam
+    (up to its epsilon). Kendall's classification form (no 1/2) is the same expression.
+
+    The log-variances ``s`` (initialised at ``init_log_variance``, 0 by default as in the
+    official code) are returned by :meth:`parameters`: the caller adds them to its optimiser
+    (the reference code bases use Adam with lr 0.025 for them). :meth:`backward` fills their
+    ``.grad`` (``1 - exp(-s_k) L_k``) together with the model's. ``last_weights`` are
+    ``exp(-s)``. ``reset`` sets ``s`` back to its initial value in place.
+    """
+
+    name = "uw"
+    space = "loss"
+
+    def __init__(
+        self,
+        num_tasks: int,
+        *,
+        init_log_variance: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__(num_tasks)
+        init_log_variance = float(init_log_variance)
+        if not torch.isfinite(torch.tensor(init_log_variance)):
+            raise ValueError(f"uw: init_log_variance must be finite, got {init_log_variance}")
+        self.init_log_variance = init_log_variance
+        #: The learnable log-variances s_k = log sigma_k^2, shape [K].
+        self.log_variance = nn.Parameter(
+            torch.full((num_tasks,), init_log_variance, device=device, dtype=dtype)
+        )
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Return ``[log_variance]`` for the caller's optimiser."""
+        return [self.log_variance]
+
+    def reset(self) -> None:
+        """Set the log-variances back to their initial value (in place, optimiser keeps them)."""
+        with torch.no_grad():
+            self.log_variance.fill_(self.init_log_variance)
+        self.log_variance.grad = None
+        self.last_weights = None
+
+    def backward(
+        self,
+        losses: Tensor,
+        *,
+        shared_parameters: Sequence[Tensor],
+        task_parameters: Sequence[Tensor] = (),
+        representation: Tensor | None = None,
+        heads: Sequence[nn.Module] | None = None,
+        targets: Sequence[Tensor] | None = None,
+    ) -> None:
+        """Accumulate the gradient of the UW objective into model parameters and ``s``."""
+        check_losses(losses, self.num_tasks)
+        if self.log_variance.device != losses.device:
+            raise ValueError(
+                f"uw: log-variances live on {self.log_variance.device}, losses on {losses.device}; "
+                "build the method with device=..."
+            )
+        s = self.log_variance
+        objective = (torch.exp(-s) * losses + s).sum()
+        self.last_weights = torch.exp(-s.detach()).to(losses.dtype)
+        backward_objective(objective, self.name, shared_parameters, task_parameters, [s])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the base state and the log-variances."""
+        return {**super().state_dict(), "log_variance": self.log_variance.detach().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the log-variances in place (the caller's optimiser keeps the same tensor)."""
+        super().load_state_dict(state)
+        with torch.no_grad():
+            self.log_variance.copy_(torch.as_tensor(state["log_variance"]))
+
+    def __repr__(self) -> str:
+        return (
+            f"UncertaintyWeighting(num_tasks={self.num_tasks}, "
+            f"init_log_variance={self.init_log_variance})"
+        )
