@@ -1,0 +1,383 @@
+"""Stage 2 of BayesAgg-MTL: per-dimension mean and variance of each task's gradient w.r.t. h.
+
+With a Gaussian posterior on a linear head, the gradient g of an example's loss w.r.t. the shared
+representation h is a random vector. Every function returns ``(mu, var)`` of shape [B, O, D]
+([B, 1, D] for a multiclass task): per example, per task and per dimension, E[g_d] and
+Var[g_d] (clamped at 0). Paper Eqs. 3-4 (regression) and Eq. 11 (classification); METHOD.md
+section 3, whose cheaper exact formulas these are. Losses as in :mod:`bayesagg.tasks`:
+
+- regression: (y_hat - y)^2, g = 2 w (w~^T h~ - y);
+- binary: BCE with logits, g = w (sigmoid(a) - y);
+- multiclass: cross-entropy, g = W^T (softmax(a) - e_y).
+
+``mean`` holds P = D or D + 1 weights per output (the bias last; it is not part of g), and
+``cov`` is the covariance of those weights: the layouts of :mod:`bayesagg.posterior`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bayesagg.linalg import augment, check_finite, cholesky, class_ids
+
+__all__ = ["DEFAULT_SAMPLES", "binary", "multiclass", "regression"]
+
+logger = logging.getLogger("bayesagg")
+
+# Largest intermediate (in elements) built per chunk of samples / examples.
+_CHUNK_ELEMENTS = 2**24
+#: Samples per call when ``num_samples`` is not given (see :func:`multiclass`).
+DEFAULT_SAMPLES = {"monte_carlo": 1024, "rao_blackwell": 256}
+
+
+def _check_common(h: Tensor, mean: Tensor, name: str) -> tuple[int, int, int, bool]:
+    """Return (B, D, outputs, bias) after checking h [B, D] and mean [outputs, D (+1)]."""
+    if h.ndim != 2:
+        raise ValueError(f"h must have shape [B, D], got {list(h.shape)}")
+    if not h.is_floating_point():
+        raise TypeError(f"h must be a floating-point tensor, got {h.dtype}")
+    b, d = h.shape
+    if b < 1:
+        raise ValueError("h holds no examples (B = 0)")
+    if mean.ndim != 2 or mean.shape[1] not in (d, d + 1):
+        raise ValueError(
+            f"mean must have shape [{name}, D={d}] or [{name}, D+1={d + 1}] (bias last), "
+            f"got {list(mean.shape)}"
+        )
+    return b, d, mean.shape[0], mean.shape[1] == d + 1
+
+
+def _expect(name: str, tensor: Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(tensor.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
+
+
+def _samples(num_samples: int | None, method: str) -> int:
+    count = DEFAULT_SAMPLES[method] if num_samples is None else num_samples
+    if count < 1:
+        raise ValueError(f"num_samples must be >= 1, got {count}")
+    return count
+
+
+def _step(chunk_size: int | None, per_sample: int) -> int:
+    """Return the samples per chunk: ``chunk_size``, or what keeps chunks near the budget."""
+    if chunk_size is None:
+        return max(1, _CHUNK_ELEMENTS // max(per_sample, 1))
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return chunk_size
+
+
+def _method(method: str, allowed: tuple[str, ...]) -> None:
+    if method not in allowed:
+        raise ValueError(f"unknown method {method!r}: use one of {', '.join(allowed)}")
+
+
+def regression(h: Tensor, y: Tensor, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor]:
+    """Return exact (mu, var) [B, O, D] of the squared-error gradient of each regression output.
+
+    Per output with weights w~ ~ N(m~, S~) and residual e = w~^T h~ - y (METHOD.md section 3):
+    c = (S~ h~)[:D], q = h~^T S~ h~, rho = m~^T h~ - y, s_d = S~[d, d],
+        E[g_d] = 2 (rho m_d + c_d),
+        Var[g_d] = 4 (m_d^2 q + rho^2 s_d + s_d q + c_d^2 + 2 m_d rho c_d),
+    the product moments of the jointly Gaussian w_d and e; equal to the diagonal of paper
+    Eq. 4. ``cov`` is [P, P] shared by all outputs (one [B, P] x [P, P] matmul for the batch)
+    or [O, P, P]. O(B P^2 + B O D) work, no D x D tensor per example.
+    """
+    b, d, o, bias = _check_common(h, mean, "O")
+    p = mean.shape[1]
+    _expect("y", y, (b, o))
+    if cov.shape not in ((p, p), (o, p, p)):
+        raise ValueError(
+            f"cov must have shape [{p}, {p}] or [{o}, {p}, {p}], got {list(cov.shape)}"
+        )
+    dtype = h.dtype
+    y, mean, cov = y.to(dtype), mean.to(dtype), cov.to(dtype)
+    check_finite(h=h, y=y, mean=mean, cov=cov)
+    ht = augment(h, bias)  # [B, P]
+    rho = (ht @ mean.mT - y)[..., None]  # [B, O, 1]
+    m = mean[None, :, :d]  # [1, O, D]
+    if cov.ndim == 2:
+        sh = (ht @ cov.mT)[:, None, :]  # [B, 1, P]: S~ h~, the same for every output
+        s = cov.diagonal()[:d]
+    else:
+        sh = torch.einsum("opq,bq->bop", cov, ht)  # [B, O, P]
+        s = cov.diagonal(dim1=-2, dim2=-1)[:, :d]
+    c = sh[..., :d]
+    q = (sh * ht[:, None, :]).sum(dim=-1, keepdim=True).clamp_min(0)
+    mu = 2 * (rho * m + c)
+    var = 4 * (m.square() * q + rho.square() * s + s * q + c.square() + 2 * m * rho * c)
+    return mu, var.clamp_min(0)
+
+
+# numpy's hermegauss loses its weights to overflow beyond a few hundred nodes.
+_MAX_NODES = 200
+
+
+def _warn_wide_logits(sd: Tensor, nodes: int) -> None:
+    # Gauss-Hermite resolves the sigmoid's unit-width step only while the logit standard
+    # deviation is below about 0.7 sqrt(nodes) (measured: relative error ~1e-3 there, ~1e-6 at
+    # half of it); wider logits need more nodes. Posteriors with a fitted prior are far below.
+    widest = float(sd.max())
+    if widest > 0.7 * math.sqrt(nodes):
+        logger.warning(
+            "binary rao_blackwell moments: logit standard deviation up to %.3g; %d Gauss-Hermite "
+            "nodes may be inaccurate beyond ~1e-3 (raise nodes, at most %d)",
+            widest,
+            nodes,
+            _MAX_NODES,
+        )
+
+
+@functools.lru_cache(maxsize=16)
+def _hermite(nodes: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Return Gauss-Hermite nodes z and weights for E[f(z)], z ~ N(0, 1) (probabilists')."""
+    z, weights = np.polynomial.hermite_e.hermegauss(nodes)
+    weights = weights / math.sqrt(2 * math.pi)
+    return (
+        torch.as_tensor(z, dtype=dtype, device=device),
+        torch.as_tensor(weights, dtype=dtype, device=device),
+    )
+
+
+def binary(
+    h: Tensor,
+    y: Tensor,
+    mean: Tensor,
+    cov: Tensor,
+    *,
+    method: Literal["rao_blackwell", "monte_carlo"] = "rao_blackwell",
+    num_samples: int = 1024,
+    generator: torch.Generator | None = None,
+    nodes: int = 32,
+    chunk_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Return (mu, var) [B, O, D] of the BCE gradient g_o = w_o (sigmoid(a_o) - y_o) of O tasks.
+
+    ``mean`` [O, P], ``cov`` [O, P, P] (tasks independent), y [B, O] (soft targets allowed).
+
+    ``"rao_blackwell"`` (default, deterministic; METHOD.md section 3): the logit is
+    a ~ N(mu_a, q) and w | a ~ N(m + c t, S - c c^T / q), t = (a - mu_a) / q, so with
+    r = sigmoid(a) - y and u = c / sqrt(q),
+        E[g_d] = m_d E[r] + u_d E[r z],
+        E[g_d^2] = (m_d^2 + s_d - u_d^2) E[r^2] + 2 m_d u_d E[r^2 z] + u_d^2 E[r^2 z^2],
+    five 1-D expectations over z ~ N(0, 1) by Gauss-Hermite quadrature with ``nodes`` nodes
+    (at most 200): O(B O P^2) for q and c, O(B O nodes) for the expectations. 32 nodes are
+    accurate to ~1e-6 (relative) while the logit standard deviation sqrt(q) <= 2 and ~1e-3 at
+    0.7 sqrt(nodes) = 4; wider logits are logged as a warning. ``num_samples`` and
+    ``generator`` are unused.
+
+    ``"monte_carlo"``: the paper's estimator (Eq. 11), ``num_samples`` weight draws per task
+    shared by the whole batch, E[g_d^2] - E[g_d]^2 with 1/S normalisation. Accumulated over
+    chunks of ``chunk_size`` samples: never an [S, B, O, D] tensor. ``nodes`` is unused.
+    """
+    _method(method, ("rao_blackwell", "monte_carlo"))
+    b, d, o, bias = _check_common(h, mean, "O")
+    p = mean.shape[1]
+    _expect("y", y, (b, o))
+    _expect("cov", cov, (o, p, p))
+    dtype = h.dtype
+    y, mean, cov = y.to(dtype), mean.to(dtype), cov.to(dtype)
+    check_finite(h=h, y=y, mean=mean, cov=cov)
+    ht = augment(h, bias)
+    if method == "monte_carlo":
+        return _binary_monte_carlo(
+            ht, y, mean, cov, d, _samples(num_samples, method), generator, chunk_size
+        )
+    if not 1 <= nodes <= _MAX_NODES:
+        raise ValueError(f"nodes must lie in [1, {_MAX_NODES}], got {nodes}")
+    sh = torch.einsum("opq,bq->bop", cov, ht)  # [B, O, P]: Cov(w~, a)
+    q = (sh * ht[:, None, :]).sum(dim=-1).clamp_min(0)  # [B, O]: Var(a)
+    sd = q.sqrt()
+    _warn_wide_logits(sd, nodes)
+    s = cov.diagonal(dim1=-2, dim2=-1)[None, :, :d]  # [1, O, D]
+    # u = c / sqrt(q), bounded by sqrt(s) (Cauchy-Schwarz); a degenerate logit (q = 0) has c = 0.
+    tiny = torch.finfo(dtype).tiny
+    u = torch.where(q[..., None] > 0, sh[..., :d] / sd.clamp_min(tiny)[..., None], 0.0)
+    root_s = s.clamp_min(0).sqrt()
+    u = torch.maximum(torch.minimum(u, root_s), -root_s)
+    z, weights = _hermite(nodes, dtype, h.device)
+    logit_mean = ht @ mean.mT  # [B, O]
+    r = torch.sigmoid(logit_mean[..., None] + sd[..., None] * z) - y[..., None]  # [B, O, nodes]
+    r2 = r.square()
+    e_r, e_rz = r @ weights, (r * z) @ weights
+    e_r2, e_r2z, e_r2z2 = r2 @ weights, (r2 * z) @ weights, (r2 * z.square()) @ weights
+    m = mean[None, :, :d]
+    mu = m * e_r[..., None] + u * e_rz[..., None]
+    second = (
+        (m.square() + (s - u.square()).clamp_min(0)) * e_r2[..., None]
+        + 2 * m * u * e_r2z[..., None]
+        + u.square() * e_r2z2[..., None]
+    )
+    return mu, (second - mu.square()).clamp_min(0)
+
+
+def _binary_monte_carlo(
+    ht: Tensor,
+    y: Tensor,
+    mean: Tensor,
+    cov: Tensor,
+    d: int,
+    samples: int,
+    generator: torch.Generator | None,
+    chunk_size: int | None,
+) -> tuple[Tensor, Tensor]:
+    b, o = y.shape
+    factor = cholesky(cov, what="binary posterior covariance")  # [O, P, P]
+    noise = torch.randn(
+        o, samples, ht.shape[1], generator=generator, dtype=ht.dtype, device=ht.device
+    )
+    weights = mean[:, None, :] + noise @ factor.mT  # [O, S, P]
+    first = ht.new_zeros(o, b, d)
+    second = ht.new_zeros(o, b, d)
+    step = _step(chunk_size, o * b)
+    targets = y.mT[:, :, None]  # [O, B, 1]
+    for start in range(0, samples, step):
+        w = weights[:, start : start + step]  # [O, s, P]
+        r = torch.sigmoid(ht @ w.mT) - targets  # [O, B, s]
+        # Sums over samples of g = w r and g^2 = w^2 r^2 as two batched matmuls.
+        first += r @ w[..., :d]
+        second += r.square() @ w[..., :d].square()
+    mu = (first / samples).transpose(0, 1)
+    var = (second / samples).transpose(0, 1) - mu.square()
+    return mu.contiguous(), var.clamp_min(0).contiguous()
+
+
+def multiclass(
+    h: Tensor,
+    y: Tensor,
+    mean: Tensor,
+    cov: Tensor,
+    *,
+    method: Literal["rao_blackwell", "monte_carlo"] = "rao_blackwell",
+    num_samples: int | None = None,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Return (mu, var) [B, 1, D] of the cross-entropy gradient g = W^T (softmax(a) - e_y).
+
+    ``mean`` [C, P] (bias last in each row), ``cov`` [C*P, C*P] over its row-major flatten,
+    y [B] class ids. ``num_samples`` defaults to ``DEFAULT_SAMPLES[method]`` (1024 for the
+    paper's Monte Carlo, 256 for the lower-variance Rao-Blackwellised estimator).
+
+    ``"rao_blackwell"`` (default; METHOD.md section 3): draw only the C logits
+    a ~ N(mu_a, V) per example (standard-normal draws shared by the batch), and integrate the
+    weights analytically: u_d = W[:, d] | a ~ N(m_d + K_d V^-1 (a - mu_a), S_d - K_d V^-1 K_d^T),
+    E[g_d | a] = E[u_d | a]^T r(a), E[g_d^2 | a] = E[g_d | a]^2 + r^T Cov(u_d | a) r.
+    O(B C^2 P^2 + S B C^2 D) work; per-example memory O(C^2 P + S D).
+
+    ``"monte_carlo"``: the paper's estimator (Eq. 11) drawing the full C*P weight vector,
+    shared across the batch, accumulated over chunks of ``chunk_size`` samples.
+    O(S B C P) work.
+    """
+    _method(method, ("rao_blackwell", "monte_carlo"))
+    b, d, c, bias = _check_common(h, mean, "C")
+    if c < 2:
+        raise ValueError(f"mean must have at least 2 classes (rows), got {c}")
+    p = mean.shape[1]
+    _expect("cov", cov, (c * p, c * p))
+    y = class_ids(y, b, c)
+    dtype = h.dtype
+    mean, cov = mean.to(dtype), cov.to(dtype)
+    check_finite(h=h, mean=mean, cov=cov)
+    samples = _samples(num_samples, method)
+    ht = augment(h, bias)
+    onehot = F.one_hot(y, c).to(dtype)
+    if method == "monte_carlo":
+        mu, var = _multiclass_monte_carlo(ht, onehot, mean, cov, d, samples, generator, chunk_size)
+    else:
+        mu, var = _multiclass_rao_blackwell(
+            ht, onehot, mean, cov, d, samples, generator, chunk_size
+        )
+    return mu[:, None, :], var.clamp_min(0)[:, None, :]
+
+
+def _multiclass_monte_carlo(
+    ht: Tensor,
+    onehot: Tensor,
+    mean: Tensor,
+    cov: Tensor,
+    d: int,
+    samples: int,
+    generator: torch.Generator | None,
+    chunk_size: int | None,
+) -> tuple[Tensor, Tensor]:
+    b, c = onehot.shape
+    p = ht.shape[1]
+    factor = cholesky(cov, what="multiclass posterior covariance")
+    noise = torch.randn(samples, c * p, generator=generator, dtype=ht.dtype, device=ht.device)
+    thetas = (mean.reshape(-1) + noise @ factor.mT).reshape(samples, c, p)
+    first = ht.new_zeros(b, d)
+    second = ht.new_zeros(b, d)
+    step = _step(chunk_size, b * max(c, d))
+    for start in range(0, samples, step):
+        theta = thetas[start : start + step]  # [s, C, P]
+        s = theta.shape[0]
+        logits = (ht @ theta.reshape(s * c, p).mT).reshape(b, s, c)
+        r = torch.softmax(logits, dim=-1) - onehot[:, None, :]  # [B, s, C]
+        g = torch.einsum("bsc,scd->bsd", r, theta[..., :d])  # [B, s, D], one chunk at a time
+        first += g.sum(dim=1)
+        second += g.square().sum(dim=1)
+    mu = first / samples
+    return mu, second / samples - mu.square()
+
+
+def _multiclass_rao_blackwell(
+    ht: Tensor,
+    onehot: Tensor,
+    mean: Tensor,
+    cov: Tensor,
+    d: int,
+    samples: int,
+    generator: torch.Generator | None,
+    chunk_size: int | None,
+) -> tuple[Tensor, Tensor]:
+    b, c = onehot.shape
+    p = ht.shape[1]
+    cov4 = cov.reshape(c, p, c, p)
+    m = mean[:, :d]  # [C, D]
+    # Cov(u_d) = S_d[c, c'] = cov[(c, d), (c', d)], as [D, C*C].
+    class_cov = cov4[:, :d, :, :d].diagonal(dim1=1, dim2=3).permute(2, 0, 1).reshape(d, c * c)
+    noise = torch.randn(samples, c, generator=generator, dtype=ht.dtype, device=ht.device)
+    mu = ht.new_empty(b, d)
+    var = ht.new_empty(b, d)
+    # Examples are independent given the shared draws: chunk them to bound B C^2 P and B S D.
+    rows = max(1, _CHUNK_ELEMENTS // max(c * c * p, c * c * d))
+    for first_row in range(0, b, rows):
+        block = slice(first_row, first_row + rows)
+        hb, yb = ht[block], onehot[block]
+        n = hb.shape[0]
+        step = _step(chunk_size, n * max(d, c * c))
+        cross = torch.einsum("cpke,be->bcpk", cov4, hb)  # [n, C, P, C]: Cov(theta[c, p], a_k)
+        logit_cov = torch.einsum("bcpk,bp->bck", cross, hb)  # [n, C, C]: V
+        logit_cov = 0.5 * (logit_cov + logit_cov.mT)
+        factor = cholesky(logit_cov, what="multiclass logit covariance")  # L, V = L L^T
+        # K_d L^-T for every example and dimension: [n, D, C(u), C(a)].
+        k = cross[:, :, :d, :].permute(0, 2, 1, 3)
+        kt = torch.linalg.solve_triangular(factor[:, None], k.mT, upper=False).mT
+        cond_cov = class_cov[None] - (kt @ kt.mT).reshape(n, d, c * c)  # Cov(u_d | a)
+        kt = kt.reshape(n, d, c * c)
+        logit_mean = hb @ mean.mT  # [n, C]
+        first = hb.new_zeros(n, d)
+        second = hb.new_zeros(n, d)
+        for start in range(0, samples, step):
+            z = noise[start : start + step]  # [s, C]
+            logits = logit_mean[:, None, :] + z @ factor.mT  # [n, s, C]: a = mu_a + L z
+            r = torch.softmax(logits, dim=-1) - yb[:, None, :]
+            # E[u_d | a]^T r = m_d^T r + (K_d L^-T z)^T r, since V^-1 (a - mu_a) = L^-T z.
+            rz = (r[..., :, None] * z[None, :, None, :]).flatten(2)  # [n, s, C*C]
+            cond_mean = r @ m + rz @ kt.mT  # [n, s, D]
+            rr = (r[..., :, None] * r[..., None, :]).flatten(2)
+            first += cond_mean.sum(dim=1)
+            second += (cond_mean.square() + rr @ cond_cov.mT).sum(dim=1)
+        mu[block] = first / samples
+        var[block] = second / samples - mu[block].square()
+    return mu, var
