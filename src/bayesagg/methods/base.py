@@ -123,6 +123,96 @@ class Aggregator(Method):
     and applies the direction.
     """
 
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__(num_tasks)
+        # whether batched (vmap) Jacobians work for the caller's graph; found on first use
+        self._jacobian_state: dict[str, bool] = {}
+
     @abstractmethod
     def aggregate(self, jacobian: Tensor) -> Tensor:
         """Return the combined direction [P] of a Jacobian [K, P] (rows are task gradients)."""
+
+    def backward(
+        self,
+        losses: Tensor,
+        *,
+        shared_parameters: Sequence[Tensor],
+        task_parameters: Sequence[Tensor] = (),
+        representation: Tensor | None = None,
+        heads: Sequence[nn.Module] | None = None,
+        targets: Sequence[Tensor] | None = None,
+    ) -> None:
+        """Fill ``.grad`` with the aggregated direction (shared) and the summed gradient (heads).
+
+        One differentiation gives both the K x P Jacobian (w.r.t. the shared parameters, or
+        w.r.t. the representation for ``space = "representation"``) and the task-specific
+        parameters' per-task gradients, whose sum (the gradient of ``losses.sum()``) goes into
+        their ``.grad``. In representation space the direction [B, D] is then pushed through
+        the encoder with ``representation.backward`` (restricted to ``shared_parameters`` when
+        given). ``heads`` and ``targets`` are not used by aggregators.
+
+        Representation space keeps the per-example gradients: the Jacobian rows are the
+        gradients of the mean losses w.r.t. h, flattened to B*D (Sener & Koltun 2018); other
+        libraries (LibMTL's ``rep_grad``) first sum them over the batch (K x D). The heads'
+        per-task gradients cost K times the heads' size in memory (small linear heads here).
+        The Jacobian is one batched (``vmap``) backward pass; if the graph has an op that
+        cannot be batched, the first call finds out, logs it and uses K passes from then on.
+        """
+        from bayesagg.methods._jacobian import accumulate_grad, check_inputs, jacobians_auto
+
+        check_losses(losses, self.num_tasks)
+        shared = check_inputs(shared_parameters, "shared_parameters")
+        task = check_inputs(task_parameters, "task_parameters")
+        if {id(t) for t in shared} & {id(t) for t in task}:
+            raise ValueError("a tensor is both in shared_parameters and task_parameters")
+        if self.space == "representation":
+            if representation is None:
+                raise ValueError(
+                    f"{self.name or type(self).__name__} aggregates the gradients w.r.t. the "
+                    "shared representation: pass representation=h"
+                )
+            if not representation.requires_grad:
+                raise ValueError("representation does not require grad (was it detached?)")
+            targets_ = [representation]
+        else:
+            if not shared:
+                raise ValueError("shared_parameters is empty: nothing to aggregate over")
+            targets_ = shared
+        jacs = jacobians_auto(
+            losses, targets_ + task, retain_graph=False, state=self._jacobian_state
+        )
+        target_jacs, task_jacs = jacs[: len(targets_)], jacs[len(targets_) :]
+        k = self.num_tasks
+        if self.space == "representation":
+            direction = self.direction(target_jacs[0], losses=losses, representation=representation)
+        else:
+            flat = torch.cat([j.reshape(k, -1) for j in target_jacs], dim=1)
+            direction = self.direction(flat, losses=losses, representation=None)
+        if task:
+            w = self.task_weights().to(task_jacs[0])
+            accumulate_grad(
+                task, torch.cat([torch.tensordot(w, j, dims=1).reshape(-1) for j in task_jacs])
+            )
+        if self.space == "representation":
+            torch.autograd.backward(
+                representation,
+                direction.view_as(representation).to(representation.dtype),
+                inputs=shared or None,
+            )
+        else:
+            accumulate_grad(shared, direction)
+
+    def direction(
+        self, jacobian: Tensor, *, losses: Tensor, representation: Tensor | None
+    ) -> Tensor:
+        """Return the direction for a Jacobian [K, *S] (S = P or the representation's shape).
+
+        The hook used by :meth:`backward`; the default flattens to [K, P] and calls
+        :meth:`aggregate`. Methods that need the losses (MGDA's loss normalisation) or the
+        representation's layout (GradDrop) override it.
+        """
+        return self.aggregate(jacobian.reshape(jacobian.shape[0], -1)).view(jacobian.shape[1:])
+
+    def task_weights(self) -> Tensor:
+        """Return the K weights of the task losses whose gradient the heads receive (ones)."""
+        return torch.ones(self.num_tasks)

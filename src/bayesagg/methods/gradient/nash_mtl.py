@@ -1,0 +1,237 @@
+"""Nash-MTL: task weights from the Nash bargaining solution over the task gradients."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from bayesagg.methods.base import Aggregator
+
+__all__ = ["NashMTL", "NashMTLSolverError"]
+
+_log = logging.getLogger(__name__)
+
+
+class NashMTLSolverError(RuntimeError):
+    """The convex sub-problem of Nash-MTL could not be solved (``on_solver_failure="raise"``)."""
+
+
+class NashMTL(Aggregator):
+    """Multi-task learning as a bargaining game (Navon et al. 2022, ICML, Algorithm 1).
+
+    The Nash bargaining solution is ``d = J^T alpha`` with ``alpha_i (G alpha)_i = 1`` for all i
+    (their Eq. 3-4, ``G = J J^T``). As in the paper (Sec. 5.1) and the official code it is found
+    by a sequence of convex problems (concave part of ``phi(alpha) = sum_i log alpha_i +
+    log (G alpha)_i`` linearised at the previous iterate):
+
+        min_alpha  1^T G_n alpha + phi'(alpha_prev)^T alpha / s
+        s.t.       -log(alpha_i s) - log((G_n alpha)_i) <= 0,  alpha >= 0,
+
+    with ``G_n = G / s``, ``s = |G|_F``, solved with cvxpy / ECOS (``max_iters=100``), at most
+    ``optim_niter`` times per update, warm-started from the last weights, stopping when
+    ``|G_n alpha - 1/alpha| < 1e-3`` or alpha moves less than 1e-6 (official criteria; as there,
+    the weights kept are those of the iterate at which the test fires). The weights are
+    recomputed every ``update_weights_every`` steps (in between, :meth:`backward` needs only
+    the gradient of ``sum_i alpha_i L_i``, no Jacobian), and the direction is rescaled to norm
+    ``max_norm`` when longer (the official ``clip_grad_norm_``; 0 disables it).
+
+    The sub-problem is stated in DPP form (the linearisation enters as a parameter vector, the
+    constant term is dropped), so cvxpy compiles it once; it has the same minimiser as the
+    official statement, which cvxpy recompiles at every solve.
+
+    Solver failures are never silent: the official code (and torchjd) swallow an exception and
+    keep the previous iterate. Here every failure (exception, or no finite solution) increments
+    :attr:`solver_failures` and is logged as a warning, keeping the previous iterate
+    (``on_solver_failure="warn"``, default), or raises :class:`NashMTLSolverError`
+    (``"raise"``). The weights start at ones, so a failure at the very first solve leaves the
+    equal weights of that start, and is counted as such.
+
+    Task-specific parameters receive the gradient of the plain sum of losses (the project's
+    contract); the official code weights them by alpha too.
+    """
+
+    name = "nash-mtl"
+    space = "parameters"
+
+    def __init__(
+        self,
+        num_tasks: int,
+        *,
+        update_weights_every: int = 1,
+        optim_niter: int = 20,
+        max_norm: float = 1.0,
+        on_solver_failure: Literal["warn", "raise"] = "warn",
+    ) -> None:
+        super().__init__(num_tasks)
+        for label, value in (
+            ("update_weights_every", update_weights_every),
+            ("optim_niter", optim_niter),
+        ):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{label} must be a positive integer, got {value}")
+        if not max_norm >= 0:
+            raise ValueError(f"max_norm must be non-negative (0 disables clipping), got {max_norm}")
+        if on_solver_failure not in ("warn", "raise"):
+            raise ValueError(
+                f"on_solver_failure must be 'warn' or 'raise', got {on_solver_failure!r}"
+            )
+        self.update_weights_every = int(update_weights_every)
+        self.optim_niter = int(optim_niter)
+        self.max_norm = float(max_norm)
+        self.on_solver_failure: Literal["warn", "raise"] = on_solver_failure
+        self._problem: dict[str, Any] | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Restart from equal weights at step 0 (the failure counter is kept)."""
+        self.step = 0
+        self.alpha = np.ones(self.num_tasks)
+        if not hasattr(self, "solver_failures"):
+            #: Number of failed convex solves since construction.
+            self.solver_failures = 0
+
+    # -- the weights ---------------------------------------------------------------------------
+    def aggregate(self, jacobian: Tensor) -> Tensor:
+        """Return ``J^T alpha`` [P], alpha updated every ``update_weights_every`` calls."""
+        if jacobian.shape[0] != self.num_tasks:
+            raise ValueError(f"expected {self.num_tasks} rows, got {jacobian.shape[0]}")
+        if self.step % self.update_weights_every == 0:
+            g = (jacobian @ jacobian.T).double().cpu().numpy()
+            scale = float(np.linalg.norm(g))
+            if scale > 0:  # a zero Jacobian leaves nothing to bargain over
+                self.alpha = self._solve(g / scale, scale)
+        self.step += 1
+        weights = torch.as_tensor(self.alpha, dtype=jacobian.dtype, device=jacobian.device)
+        direction = weights @ jacobian
+        factor = self._clip_factor(direction.norm())
+        self.last_weights = (weights * factor).detach().cpu()
+        return direction * factor
+
+    def _clip_factor(self, norm: Tensor) -> float:
+        if self.max_norm > 0 and float(norm) > self.max_norm:
+            return self.max_norm / float(norm)
+        return 1.0
+
+    def _build(self) -> dict[str, Any]:
+        import cvxpy as cp
+
+        k = self.num_tasks
+        alpha = cp.Variable(k, nonneg=True)
+        g = cp.Parameter((k, k))
+        slope = cp.Parameter(k)  # phi'(alpha_prev) / s
+        log_scale = cp.Parameter()
+        g_alpha = g @ alpha
+        constraints = [-cp.log(alpha) - cp.log(g_alpha) <= log_scale]
+        problem = cp.Problem(cp.Minimize(cp.sum(g_alpha) + slope @ alpha), constraints)
+        return {"problem": problem, "alpha": alpha, "g": g, "slope": slope, "log_scale": log_scale}
+
+    def _solve(self, g: np.ndarray, scale: float) -> np.ndarray:
+        import cvxpy as cp
+
+        if self._problem is None:
+            self._problem = self._build()
+        p = self._problem
+        dead = np.flatnonzero(np.diag(g) <= 0.0).tolist()
+        if dead:  # utility 0 whatever alpha: the bargaining problem has no interior solution
+            self._failure(ValueError(f"zero gradient for task(s) {dead}"))
+            return self.alpha
+        p["g"].value = g
+        p["log_scale"].value = np.log(scale)
+        alpha_t = self.alpha
+        for _ in range(self.optim_niter):
+            new = None
+            try:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    slope = (1.0 / alpha_t + (1.0 / (g @ alpha_t)) @ g) / scale
+                p["slope"].value = slope  # raises ValueError when not finite
+                p["problem"].solve(solver=cp.ECOS, warm_start=True, max_iters=100)
+                new = p["alpha"].value
+                if new is None or not np.all(np.isfinite(new)):
+                    raise cp.SolverError(f"no finite solution (status {p['problem'].status})")
+            except (cp.SolverError, ValueError, ArithmeticError) as err:
+                self._failure(err)
+                new = None
+            # official stopping tests, on the iterate the solve started from
+            if (
+                new is None
+                or np.linalg.norm(g @ alpha_t - 1.0 / (alpha_t + 1e-10)) < 1e-3
+                or np.linalg.norm(new - alpha_t) < 1e-6
+            ):
+                break
+            alpha_t = new
+        return np.asarray(alpha_t, dtype=np.float64)
+
+    def _failure(self, err: Exception) -> None:
+        self.solver_failures += 1
+        message = (
+            f"Nash-MTL convex sub-problem failed at step {self.step} ({err}); "
+            f"{self.solver_failures} failure(s) so far"
+        )
+        if self.on_solver_failure == "raise":
+            raise NashMTLSolverError(message) from err
+        _log.warning("%s; keeping the previous weights", message)
+
+    # -- steps that reuse the weights need no Jacobian ------------------------------------------
+    def backward(
+        self,
+        losses: Tensor,
+        *,
+        shared_parameters: Sequence[Tensor],
+        task_parameters: Sequence[Tensor] = (),
+        representation: Tensor | None = None,
+        heads: Sequence[nn.Module] | None = None,
+        targets: Sequence[Tensor] | None = None,
+    ) -> None:
+        """As :meth:`Aggregator.backward`; between updates, one backward of ``sum alpha_i L_i``."""
+        if self.step % self.update_weights_every == 0:
+            super().backward(
+                losses, shared_parameters=shared_parameters, task_parameters=task_parameters
+            )
+            return
+        from bayesagg.methods._jacobian import accumulate_grad, check_inputs
+        from bayesagg.methods.base import check_losses
+
+        check_losses(losses, self.num_tasks)
+        shared = check_inputs(shared_parameters, "shared_parameters")
+        task = check_inputs(task_parameters, "task_parameters")
+        weights = torch.as_tensor(self.alpha, dtype=losses.dtype, device=losses.device)
+        grads = torch.autograd.grad(
+            (weights * losses).sum(),
+            shared,
+            retain_graph=bool(task),
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        direction = torch.cat([g.reshape(-1) for g in grads])
+        factor = self._clip_factor(direction.norm())
+        self.step += 1
+        self.last_weights = (weights * factor).detach().cpu()
+        accumulate_grad(shared, direction * factor)
+        if task:
+            torch.autograd.backward(losses.sum(), inputs=task)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "step": self.step,
+            "alpha": self.alpha.copy(),
+            "solver_failures": self.solver_failures,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.step = int(state["step"])
+        self.alpha = np.asarray(state["alpha"], dtype=np.float64)
+        self.solver_failures = int(state["solver_failures"])
+
+    def __repr__(self) -> str:
+        return (
+            f"NashMTL(num_tasks={self.num_tasks}, update_weights_every="
+            f"{self.update_weights_every}, optim_niter={self.optim_niter}, "
+            f"max_norm={self.max_norm}, on_solver_failure={self.on_solver_failure!r})"
+        )

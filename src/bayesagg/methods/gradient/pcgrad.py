@@ -1,0 +1,73 @@
+"""PCGrad: project each task gradient onto the normal plane of the gradients it conflicts with."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bayesagg.methods.base import Aggregator
+from bayesagg.methods.gradient._min_norm import gramian
+
+__all__ = ["PCGrad"]
+
+
+class PCGrad(Aggregator):
+    """Projecting conflicting gradients (Yu et al. 2020, "Gradient Surgery", Algorithm 1).
+
+    For each task i, ``g_i^PC = g_i``; for every other task j in a random order, if
+    ``g_i^PC . g_j < 0`` then ``g_i^PC -= (g_i^PC . g_j) / |g_j|^2 g_j``. The direction is
+    ``sum_i g_i^PC`` (the paper's ``Delta theta``; the official code and the nash-mtl code use
+    the sum). Each ``g_i^PC`` is a combination of the rows, so the whole algorithm runs on the
+    Gramian and returns weights; ``last_weights`` are those combination weights.
+
+    The projection order is drawn with ``torch.randperm(K, generator=...)`` once per task i
+    (a permutation of all K tasks, i skipped), from a private generator seeded with ``seed``
+    (None: seeded from the global torch RNG at construction). The same draws as torchjd's
+    ``PCGrad`` with the global RNG seeded identically, so the two agree exactly.
+    """
+
+    name = "pcgrad"
+    space = "parameters"
+
+    def __init__(self, num_tasks: int, *, seed: int | None = None) -> None:
+        super().__init__(num_tasks)
+        if seed is not None and (int(seed) != seed or seed < 0):
+            raise ValueError(f"seed must be a non-negative integer or None, got {seed}")
+        self.seed = seed
+        self.generator = torch.Generator()
+        self.reset()
+
+    def reset(self) -> None:
+        """Re-seed the projection-order generator."""
+        seed = self.seed if self.seed is not None else int(torch.randint(2**62, ()).item())
+        self.generator.manual_seed(seed)
+
+    def aggregate(self, jacobian: Tensor) -> Tensor:
+        """Return ``sum_i g_i^PC`` [P] for a Jacobian [K, P]."""
+        m = gramian(jacobian)
+        k = m.shape[0]
+        weights = np.zeros(k)
+        for i in range(k):
+            c = np.zeros(k)  # g_i^PC = J^T c
+            c[i] = 1.0
+            for j in torch.randperm(k, generator=self.generator).tolist():
+                if j == i:
+                    continue
+                dot = m[j] @ c
+                if dot < 0.0:
+                    c[j] -= dot / m[j, j]
+            weights += c
+        w = torch.as_tensor(weights, dtype=jacobian.dtype, device=jacobian.device)
+        self.last_weights = w.detach().cpu()
+        return w @ jacobian
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state["generator"])
+
+    def __repr__(self) -> str:
+        return f"PCGrad(num_tasks={self.num_tasks}, seed={self.seed})"
