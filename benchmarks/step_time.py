@@ -1,0 +1,232 @@
+"""Time one BayesAgg-MTL step next to one plain backward, at the paper's sizes (CPU by default).
+
+    nice -n 10 .venv/bin/python benchmarks/step_time.py [--threads 2] [--repeats 30] [--profile]
+
+The BayesAgg step is everything ``BayesAgg.backward(h, heads, targets)`` does after the forward
+pass: input checks, adding the batch to the epoch's prior statistics, the batch posteriors with
+the full-data prior (a prior fitted on 20 earlier batches), the gradient moments, the
+aggregation and ``h.backward(g / B)`` plus the classification heads' gradients. The plain
+backward is the linear-scalarisation step through the same heads: the heads' forward, the K
+task losses and ``losses.sum().backward()``. ``h`` is a leaf [B, D] standing for the encoder's
+output, so neither timing includes the encoder, which is the same for both methods.
+
+Sizes (paper Sec. 5 / METHOD.md sec. 6): QM9 (B 120, D 64, 11 regression outputs), CIFAR-MTL
+(B 128, D 160, 20 binary tasks), ChestX-ray14 (B 256, D 256, 14 binary), UTKFace (B 128, D 256:
+age regression, gender binary, 5-class ethnicity). Targets on a 2-core CPU with the default
+moments (``rao_blackwell``): <= 5 ms per step at QM9 size and <= 30 ms at CIFAR-MTL size.
+Medians over ``--repeats`` runs after ``--warmup`` runs. ``--profile`` splits the BayesAgg step
+into its stages (posterior, moments, aggregation + backward; the rest is checks and statistics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from bayesagg import BayesAgg, Binary, Multiclass, Regression, moments, posterior
+from bayesagg.aggregation import weights
+from bayesagg.tasks import TaskGroup, task_kinds, task_losses
+
+#: Targets (ms per step, default moments, 2 CPU threads).
+TARGETS_MS = {"qm9": 5.0, "cifar-mtl": 30.0}
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    batch: int
+    dim: int
+    groups: tuple[TaskGroup, ...]
+
+
+SIZES = (
+    Size("qm9", 120, 64, (Regression("targets", outputs=11),)),
+    Size("cifar-mtl", 128, 160, (Binary("superclasses", outputs=20),)),
+    Size("chestxray", 256, 256, (Binary("diseases", outputs=14),)),
+    Size(
+        "utkface",
+        128,
+        256,
+        (Regression("age"), Binary("gender"), Multiclass("ethnicity", classes=5)),
+    ),
+)
+
+
+def _targets(groups: Sequence[TaskGroup], batch: int, g: torch.Generator) -> list[Tensor]:
+    out = []
+    for group in groups:
+        if isinstance(group, Regression):
+            out.append(torch.randn(batch, group.outputs, generator=g))
+        elif isinstance(group, Binary):
+            out.append(torch.randint(0, 2, (batch, group.outputs), generator=g).float())
+        else:
+            out.append(torch.randint(0, group.classes, (batch,), generator=g))
+    return out
+
+
+def _times_ms(run: Callable[[], None], repeats: int, warmup: int) -> tuple[float, float]:
+    """Return (median, minimum) milliseconds of ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - began)
+    return 1e3 * statistics.median(times), 1e3 * min(times)
+
+
+def _median_ms(run: Callable[[], None], repeats: int, warmup: int) -> float:
+    return _times_ms(run, repeats, warmup)[0]
+
+
+def _setup(size: Size, method: str, seed: int = 0):
+    """Return (agg, heads, h, targets) with the prior fitted on 20 earlier batches."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    heads = nn.ModuleList([nn.Linear(size.dim, group.head_outputs) for group in size.groups])
+    agg = BayesAgg(size.groups, moments=method, generator=torch.Generator().manual_seed(seed))
+    for _ in range(20):
+        # ELU-like features, as the paper's encoders end in an ELU.
+        h = torch.nn.functional.elu(torch.randn(size.batch, size.dim, generator=g))
+        agg.backward(h.requires_grad_(True), heads, _targets(size.groups, size.batch, g))
+    agg.end_epoch()
+    h = torch.nn.functional.elu(torch.randn(size.batch, size.dim, generator=g))
+    return agg, heads, h.requires_grad_(True), _targets(size.groups, size.batch, g)
+
+
+def time_size(
+    size: Size, method: str, repeats: int, warmup: int
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Return ((median, min) BayesAgg step ms, (median, min) plain backward ms)."""
+    agg, heads, h, targets = _setup(size, method)
+
+    def bayesagg_step() -> None:
+        h.grad = None
+        agg.backward(h, heads, targets)
+
+    def plain_step() -> None:
+        h.grad = None
+        losses = task_losses(size.groups, [head(h) for head in heads], targets)
+        losses.sum().backward()
+
+    return _times_ms(bayesagg_step, repeats, warmup), _times_ms(plain_step, repeats, warmup)
+
+
+def profile_size(size: Size, method: str, repeats: int, warmup: int) -> dict[str, float]:
+    """Return median ms of the stages of one step, timed through the pure functions."""
+    agg, heads, h, targets = _setup(size, method)
+    hd = h.detach()
+    # Every head here has a bias (regression included), so P = D + 1 for every group.
+    priors = [
+        agg.prior.prior(i, size.dim + 1, dtype=hd.dtype, device=hd.device)
+        for i in range(len(size.groups))
+    ]
+    generator = torch.Generator().manual_seed(0)
+
+    def posteriors():
+        out = []
+        for group, head, y, (m0, p0) in zip(size.groups, heads, targets, priors, strict=True):
+            w, b = head.weight.detach(), head.bias.detach()
+            if isinstance(group, Regression):
+                post = posterior.regression(hd, y, m0, p0, bias=True)
+            elif isinstance(group, Binary):
+                post = posterior.binary(hd, y, w, b, m0, p0)
+            else:
+                post = posterior.multiclass(hd, y, w, b, m0, p0)
+            out.append((post.mean, post.covariance()))
+        return out
+
+    fitted = posteriors()
+
+    def all_moments():
+        out = []
+        for group, y, (mean, cov) in zip(size.groups, targets, fitted, strict=True):
+            if isinstance(group, Regression):
+                out.append(moments.regression(hd, y, mean, cov))
+            elif isinstance(group, Binary):
+                out.append(moments.binary(hd, y, mean, cov, method=method, generator=generator))
+            else:
+                out.append(moments.multiclass(hd, y, mean, cov, method=method, generator=generator))
+        return out
+
+    computed = all_moments()
+    mu = torch.cat([m for m, _ in computed], 1)
+    var = torch.cat([v for _, v in computed], 1)
+    powers = torch.tensor([0.85 if k == "regression" else 0.1 for k in task_kinds(size.groups)])
+
+    def aggregation_and_backward():
+        h.grad = None
+        g = (weights(var, powers) * mu).sum(1)
+        h.backward(g / size.batch)
+
+    def whole():
+        h.grad = None
+        agg.backward(h, heads, targets)
+
+    return {
+        "posterior (incl. covariance)": _median_ms(posteriors, repeats, warmup),
+        "moments": _median_ms(all_moments, repeats, warmup),
+        "aggregation + h.backward": _median_ms(aggregation_and_backward, repeats, warmup),
+        "whole step": _median_ms(whole, repeats, warmup),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--sizes", default=",".join(s.name for s in SIZES))
+    parser.add_argument("--moments", default="rao_blackwell,monte_carlo")
+    parser.add_argument("--profile", action="store_true", help="time the stages too")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    chosen = [s for s in SIZES if s.name in args.sizes.split(",")]
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"torch {torch.__version__}, CPU ({os.cpu_count()} cores, load average {load}), "
+        f"{torch.get_num_threads()} threads, float32, median of {args.repeats} runs after "
+        f"{args.warmup}"
+    )
+    print(
+        "| size | B | D | K | moments | BayesAgg step (ms) | plain backward (ms) | ratio "
+        "| BayesAgg step, fastest run (ms) | target (median) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for size in chosen:
+        k = sum(g.num_tasks for g in size.groups)
+        for method in args.moments.split(","):
+            (step, fastest), (plain, _) = time_size(size, method, args.repeats, args.warmup)
+            target = TARGETS_MS.get(size.name) if method == "rao_blackwell" else None
+            verdict = (
+                "-"
+                if target is None
+                else (f"<= {target:g} ms: {'met' if step <= target else 'MISSED'}")
+            )
+            print(
+                f"| {size.name} | {size.batch} | {size.dim} | {k} | {method} | {step:.2f} | "
+                f"{plain:.2f} | {step / plain:.1f}x | {fastest:.2f} | {verdict} |",
+                flush=True,
+            )
+            rows.append({"size": size.name, "moments": method, "step_ms": step, "plain_ms": plain})
+    if args.profile:
+        print("\nStages of the step (pure functions timed alone):")
+        for size in chosen:
+            for method in args.moments.split(","):
+                stages = profile_size(size, method, args.repeats, args.warmup)
+                text = ", ".join(f"{name} {ms:.2f} ms" for name, ms in stages.items())
+                print(f"- {size.name}, {method}: {text}", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,613 @@
+"""BayesAgg-MTL as one object a training loop holds: ``losses = agg.backward(h, heads, targets)``.
+
+Achituve et al., "Bayesian Uncertainty for Gradient Aggregation in Multi-Task Learning", ICML 2024,
+Section 3 and Algorithm 1; METHOD.md sections 2-5. Each step, for every task group:
+
+1. posterior over the head's weights from the batch, with last epoch's full-data posterior as the
+   prior (:mod:`bayesagg.posterior`, :mod:`bayesagg.prior`; paper Eq. 2 and Eqs. 9-10);
+2. per-example, per-dimension mean and variance of the gradient of each task's loss w.r.t. the
+   shared representation h (:mod:`bayesagg.moments`; paper Eq. 4 and Eq. 11);
+3. precision^s weights over the K tasks and the aggregated per-example gradient
+   (:mod:`bayesagg.aggregation`; paper Eq. 7), sent into the encoder as ``h.backward(g / B)``.
+
+The object itself owns only what persists across steps: the epoch-level prior, the epoch and step
+counters (for the linear-scalarisation warm-up and for error messages), the last task weights
+(paper Fig. 3) and an optional random generator. ``state_dict()`` holds all of it.
+
+Heads (METHOD.md section 5). Classification heads are trained by the optimiser as usual: they
+receive the gradient of the summed per-task mean losses. Regression heads are *not* learned after
+the warm-up: their ``.grad`` is set to ``None`` at every BayesAgg step, and their weights are the
+posterior mean fitted on the full training set, written by one of two explicit fits:
+
+- ``regression_fit="epoch"`` (the paper's code): at every :meth:`BayesAgg.end_epoch` from the last
+  warm-up epoch on, the heads get the full-data posterior mean of the epoch's features (train-mode
+  features of a drifting encoder, isotropic prior N(0, gamma I)); predictions after an epoch use it.
+- ``regression_fit="refit"``: ``end_epoch`` leaves the heads alone; call
+  :meth:`BayesAgg.fit_regression_heads` with features of the trained encoder in eval mode
+  before predicting (the cleaner choice of METHOD.md sec. 5).
+
+Either way :meth:`BayesAgg.fit_regression_heads` refits on whatever features it is given, and
+``agg.regression_fit_source`` says which fit the heads hold now.
+
+Scale: the weights sum to one over the K tasks, so the gradient sent into the encoder is about
+1/K of the linear-scalarisation gradient (irrelevant to Adam's direction, not to SGD's step size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from bayesagg import moments as gradient_moments
+from bayesagg import posterior
+from bayesagg.aggregation import weights as aggregation_weights
+from bayesagg.linalg import NumericalError
+from bayesagg.posterior import Gaussian
+from bayesagg.prior import EpochPrior, RegressionStatistics
+from bayesagg.tasks import (
+    Binary,
+    Multiclass,
+    Regression,
+    TaskGroup,
+    check_groups,
+    num_tasks,
+    task_kinds,
+    task_losses,
+    task_names,
+)
+
+__all__ = ["BayesAgg", "MomentMethod", "RegressionFit"]
+
+MomentMethod = Literal["rao_blackwell", "monte_carlo"]
+RegressionFit = Literal["epoch", "refit"]
+
+
+class BayesAgg:
+    """BayesAgg-MTL gradient aggregation on the shared representation (paper Algorithm 1).
+
+    Args:
+        groups: the task groups (:class:`~bayesagg.tasks.Regression`, :class:`~bayesagg.tasks.Binary`,
+            :class:`~bayesagg.tasks.Multiclass`) in any mix and order; heads and targets are given
+            in the same order. K = the number of tasks (one per regression output, per binary
+            output, per multiclass group).
+        s_regression: the power s on the precisions of regression tasks (paper Sec. 3.1, after
+            Eq. 7). Paper: searched in {0.75, 0.85, 0.95} on QM9, 0.3 on UTKFace. Default 0.85.
+        s_classification: s for binary and multiclass tasks. Paper: 5e-4 on CIFAR-MTL and
+            ChestX-ray14, 0.1 on UTKFace. Default 0.1. ``s = 0`` gives the plain mean over tasks.
+        gamma: variance of the isotropic prior N(0, gamma I) of the full-data fits (METHOD.md
+            sec. 2; 5e-4 CIFAR-MTL, 5e-3 ChestX-ray14 and UTKFace). Default 5e-3.
+        noise_var: observation-noise variance sigma^2 of Bayesian linear regression (paper: 1).
+        warmup_epochs: epochs of linear scalarisation before BayesAgg-MTL starts (paper: 50 QM9,
+            3 CIFAR-MTL, 1 ChestX-ray14, 10 UTKFace). Default 0.
+        moments: estimator of the classification gradient moments: ``"rao_blackwell"``
+            (deterministic quadrature for binary tasks, logit sampling with the weights integrated
+            analytically for multiclass; METHOD.md sec. 3) or ``"monte_carlo"`` (the paper's
+            weight sampling, Eq. 11). Regression moments are always exact.
+        num_samples: samples of the Monte-Carlo estimators and logit samples of the multiclass
+            Rao-Blackwell estimator; ``None`` (default) uses :data:`bayesagg.moments.DEFAULT_SAMPLES`
+            (1024 for Monte Carlo, the paper's number; 256 for Rao-Blackwell). Unused by the
+            binary Rao-Blackwell estimator, which is deterministic.
+        nodes: Gauss-Hermite nodes of the binary Rao-Blackwell estimator.
+        eps: floor on the gradient variances before taking precisions (paper: 1e-8).
+        generator: random generator of the sampling estimators (on the features' device);
+            ``None`` uses PyTorch's global generator.
+        regression_fit: which full-data fit regression heads hold, ``"epoch"`` or ``"refit"``
+            (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[TaskGroup],
+        *,
+        s_regression: float = 0.85,
+        s_classification: float = 0.1,
+        gamma: float = 5e-3,
+        noise_var: float = 1.0,
+        warmup_epochs: int = 0,
+        moments: MomentMethod = "rao_blackwell",
+        num_samples: int | None = None,
+        nodes: int = 32,
+        eps: float = 1e-8,
+        generator: torch.Generator | None = None,
+        regression_fit: RegressionFit = "epoch",
+    ) -> None:
+        check_groups(groups)
+        for name, value in (("s_regression", s_regression), ("s_classification", s_classification)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1] (paper Sec. 3.1), got {value}")
+        if not gamma > 0:
+            raise ValueError(f"gamma (prior variance) must be positive, got {gamma}")
+        if not noise_var > 0:
+            raise ValueError(f"noise_var must be positive, got {noise_var}")
+        if (
+            isinstance(warmup_epochs, bool)
+            or not isinstance(warmup_epochs, int)
+            or warmup_epochs < 0
+        ):
+            raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
+        if moments not in ("rao_blackwell", "monte_carlo"):
+            raise ValueError(f"moments must be 'rao_blackwell' or 'monte_carlo', got {moments!r}")
+        if num_samples is not None and (int(num_samples) != num_samples or num_samples < 1):
+            raise ValueError(f"num_samples must be a positive integer or None, got {num_samples!r}")
+        if int(nodes) != nodes or nodes < 1:
+            raise ValueError(f"nodes must be a positive integer, got {nodes!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator)}")
+        if regression_fit not in ("epoch", "refit"):
+            raise ValueError(f"regression_fit must be 'epoch' or 'refit', got {regression_fit!r}")
+        self.groups: tuple[TaskGroup, ...] = tuple(groups)
+        self.s_regression = float(s_regression)
+        self.s_classification = float(s_classification)
+        self.gamma = float(gamma)
+        self.noise_var = float(noise_var)
+        self.warmup_epochs = warmup_epochs
+        self.moments: MomentMethod = moments
+        self.num_samples = None if num_samples is None else int(num_samples)
+        self.nodes = int(nodes)
+        self.eps = float(eps)
+        self.generator = generator
+        self.regression_fit: RegressionFit = regression_fit
+        self.reset()
+
+    # ------------------------------------------------------------------ state and inspection
+
+    def reset(self) -> None:
+        """Forget everything learned: epoch and step counters, priors, buffers, last weights."""
+        #: Epochs completed (number of :meth:`end_epoch` calls).
+        self.epoch = 0
+        #: Steps completed (number of :meth:`backward` calls), warm-up included.
+        self.step = 0
+        #: The epoch-level prior and the current epoch's buffers.
+        self.prior = EpochPrior(self.groups, gamma=self.gamma, noise_var=self.noise_var)
+        #: Task weights of the last BayesAgg step, alpha averaged over batch and dimensions [K]
+        #: (paper Fig. 3); ``None`` before the first step after the warm-up.
+        self.last_weights: Tensor | None = None
+        #: alpha of the last BayesAgg step averaged over the batch only [K, D].
+        self.last_weights_per_dimension: Tensor | None = None
+        #: Which fit the regression heads hold now (``None``: none written yet).
+        self.regression_fit_source: str | None = None
+        self._heads: tuple[nn.Linear, ...] | None = None
+        self._powers: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+    @property
+    def num_tasks(self) -> int:
+        """Return K, the number of tasks on the aggregation axis."""
+        return num_tasks(self.groups)
+
+    @property
+    def task_names(self) -> list[str]:
+        """Return one name per task, in the order of :attr:`last_weights`."""
+        return task_names(self.groups)
+
+    @property
+    def in_warmup(self) -> bool:
+        """Return True while the next step is a linear-scalarisation warm-up step."""
+        return self.epoch < self.warmup_epochs
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "groups": [(g.kind, g.name, g.head_outputs) for g in self.groups],
+            "s_regression": self.s_regression,
+            "s_classification": self.s_classification,
+            "gamma": self.gamma,
+            "noise_var": self.noise_var,
+            "warmup_epochs": self.warmup_epochs,
+            "moments": self.moments,
+            "num_samples": self.num_samples,
+            "nodes": self.nodes,
+            "eps": self.eps,
+            "regression_fit": self.regression_fit,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return everything needed to resume: counters, priors, the epoch's buffers, generator."""
+        return {
+            "config": self._config(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "prior": self.prior.state_dict(),
+            "last_weights": _clone(self.last_weights),
+            "last_weights_per_dimension": _clone(self.last_weights_per_dimension),
+            "regression_fit_source": self.regression_fit_source,
+            "generator": None if self.generator is None else self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; the configuration must match this object's."""
+        mine, theirs = self._config(), state["config"]
+        differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        if differ:
+            details = ", ".join(
+                f"{k}: {theirs.get(k)!r} in state, {mine.get(k)!r} here" for k in differ
+            )
+            raise ValueError(f"BayesAgg state does not match this configuration ({details})")
+        if (state["generator"] is None) != (self.generator is None):
+            raise ValueError("BayesAgg state and this object disagree on having a generator")
+        self.reset()
+        self.epoch = int(state["epoch"])
+        self.step = int(state["step"])
+        self.prior.load_state_dict(state["prior"])
+        self.last_weights = _clone(state["last_weights"])
+        self.last_weights_per_dimension = _clone(state["last_weights_per_dimension"])
+        self.regression_fit_source = state["regression_fit_source"]
+        if self.generator is not None:
+            self.generator.set_state(state["generator"])
+
+    def __repr__(self) -> str:
+        groups = ", ".join(repr(g) for g in self.groups)
+        options = ", ".join(f"{k}={v!r}" for k, v in self._config().items() if k != "groups")
+        return f"BayesAgg([{groups}], {options})"
+
+    # ------------------------------------------------------------------ training step
+
+    def backward(self, h: Tensor, heads: Sequence[nn.Linear], targets: Sequence[Tensor]) -> Tensor:
+        """Return the K per-task mean losses (detached) after filling this step's gradients.
+
+        ``h`` [B, D] is the shared representation (part of the encoder's graph), ``heads`` one
+        ``nn.Linear`` per group, ``targets`` one tensor per group: regression [B, O] real,
+        binary [B, O] in {0, 1}, multiclass [B] integer class ids. Gradients accumulate into
+        ``.grad`` like ``Tensor.backward``:
+
+        - warm-up epochs: linear scalarisation, ``sum_k loss_k`` backward through h and all heads;
+        - afterwards: ``h.backward(g / B)`` with g [B, D] the aggregated per-example gradients
+          (paper Algorithm 1), the classification heads get the gradient of their summed
+          per-task mean losses, the regression heads none (``.grad`` set to ``None``).
+
+        Every step (warm-up included) adds ``h.detach()`` and the targets to the epoch's prior
+        buffers. Raises ``ValueError`` for malformed input and ``FloatingPointError`` for
+        NaN/inf, naming the task group and the step.
+        """
+        heads, targets, bias = self._check_step(h, heads, targets)
+        self._heads = heads
+        if self.in_warmup:
+            losses = task_losses(self.groups, [head(h) for head in heads], targets)
+            losses.sum().backward()
+            losses = losses.detach()
+        else:
+            losses = self._bayesagg_step(h, heads, targets, bias)
+        # Only a step that succeeded feeds next epoch's prior.
+        self.prior.accumulate(h.detach(), targets, bias)
+        self.step += 1
+        return losses
+
+    def _bayesagg_step(
+        self, h: Tensor, heads: Sequence[nn.Linear], targets: Sequence[Tensor], bias: list[bool]
+    ) -> Tensor:
+        dtype = torch.promote_types(h.dtype, torch.float32)
+        features = h.detach().to(dtype)
+        mus, variances = [], []
+        with torch.no_grad():
+            for i, (group, head, y) in enumerate(zip(self.groups, heads, targets, strict=True)):
+                mu, var = self._group_moments(i, group, head, features, y, bias[i])
+                mus.append(mu)
+                variances.append(var)
+        mu = torch.cat(mus, dim=1)
+        alpha = aggregation_weights(
+            torch.cat(variances, dim=1), self._powers_for(dtype, h.device), self.eps
+        )
+        g = (alpha * mu).sum(dim=1)
+        if not bool(g.isfinite().all()):  # one check of the result; locate the cause on failure
+            bad = [
+                group.name
+                for group, m, v in zip(self.groups, mus, variances, strict=True)
+                if not bool(m.isfinite().all() and v.isfinite().all())
+            ]
+            raise FloatingPointError(
+                f"{self._where()}: the aggregated gradient is not finite; NaN or infinite "
+                f"gradient moments in task group(s) {bad or 'none (overflow in aggregation)'}"
+            )
+        self.last_weights = alpha.mean(dim=(0, 2))
+        self.last_weights_per_dimension = alpha.mean(dim=0)
+
+        # Task losses on the detached features: the classification heads' ordinary gradients
+        # (each head only sees its own losses), and the values returned for logging.
+        per_group: list[Tensor] = []
+        trained: list[Tensor] = []
+        for group, head, y in zip(self.groups, heads, targets, strict=True):
+            x = features.to(head.weight.dtype)
+            if isinstance(group, Regression):
+                with torch.no_grad():
+                    per_group.append(group.losses(head(x), y))
+                for p in head.parameters():
+                    p.grad = None  # the regression heads are fitted, never stepped
+            else:
+                loss = group.losses(head(x), y)
+                per_group.append(loss.detach())
+                if loss.requires_grad:
+                    trained.append(loss.sum())
+        outputs = [h]
+        grads = [(g / h.shape[0]).to(h.dtype)]
+        if trained:
+            total = torch.stack(trained).sum()
+            outputs.append(total)
+            grads.append(torch.ones_like(total))
+        torch.autograd.backward(outputs, grads)
+        return torch.cat(per_group)
+
+    def _group_moments(
+        self, index: int, group: TaskGroup, head: nn.Linear, h: Tensor, y: Tensor, bias: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Return the gradient moments (mu, var) [B, tasks of the group, D] of one group."""
+        num_params = h.shape[1] + int(bias)
+        mean0, precision0 = self.prior.prior(index, num_params, dtype=h.dtype, device=h.device)
+        try:
+            if isinstance(group, Regression):
+                post = posterior.regression(
+                    h, y, mean0, precision0, noise_var=self.noise_var, bias=bias
+                )
+                return gradient_moments.regression(h, y, post.mean, post.covariance())
+            weight = head.weight.detach().to(h.dtype)
+            offset = head.bias.detach().to(h.dtype)
+            if isinstance(group, Binary):
+                post = posterior.binary(h, y, weight, offset, mean0, precision0)
+                return gradient_moments.binary(
+                    h,
+                    y,
+                    post.mean,
+                    post.covariance(),
+                    method=self.moments,
+                    num_samples=self.num_samples or gradient_moments.DEFAULT_SAMPLES["monte_carlo"],
+                    generator=self.generator,
+                    nodes=self.nodes,
+                )
+            post = posterior.multiclass(h, y, weight, offset, mean0, precision0)
+            return gradient_moments.multiclass(
+                h,
+                y,
+                post.mean,
+                post.covariance(),
+                method=self.moments,
+                num_samples=self.num_samples,
+                generator=self.generator,
+            )
+        except NumericalError as err:
+            raise NumericalError(f"{self._where()}, task group {group.name!r}: {err}") from err
+
+    def _powers_for(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Return the per-task powers s [K] (s_regression or s_classification by task kind)."""
+        key = (dtype, device)
+        if key not in self._powers:
+            self._powers[key] = torch.tensor(
+                [
+                    self.s_regression if kind == "regression" else self.s_classification
+                    for kind in task_kinds(self.groups)
+                ],
+                dtype=dtype,
+                device=device,
+            )
+        return self._powers[key]
+
+    # ------------------------------------------------------------------ epochs and heads
+
+    def end_epoch(self, heads: Sequence[nn.Linear] | None = None) -> None:
+        """Refit the epoch-level prior on this epoch's data, clear the buffers, count the epoch.
+
+        Classification priors are one Newton step around the heads as they are now (``heads``,
+        by default those of the last :meth:`backward`). With ``regression_fit="epoch"`` and from
+        the last warm-up epoch on, the regression heads are set to the new full-data posterior
+        mean (paper Sec. 3.1, "Making predictions"). An epoch without steps changes no prior.
+        """
+        heads = self._heads if heads is None else self._check_heads(heads, None)
+        examples = self.prior.num_examples
+        if examples > 0:
+            if heads is None:
+                raise ValueError("end_epoch needs the heads: none given and no backward seen")
+            self.prior.refit(heads)
+            if self.regression_fit == "epoch" and self.epoch + 1 >= self.warmup_epochs:
+                fitted = {
+                    i: p
+                    for i, (g, p) in enumerate(zip(self.groups, self.prior.posteriors, strict=True))
+                    if isinstance(g, Regression) and p is not None
+                }
+                if fitted:
+                    _write_regression_heads(heads, fitted)
+                    self.regression_fit_source = (
+                        f"full-data posterior mean of epoch {self.epoch} "
+                        f"({examples} training examples, train-mode features)"
+                    )
+        else:
+            self.prior.clear()
+        self.epoch += 1
+
+    def fit_regression_heads(
+        self,
+        heads: Sequence[nn.Linear],
+        batches: Iterable[tuple[Tensor, Sequence[Tensor | None]]],
+    ) -> dict[str, Gaussian]:
+        """Return the regression groups' posteriors fitted on ``batches``, written into the heads.
+
+        ``batches`` yields ``(h, targets)`` with ``targets`` one entry per group as in
+        :meth:`backward` (classification entries may be ``None``). The fit is Bayesian linear
+        regression with the isotropic prior N(0, gamma I) on all the batches, streamed (O(D^2)
+        memory); use it with the trained encoder in eval mode for the final predictions
+        (METHOD.md sec. 5). The heads' weights (and biases) become the posterior means.
+        """
+        regression = [i for i, g in enumerate(self.groups) if isinstance(g, Regression)]
+        if not regression:
+            raise ValueError("fit_regression_heads: no Regression task group declared")
+        heads = self._check_heads(heads, None)
+        statistics: dict[int, RegressionStatistics] = {}
+        count = 0
+        for number, (h, targets) in enumerate(batches):
+            if len(targets) != len(self.groups):
+                raise ValueError(
+                    f"fit_regression_heads batch {number}: {len(targets)} targets for "
+                    f"{len(self.groups)} task groups"
+                )
+            where = f"fit_regression_heads batch {number}"
+            h = self._check_features(h, where, need_grad=False)
+            heads = self._check_heads(heads, h.shape[1])
+            if not bool(h.isfinite().all()):
+                raise FloatingPointError(f"{where}: h contains NaN or infinite values")
+            for i in regression:
+                y = self._check_target(i, targets[i], h, where)
+                if not bool(y.isfinite().all()):
+                    raise FloatingPointError(
+                        f"{where}, task group {self.groups[i].name!r}: targets contain NaN or "
+                        "infinite values"
+                    )
+                features = h.detach()
+                if heads[i].bias is not None:
+                    features = torch.cat([features, torch.ones_like(features[:, :1])], dim=1)
+                if i not in statistics:
+                    statistics[i] = RegressionStatistics(
+                        features.shape[1], self.groups[i].outputs, device=h.device
+                    )
+                statistics[i].update(features, y)
+            count += h.shape[0]
+        if count == 0:
+            raise ValueError("fit_regression_heads: no batch given")
+        fitted = {i: statistics[i].fit(self.gamma, self.noise_var) for i in regression}
+        _write_regression_heads(heads, fitted)
+        self.regression_fit_source = f"refit on {count} examples (fit_regression_heads)"
+        return {self.groups[i].name: p for i, p in fitted.items()}
+
+    # ------------------------------------------------------------------ input checks
+
+    def _where(self) -> str:
+        return f"BayesAgg step {self.step} (epoch {self.epoch})"
+
+    def _check_features(self, h: Tensor, where: str, *, need_grad: bool) -> Tensor:
+        if not isinstance(h, Tensor):
+            raise TypeError(f"{where}: h must be a tensor, got {type(h).__name__}")
+        if h.ndim != 2:
+            raise ValueError(f"{where}: h must have shape [B, D], got {tuple(h.shape)}")
+        if h.shape[0] == 0:
+            raise ValueError(f"{where}: empty batch (h has shape {tuple(h.shape)})")
+        if h.shape[1] == 0:
+            raise ValueError(f"{where}: h has no features (shape {tuple(h.shape)})")
+        if not h.is_floating_point():
+            raise ValueError(f"{where}: h must be floating point, got {h.dtype}")
+        if need_grad and not h.requires_grad:
+            raise ValueError(
+                f"{where}: h does not require grad; pass the encoder's output, not a detached tensor"
+            )
+        return h
+
+    def _check_heads(self, heads: Sequence[nn.Linear], dim: int | None) -> tuple[nn.Linear, ...]:
+        heads = tuple(heads)
+        if len(heads) != len(self.groups):
+            raise ValueError(
+                f"{len(heads)} heads for {len(self.groups)} task groups "
+                f"({', '.join(g.name for g in self.groups)}); give one nn.Linear per group"
+            )
+        for group, head in zip(self.groups, heads, strict=True):
+            if not isinstance(head, nn.Linear):
+                raise TypeError(
+                    f"task group {group.name!r}: the head must be an nn.Linear, got {type(head).__name__}"
+                )
+            if head.out_features != group.head_outputs:
+                raise ValueError(
+                    f"task group {group.name!r}: head has {head.out_features} outputs, the group "
+                    f"needs {group.head_outputs}"
+                )
+            if dim is not None and head.in_features != dim:
+                raise ValueError(
+                    f"task group {group.name!r}: head takes {head.in_features} features, h has {dim}"
+                )
+            if not isinstance(group, Regression) and head.bias is None:
+                raise ValueError(
+                    f"task group {group.name!r}: classification heads need a bias "
+                    "(the posterior is over weights and bias, METHOD.md sec. 2)"
+                )
+        return heads
+
+    def _check_target(self, index: int, y: Tensor | None, h: Tensor, where: str) -> Tensor:
+        group = self.groups[index]
+        name = f"{where}, task group {group.name!r}"
+        if not isinstance(y, Tensor):
+            raise TypeError(f"{name}: targets must be a tensor, got {type(y).__name__}")
+        if y.device != h.device:
+            raise ValueError(f"{name}: targets are on {y.device}, h on {h.device}")
+        batch = h.shape[0]
+        if isinstance(group, Multiclass):
+            if tuple(y.shape) != (batch,):
+                raise ValueError(
+                    f"{name}: multiclass targets must be class ids of shape [{batch}], got {tuple(y.shape)}"
+                )
+            if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+                raise ValueError(f"{name}: class ids must be integers, got {y.dtype}")
+            return y.long()
+        if tuple(y.shape) != (batch, group.outputs):
+            raise ValueError(
+                f"{name}: {group.kind} targets must have shape [{batch}, {group.outputs}], "
+                f"got {tuple(y.shape)}"
+            )
+        if y.is_complex():
+            raise ValueError(f"{name}: targets must be real, got {y.dtype}")
+        return y.to(torch.promote_types(h.dtype, torch.float32))
+
+    def _check_step(
+        self, h: Tensor, heads: Sequence[nn.Linear], targets: Sequence[Tensor]
+    ) -> tuple[tuple[nn.Linear, ...], list[Tensor], list[bool]]:
+        where = self._where()
+        h = self._check_features(h, where, need_grad=True)
+        heads = self._check_heads(heads, h.shape[1])
+        if len(targets) != len(self.groups):
+            raise ValueError(
+                f"{where}: {len(targets)} targets for {len(self.groups)} task groups "
+                f"({', '.join(g.name for g in self.groups)})"
+            )
+        targets = [self._check_target(i, y, h, where) for i, y in enumerate(targets)]
+        # One device synchronisation for all value checks; messages are built only on failure.
+        checks: list[tuple[type[Exception], str, Tensor]] = [
+            (
+                FloatingPointError,
+                f"{where}: the representation h contains NaN or infinite values",
+                h.isfinite().all(),
+            )
+        ]
+        for group, head, y in zip(self.groups, heads, targets, strict=True):
+            name = f"{where}, task group {group.name!r}"
+            for pname, p in head.named_parameters():
+                checks.append(
+                    (
+                        FloatingPointError,
+                        f"{name}: head {pname} contains NaN or infinite values",
+                        p.isfinite().all(),
+                    )
+                )
+            if isinstance(group, Multiclass):
+                valid = ((y >= 0) & (y < group.classes)).all()
+                checks.append(
+                    (ValueError, f"{name}: class ids must be in [0, {group.classes})", valid)
+                )
+                continue
+            checks.append(
+                (
+                    FloatingPointError,
+                    f"{name}: targets contain NaN or infinite values",
+                    y.isfinite().all(),
+                )
+            )
+            if isinstance(group, Binary):
+                valid = ((y == 0) | (y == 1)).all()
+                checks.append((ValueError, f"{name}: binary targets must be 0 or 1", valid))
+        flags = torch.stack([flag.to(h.device) for _, _, flag in checks]).tolist()
+        for (error, message, _), ok in zip(checks, flags, strict=True):
+            if not ok:
+                raise error(message)
+        bias = [head.bias is not None for head in heads]
+        self.prior.check_bias(bias)
+        return heads, targets, bias
+
+
+def _write_regression_heads(heads: Sequence[nn.Linear], fitted: dict[int, Gaussian]) -> None:
+    """Set regression heads to posterior means [O, P] (last column the bias when P = D + 1)."""
+    with torch.no_grad():
+        for i, gaussian in fitted.items():
+            head = heads[i]
+            mean = gaussian.mean
+            dim = head.in_features
+            head.weight.copy_(mean[:, :dim].to(head.weight))
+            if head.bias is not None:
+                head.bias.copy_(mean[:, dim].to(head.bias))
+
+
+def _clone(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.detach().clone()

@@ -1,0 +1,292 @@
+"""The epoch-level prior of BayesAgg-MTL: last epoch's full-data posterior, refitted once per epoch.
+
+Paper Section 3.1, "Prior selection" (and Section 3.2 for classification); METHOD.md section 2.
+A batch posterior sees only B examples, so information about the whole training set enters
+through its prior: during an epoch the features and targets of every step are collected; at the
+end of the epoch the posterior of each head is fitted on all of them with the isotropic prior
+N(0, gamma I), and that full-data posterior (mean and precision) is the prior of every batch
+posterior in the next epoch. Before the first refit the prior is N(0, gamma I).
+
+What is kept during an epoch (from ``h.detach()`` of every step, warm-up steps included):
+
+- regression groups: only the sufficient statistics ``H~^T H~`` [P, P] and ``H~^T Y`` [P, O]
+  (P = D, or D + 1 with a bias), summed batch by batch in float64: O(D^2) memory, and the
+  full-data fit of Bayesian linear regression is exact from them;
+- classification groups (binary and multiclass): the epoch's features [N, D] and targets, because
+  the Newton step of the full-data fit needs the predicted probabilities at the head *as it is at
+  the end of the epoch* (as in the paper's code). That is N x D numbers per epoch, kept on the
+  features' device in their dtype.
+
+The full-data fits run in float64 (``fit_dtype``); the fitted prior is cast once to the dtype and
+device of the features that use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bayesagg import posterior
+from bayesagg.linalg import augment, cholesky
+from bayesagg.posterior import Gaussian
+from bayesagg.tasks import Binary, Multiclass, Regression, TaskGroup, check_groups
+
+__all__ = ["EpochPrior", "RegressionStatistics", "isotropic_prior"]
+
+
+def isotropic_prior(
+    group: TaskGroup, num_params: int, gamma: float, *, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Return (mean, precision) of N(0, gamma I) for ``group`` in :mod:`bayesagg.posterior`'s layout.
+
+    ``num_params`` is P, the weights per output (D, or D + 1 with a bias).
+    """
+    return posterior.isotropic_prior(
+        group.kind, group.head_outputs, num_params, gamma, dtype=dtype, device=device
+    )
+
+
+class RegressionStatistics:
+    """Streamed sufficient statistics of Bayesian linear regression: ``H~^T H~``, ``H~^T Y``, N.
+
+    Sums run in float64 so that 10^5 examples lose nothing; memory is O(P^2 + P O).
+    """
+
+    def __init__(self, num_params: int, outputs: int, *, device: torch.device) -> None:
+        self.hth = torch.zeros(num_params, num_params, dtype=torch.float64, device=device)
+        self.hty = torch.zeros(num_params, outputs, dtype=torch.float64, device=device)
+        self.count = 0
+
+    def update(self, h: Tensor, y: Tensor) -> None:
+        """Add a batch: features h [B, P] (already with the bias column if any), targets y [B, O]."""
+        h64 = h.detach().to(torch.float64)
+        self.hth += h64.T @ h64
+        self.hty += h64.T @ y.detach().to(torch.float64)
+        self.count += h.shape[0]
+
+    def fit(self, gamma: float, noise_var: float) -> Gaussian:
+        """Return the full-data posterior with the prior N(0, gamma I) (METHOD.md sec. 2), float64."""
+        num_params, outputs = self.hty.shape
+        prior_mean, prior_precision = posterior.isotropic_prior(
+            "regression", outputs, num_params, gamma, dtype=torch.float64, device=self.hty.device
+        )
+        return posterior.regression_from_statistics(
+            self.hth, self.hty, prior_mean, prior_precision, noise_var=noise_var
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"hth": self.hth.clone(), "hty": self.hty.clone(), "count": self.count}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RegressionStatistics:
+        stats = cls(state["hth"].shape[0], state["hty"].shape[1], device=state["hth"].device)
+        stats.hth = state["hth"].clone()
+        stats.hty = state["hty"].clone()
+        stats.count = int(state["count"])
+        return stats
+
+
+class EpochPrior:
+    """Per-group prior of the batch posteriors, refitted on the whole epoch by :meth:`refit`.
+
+    ``prior(i, ...)`` gives group ``i``'s current prior; ``accumulate`` collects a step's data;
+    ``refit(heads)`` replaces the priors by the full-data posteriors and clears the buffers.
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[TaskGroup],
+        *,
+        gamma: float,
+        noise_var: float = 1.0,
+        fit_dtype: torch.dtype = torch.float64,
+    ) -> None:
+        check_groups(groups)
+        if not gamma > 0:
+            raise ValueError(f"prior variance gamma must be positive, got {gamma}")
+        if not noise_var > 0:
+            raise ValueError(f"noise variance must be positive, got {noise_var}")
+        self.groups = tuple(groups)
+        self.gamma = float(gamma)
+        self.noise_var = float(noise_var)
+        self.fit_dtype = fit_dtype
+        #: Whether each group's head has a bias (fixed by the first batch); None until then.
+        self.bias: list[bool] | None = None
+        #: The full-data posterior of each group from the last refit (None: isotropic prior).
+        self.posteriors: list[Gaussian | None] = [None] * len(self.groups)
+        #: Number of refits done so far.
+        self.refits = 0
+        self._statistics: list[RegressionStatistics | None] = [None] * len(self.groups)
+        self._features: list[Tensor] = []
+        self._targets: list[list[Tensor]] = [[] for _ in self.groups]
+        self._count = 0
+        self._cast: dict[tuple[int, int, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+
+    @property
+    def num_examples(self) -> int:
+        """Return the number of examples accumulated since the last refit."""
+        return self._count
+
+    def check_bias(self, bias: Sequence[bool]) -> None:
+        """Raise ``ValueError`` if a head gained or lost its bias since the first batch."""
+        bias = [bool(b) for b in bias]
+        if len(bias) != len(self.groups):
+            raise ValueError(f"{len(bias)} bias flags for {len(self.groups)} task groups")
+        if self.bias is None:
+            self.bias = bias
+        elif bias != self.bias:
+            changed = [
+                g.name for g, a, b in zip(self.groups, self.bias, bias, strict=True) if a != b
+            ]
+            raise ValueError(
+                f"the head of task group(s) {changed} changed between having and not having a bias"
+            )
+
+    def accumulate(self, h: Tensor, targets: Sequence[Tensor], bias: Sequence[bool]) -> None:
+        """Add one step's features h [B, D] and per-group targets to the epoch's buffers."""
+        self.check_bias(bias)
+        h = h.detach()
+        h_tilde = None
+        needs_features = False
+        for i, (group, y) in enumerate(zip(self.groups, targets, strict=True)):
+            if isinstance(group, Regression):
+                features = h
+                if self.bias[i]:
+                    h_tilde = augment(h, True) if h_tilde is None else h_tilde
+                    features = h_tilde
+                if self._statistics[i] is None:
+                    self._statistics[i] = RegressionStatistics(
+                        features.shape[1], group.outputs, device=h.device
+                    )
+                self._statistics[i].update(features, y)
+            else:
+                needs_features = True
+                self._targets[i].append(y.detach())
+        if needs_features:
+            self._features.append(h)
+        self._count += h.shape[0]
+
+    def prior(
+        self, index: int, num_params: int, *, dtype: torch.dtype, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        """Return group ``index``'s prior (mean, precision) in ``dtype`` on ``device``."""
+        key = (index, num_params, dtype, device)
+        if key not in self._cast:
+            fitted = self.posteriors[index]
+            if fitted is None:
+                self._cast[key] = isotropic_prior(
+                    self.groups[index], num_params, self.gamma, dtype=dtype, device=device
+                )
+            else:
+                if fitted.mean.shape[-1] != num_params:
+                    raise ValueError(
+                        f"task group {self.groups[index].name!r}: the prior has "
+                        f"{fitted.mean.shape[-1]} weights per output, the head {num_params}"
+                    )
+                self._cast[key] = (
+                    fitted.mean.to(dtype=dtype, device=device),
+                    fitted.precision.to(dtype=dtype, device=device),
+                )
+        return self._cast[key]
+
+    def refit(self, heads: Sequence[nn.Module] | None) -> None:
+        """Replace every group's prior by its full-data posterior on this epoch, then clear.
+
+        Regression: exact fit from the streamed statistics. Classification: one Newton step
+        around the head's current weights and bias (METHOD.md sec. 2), on the stored features,
+        so ``heads`` must be the heads as they are now. With no example accumulated the priors
+        stay as they are.
+        """
+        if self.num_examples == 0:
+            self.clear()
+            return
+        new: list[Gaussian | None] = []
+        features = None
+        for i, group in enumerate(self.groups):
+            if isinstance(group, Regression):
+                stats = self._statistics[i]
+                assert stats is not None  # accumulate() filled every regression group
+                new.append(stats.fit(self.gamma, self.noise_var))
+                continue
+            if heads is None:
+                raise ValueError(
+                    f"refitting the prior of classification group {group.name!r} needs its head"
+                )
+            if features is None:
+                features = torch.cat(self._features).to(self.fit_dtype)
+            head = heads[i]
+            weight = head.weight.detach().to(device=features.device, dtype=self.fit_dtype)
+            bias = head.bias.detach().to(device=features.device, dtype=self.fit_dtype)
+            y = torch.cat(self._targets[i])
+            mean0, precision0 = isotropic_prior(
+                group,
+                features.shape[1] + 1,
+                self.gamma,
+                dtype=self.fit_dtype,
+                device=features.device,
+            )
+            if isinstance(group, Binary):
+                fitted = posterior.binary(
+                    features, y.to(self.fit_dtype), weight, bias, mean0, precision0
+                )
+            else:
+                assert isinstance(group, Multiclass)
+                fitted = posterior.multiclass(features, y, weight, bias, mean0, precision0)
+            new.append(fitted)
+        self.posteriors = new
+        self.refits += 1
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget the epoch's buffers (not the fitted priors)."""
+        self._statistics = [None] * len(self.groups)
+        self._features = []
+        self._targets = [[] for _ in self.groups]
+        self._count = 0
+        self._cast = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the fitted priors and the buffers accumulated so far (tensors cloned)."""
+        return {
+            "gamma": self.gamma,
+            "noise_var": self.noise_var,
+            "bias": None if self.bias is None else list(self.bias),
+            "refits": self.refits,
+            "posteriors": [
+                None if p is None else {"mean": p.mean.clone(), "precision": p.precision.clone()}
+                for p in self.posteriors
+            ],
+            "statistics": [None if s is None else s.state_dict() for s in self._statistics],
+            "count": self._count,
+            "features": torch.cat(self._features) if self._features else None,
+            "targets": [torch.cat(t) if t else None for t in self._targets],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if len(state["posteriors"]) != len(self.groups):
+            raise ValueError(
+                f"prior state has {len(state['posteriors'])} groups, this prior {len(self.groups)}"
+            )
+        self.gamma = float(state["gamma"])
+        self.noise_var = float(state["noise_var"])
+        self.bias = None if state["bias"] is None else list(state["bias"])
+        self.refits = int(state["refits"])
+        self.posteriors = [
+            None if p is None else _gaussian(p["mean"], p["precision"]) for p in state["posteriors"]
+        ]
+        self._statistics = [
+            None if s is None else RegressionStatistics.from_state(s) for s in state["statistics"]
+        ]
+        self._features = [] if state["features"] is None else [state["features"].clone()]
+        self._targets = [[] if t is None else [t.clone()] for t in state["targets"]]
+        self._count = int(state["count"])
+        self._cast = {}
+
+
+def _gaussian(mean: Tensor, precision: Tensor) -> Gaussian:
+    """Return a :class:`Gaussian` from a stored mean and precision (refactorised)."""
+    return Gaussian(mean.clone(), precision.clone(), cholesky(precision, what="stored prior"))

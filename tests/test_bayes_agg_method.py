@@ -1,0 +1,90 @@
+"""The registry adapter BayesAggMTL follows the Method contract and delegates to BayesAgg."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bayesagg import BayesAgg, Binary, Multiclass, Regression, methods
+from bayesagg.methods.bayesagg_mtl import BayesAggMTL
+from bayesagg.tasks import task_losses
+
+D = 4
+GROUPS = (Regression("r", 2), Binary("b", 2), Multiclass("m", 3))
+
+
+def _step_inputs(seed=0):
+    torch.manual_seed(seed)
+    heads = nn.ModuleList([nn.Linear(D, 2), nn.Linear(D, 2), nn.Linear(D, 3)])
+    h = torch.randn(6, D, requires_grad=True)
+    targets = [torch.randn(6, 2), torch.randint(0, 2, (6, 2)).float(), torch.randint(0, 3, (6,))]
+    return heads, h, targets
+
+
+def test_registry_creates_it():
+    method = methods.create("bayesagg", num_tasks=5, groups=GROUPS, s_regression=0.75)
+    assert isinstance(method, BayesAggMTL)
+    assert method.name == "bayesagg" and method.space == "representation"
+    assert method.aggregator.s_regression == 0.75
+    assert "s_regression=0.75" in repr(method)
+
+
+def test_num_tasks_must_match_the_groups():
+    with pytest.raises(ValueError, match="num_tasks=4 but the task groups"):
+        BayesAggMTL(4, groups=GROUPS)
+    with pytest.raises(TypeError, match="bayesagg"):
+        methods.create("bayesagg", num_tasks=5, groups=GROUPS, not_an_option=1)
+
+
+def test_backward_delegates_to_bayesagg_and_records_weights():
+    heads, h, targets = _step_inputs()
+    method = BayesAggMTL(5, groups=GROUPS, gamma=0.1)
+    losses = task_losses(GROUPS, [head(h) for head in heads], targets)
+    method.backward(
+        losses,
+        shared_parameters=[],
+        task_parameters=list(heads.parameters()),
+        representation=h,
+        heads=heads,
+        targets=targets,
+    )
+    reference_heads, reference_h, _ = _step_inputs()
+    BayesAgg(GROUPS, gamma=0.1).backward(reference_h, reference_heads, targets)
+    torch.testing.assert_close(h.grad, reference_h.grad)
+    assert method.last_weights is not None and method.last_weights.shape == (5,)
+
+
+@pytest.mark.parametrize("missing", ["representation", "heads", "targets"])
+def test_missing_inputs_are_named(missing):
+    heads, h, targets = _step_inputs()
+    kwargs = {"representation": h, "heads": heads, "targets": targets, missing: None}
+    with pytest.raises(ValueError, match=f"missing: {missing}"):
+        BayesAggMTL(5, groups=GROUPS).backward(torch.ones(5), shared_parameters=[], **kwargs)
+
+
+def test_bad_losses_are_rejected():
+    heads, h, targets = _step_inputs()
+    with pytest.raises(ValueError, match="expected 5 task losses"):
+        BayesAggMTL(5, groups=GROUPS).backward(
+            torch.ones(4), shared_parameters=[], representation=h, heads=heads, targets=targets
+        )
+
+
+def test_end_epoch_state_dict_and_reset():
+    heads, h, targets = _step_inputs()
+    method = BayesAggMTL(5, groups=GROUPS, warmup_epochs=1)
+    method.backward(
+        torch.ones(5), shared_parameters=[], representation=h, heads=heads, targets=targets
+    )
+    method.end_epoch(torch.ones(5))
+    assert method.aggregator.epoch == 1 and method.aggregator.prior.refits == 1
+    state = method.state_dict()
+    other = BayesAggMTL(5, groups=GROUPS, warmup_epochs=1)
+    other.load_state_dict(state)
+    assert other.aggregator.epoch == 1
+    torch.testing.assert_close(
+        other.aggregator.prior.posteriors[2].mean, method.aggregator.prior.posteriors[2].mean
+    )
+    method.reset()
+    assert method.aggregator.epoch == 0 and method.last_weights is None
