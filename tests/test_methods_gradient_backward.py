@@ -171,6 +171,25 @@ def test_nash_mtl_solver_failure_is_counted_and_logged(monkeypatch, caplog) -> N
     assert method.state_dict()["solver_failures"] == 1
 
 
+def test_nash_mtl_repeated_failures_are_all_counted_but_logged_sparsely(
+    monkeypatch, caplog
+) -> None:
+    cp = pytest.importorskip("cvxpy")
+
+    def fail(self, *args, **kwargs):
+        raise cp.SolverError("injected failure")
+
+    monkeypatch.setattr(cp.Problem, "solve", fail)
+    method = make("nash-mtl")
+    with caplog.at_level(logging.DEBUG, logger="bayesagg.methods.gradient.nash_mtl"):
+        for _ in range(12):
+            method.aggregate(conflicting_jacobian())
+    assert method.solver_failures == 12
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2 and "1 failure(s)" in warned[0] and "10 failure(s)" in warned[1]
+    assert sum(r.levelno == logging.DEBUG for r in caplog.records) == 10
+
+
 def test_nash_mtl_solver_failure_can_raise(monkeypatch) -> None:
     cp = pytest.importorskip("cvxpy")
     from bayesagg.methods.gradient.nash_mtl import NashMTLSolverError

@@ -174,7 +174,11 @@ class NashMTL(Aggregator):
         )
         if self.on_solver_failure == "raise":
             raise NashMTLSolverError(message) from err
-        _log.warning("%s; keeping the previous weights", message)
+        # Every failure is counted (``solver_failures``, also in results); the log shows the 1st,
+        # 10th, 100th, ... at WARNING so a long run is not flooded, the rest at DEBUG.
+        n = self.solver_failures
+        level = logging.WARNING if n == 10 ** (len(str(n)) - 1) else logging.DEBUG
+        _log.log(level, "%s; keeping the previous weights", message)
 
     # -- steps that reuse the weights need no Jacobian ------------------------------------------
     def backward(
