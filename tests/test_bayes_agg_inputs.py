@@ -170,3 +170,13 @@ def test_fit_regression_heads_rejects_nan():
                 (torch.full((2, D), float("inf")), [targets[0][:2], None, None]),
             ],
         )
+
+
+def test_large_finite_values_are_not_mistaken_for_infinities():
+    """The finiteness screen sums each tensor; a sum that overflows is re-checked exactly."""
+    agg, h, heads, targets = _setup()
+    big = torch.full((5, 1), 3e38)  # every entry finite, the float32 sum overflows
+    checked_heads, checked, _ = agg._check_step(h, heads, [big, targets[1], targets[2]])
+    assert torch.equal(checked[0], big) and len(checked_heads) == 3
+    with pytest.raises(FloatingPointError, match="'age': targets contain NaN"):
+        agg._check_step(h, heads, [torch.full((5, 1), float("-inf")), *targets[1:]])

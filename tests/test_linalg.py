@@ -107,3 +107,16 @@ def test_check_finite_and_augment() -> None:
     h = torch.arange(6.0).reshape(2, 3)
     assert augment(h, False) is h
     torch.testing.assert_close(augment(h, True)[:, -1], torch.ones(2))
+
+
+def test_check_finite_sum_fast_path_has_no_false_alarms() -> None:
+    """Finite values whose sum overflows pass (exact fallback); NaN and -inf are still caught."""
+    big = torch.full((4,), 3e38)  # float32 sum overflows to inf, every entry is finite
+    check_finite(big=big, ids=torch.arange(3), flags=torch.ones(2, dtype=torch.bool))
+    with pytest.raises(FloatingPointError, match="nan_one"):
+        check_finite(ok=big, nan_one=torch.tensor([0.0, float("nan")]))
+    with pytest.raises(FloatingPointError, match="cancel"):
+        check_finite(cancel=torch.tensor([float("inf"), float("-inf")]))
+    cholesky(torch.diag(torch.tensor([3e38, 3e38])), what="finite but large")
+    with pytest.raises(NumericalError, match="NaN"):
+        cholesky(torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]]), what="nan matrix")

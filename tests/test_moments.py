@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from bayesagg import moments
-from bayesagg.linalg import augment
+from bayesagg.linalg import NumericalError, augment
 
 DT = torch.float64
 REFERENCE_SAMPLES = 100_000
@@ -365,3 +365,116 @@ def test_bad_inputs() -> None:
         moments.multiclass(h, y[:2], mean, cov)
     with pytest.raises(ValueError, match="cov must have shape"):
         moments.multiclass(h, y, mean, cov[:4, :4])
+
+
+# ----------------------------------------------------------------------------- exact algebra
+
+
+def _multiclass_per_draw(h, y, mean, cov, samples, seed):
+    """Return (mu, var) [B, D] averaging E[g_d | a] and E[g_d^2 | a] draw by draw (float64).
+
+    The Rao-Blackwell estimator written out directly, one example at a time: the conditional
+    mean and covariance of u_d = W[:, d] given the logits a = mu_a + L z, for the same shared
+    standard-normal draws z as :func:`moments.multiclass`.
+    """
+    c, p = mean.shape
+    d = h.shape[1]
+    ht = augment(h, p == d + 1)
+    noise = torch.randn(samples, c, generator=_gen(seed), dtype=DT)
+    cov4 = cov.reshape(c, p, c, p)
+    mus, variances = [], []
+    for i in range(h.shape[0]):
+        x = torch.zeros(c, c * p, dtype=DT)  # logits a = x theta
+        for k in range(c):
+            x[k, k * p : (k + 1) * p] = ht[i]
+        v = x @ cov @ x.T
+        factor = torch.linalg.cholesky(0.5 * (v + v.T))
+        a = ht[i] @ mean.T + noise @ factor.T  # [S, C]
+        r = torch.softmax(a, -1) - F.one_hot(y[i], c).to(DT)
+        cross = cov @ x.T  # [C*P, C]: Cov(theta, a)
+        first = torch.zeros(samples, d, dtype=DT)
+        second = torch.zeros(samples, d, dtype=DT)
+        for j in range(d):
+            rows = torch.arange(c) * p + j  # u_j = theta[:, j]
+            k_j = cross[rows]  # [C, C]
+            gain = k_j @ torch.linalg.inv(v)
+            cond_mean = mean[:, j] + (a - ht[i] @ mean.T) @ gain.T  # [S, C]
+            cond_cov = cov4[:, j, :, j] - gain @ k_j.T
+            g = (cond_mean * r).sum(-1)
+            first[:, j] = g
+            second[:, j] = g.square() + torch.einsum("sc,ce,se->s", r, cond_cov, r)
+        mu = first.mean(0)
+        mus.append(mu)
+        variances.append(second.mean(0) - mu.square())
+    return torch.stack(mus), torch.stack(variances)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_multiclass_rao_blackwell_equals_per_draw_average(bias: bool) -> None:
+    """The moment-of-x form gives the per-draw average exactly (same draws), to rounding."""
+    h, y, mean, cov = _multiclass_problem(31, b=4, d=3, c=4)
+    if not bias:
+        keep = torch.tensor([i for i in range(16) if i % 4 != 3])
+        mean, cov = mean[:, :3], cov[keep][:, keep]
+    mu, var = moments.multiclass(h, y, mean, cov, num_samples=257, generator=_gen(32))
+    mu_ref, var_ref = _multiclass_per_draw(h, y, mean, cov, 257, 32)
+    torch.testing.assert_close(mu[:, 0], mu_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(var[:, 0], var_ref.clamp_min(0), rtol=1e-10, atol=1e-12)
+    # Chunks of draws combine exactly (pairwise mean/covariance update).
+    mu_c, var_c = moments.multiclass(
+        h, y, mean, cov, num_samples=257, generator=_gen(32), chunk_size=10
+    )
+    torch.testing.assert_close(mu_c, mu, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(var_c, var, rtol=1e-12, atol=1e-14)
+
+
+def test_binary_rao_blackwell_variance_expansion_equals_second_moment_form() -> None:
+    """Var expanded in m, s, u equals E[g^2] - E[g]^2 from the same quadrature, to rounding."""
+    g = _gen(33)
+    b, d, o = 5, 4, 3
+    h = torch.randn(b, d, generator=g, dtype=DT)
+    y = torch.randint(0, 2, (b, o), generator=g).to(DT)
+    mean = torch.randn(o, d + 1, generator=g, dtype=DT)
+    cov = torch.stack([_spd(d + 1, g, 0.3) for _ in range(o)])
+    mu, var = moments.binary(h, y, mean, cov, nodes=40)
+    ht = augment(h, True)
+    sh = torch.einsum("opq,bq->bop", cov, ht)
+    q = (sh * ht[:, None]).sum(-1)
+    u = sh[..., :d] / q.sqrt()[..., None]
+    s = cov.diagonal(dim1=-2, dim2=-1)[None, :, :d]
+    z, w = moments._hermite(40, DT, h.device)
+    r = torch.sigmoid((ht @ mean.T)[..., None] + q.sqrt()[..., None] * z) - y[..., None]
+    m = mean[None, :, :d]
+    # g at node k, conditional on the logit: E[g_d | z] = (m_d + u_d z) r, Var = (s_d - u_d^2) r^2.
+    cond_mean = (m[..., None] + u[..., None] * z) * r[:, :, None, :]
+    second = cond_mean.square() + (s - u.square())[..., None] * r[:, :, None, :].square()
+    mu_ref = cond_mean @ w
+    torch.testing.assert_close(mu, mu_ref, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        var, (second @ w - mu_ref.square()).clamp_min(0), rtol=1e-10, atol=1e-13
+    )
+
+
+def test_check_false_gives_the_same_moments_and_skips_value_checks() -> None:
+    h, y, mean, cov = _multiclass_problem(34)
+    for check in (True, False):
+        out = moments.multiclass(h, y, mean, cov, num_samples=50, generator=_gen(1), check=check)
+        torch.testing.assert_close(
+            out[0], moments.multiclass(h, y, mean, cov, num_samples=50, generator=_gen(1))[0]
+        )
+    bad = h.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="h contains"):
+        moments.multiclass(bad, y, mean, cov, num_samples=5)
+    # Unchecked, the NaN still fails loudly, later (the logit covariance cannot be factorised).
+    with pytest.raises(NumericalError, match="logit covariance"):
+        moments.multiclass(bad, y, mean, cov, num_samples=5, check=False)
+    hr, yr, mr, cr = _regression_problem(35)
+    torch.testing.assert_close(
+        moments.regression(hr, yr, mr, cr, check=False)[1], moments.regression(hr, yr, mr, cr)[1]
+    )
+    yb = (yr > 0).to(DT)
+    covb = torch.stack([cr, cr])
+    torch.testing.assert_close(
+        moments.binary(hr, yb, mr, covb, check=False)[1], moments.binary(hr, yb, mr, covb)[1]
+    )

@@ -268,3 +268,29 @@ def test_bad_inputs_name_the_argument() -> None:
         posterior.regression(h, y[:2], m0, p0)
     with pytest.raises(ValueError, match="hty must have shape"):
         posterior.regression_from_statistics(h.T @ h, y, m0, p0)
+
+
+def test_check_false_gives_the_same_posteriors() -> None:
+    """``check=False`` only skips value checks: identical results on valid input."""
+    h, y, weight, bias, m0, p0 = _multiclass_problem(40)
+    a = posterior.multiclass(h, y, weight, bias, m0, p0)
+    b = posterior.multiclass(h, y, weight, bias, m0, p0, check=False)
+    torch.testing.assert_close(a.mean, b.mean, rtol=0, atol=0)
+    torch.testing.assert_close(a.precision, b.precision, rtol=0, atol=0)
+    h, y, weight, bias, m0, p0 = _binary_problem(41)
+    a, b = (
+        posterior.binary(h, y, weight, bias, m0, p0),
+        posterior.binary(h, y, weight, bias, m0, p0, check=False),
+    )
+    torch.testing.assert_close(a.mean, b.mean, rtol=0, atol=0)
+    g = _gen(42)
+    hr, yr = torch.randn(6, 3, generator=g, dtype=DT), torch.randn(6, 2, generator=g, dtype=DT)
+    m, pr = isotropic_prior("regression", 2, 4, 0.5, dtype=DT)
+    a = posterior.regression(hr, yr, m, pr, bias=True)
+    b = posterior.regression(hr, yr, m, pr, bias=True, check=False)
+    torch.testing.assert_close(a.mean, b.mean, rtol=0, atol=0)
+    # The checked version names the bad argument; the unchecked one leaves it to the caller.
+    bad = hr.clone()
+    bad[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match="h contains"):
+        posterior.regression(bad, yr, m, pr, bias=True)

@@ -34,8 +34,9 @@ def weights(var: Tensor, s: float | Tensor, eps: float = 1e-8) -> Tensor:
                 f"per-task powers s must have shape [{var.shape[1]}], got {tuple(s.shape)}"
             )
         s = s.to(var).view(1, -1, 1)
-    log_precision = -torch.log(var.clamp_min(eps))
-    return torch.softmax(s * log_precision, dim=1)
+    # s * log(lambda) = -s * log(max(v, eps)), built in place in the one new tensor clamp makes.
+    scaled_log_precision = var.clamp_min(eps).log_().mul_(-s)
+    return torch.softmax(scaled_log_precision, dim=1)
 
 
 def aggregate(mu: Tensor, var: Tensor, s: float | Tensor, eps: float = 1e-8) -> Tensor:

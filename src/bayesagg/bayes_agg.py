@@ -291,7 +291,9 @@ class BayesAgg:
             torch.cat(variances, dim=1), self._powers_for(dtype, h.device), self.eps
         )
         g = (alpha * mu).sum(dim=1)
-        if not bool(g.isfinite().all()):  # one check of the result; locate the cause on failure
+        # One check of the result (a non-finite entry makes the sum non-finite; the exact test
+        # runs only then), and the cause located on failure.
+        if not bool(g.sum().isfinite()) and not bool(g.isfinite().all()):
             bad = [
                 group.name
                 for group, m, v in zip(self.groups, mus, variances, strict=True)
@@ -332,19 +334,24 @@ class BayesAgg:
     def _group_moments(
         self, index: int, group: TaskGroup, head: nn.Linear, h: Tensor, y: Tensor, bias: bool
     ) -> tuple[Tensor, Tensor]:
-        """Return the gradient moments (mu, var) [B, tasks of the group, D] of one group."""
+        """Return the gradient moments (mu, var) [B, tasks of the group, D] of one group.
+
+        The inputs were validated by :meth:`_check_step` (one synchronisation for all groups)
+        and the prior when it was fitted, so the stages skip their own value checks
+        (``check=False``); a non-finite result is still caught on the aggregated gradient.
+        """
         num_params = h.shape[1] + int(bias)
         mean0, precision0 = self.prior.prior(index, num_params, dtype=h.dtype, device=h.device)
         try:
             if isinstance(group, Regression):
                 post = posterior.regression(
-                    h, y, mean0, precision0, noise_var=self.noise_var, bias=bias
+                    h, y, mean0, precision0, noise_var=self.noise_var, bias=bias, check=False
                 )
-                return gradient_moments.regression(h, y, post.mean, post.covariance())
+                return gradient_moments.regression(h, y, post.mean, post.covariance(), check=False)
             weight = head.weight.detach().to(h.dtype)
             offset = head.bias.detach().to(h.dtype)
             if isinstance(group, Binary):
-                post = posterior.binary(h, y, weight, offset, mean0, precision0)
+                post = posterior.binary(h, y, weight, offset, mean0, precision0, check=False)
                 return gradient_moments.binary(
                     h,
                     y,
@@ -354,8 +361,9 @@ class BayesAgg:
                     num_samples=self.num_samples or gradient_moments.DEFAULT_SAMPLES["monte_carlo"],
                     generator=self.generator,
                     nodes=self.nodes,
+                    check=False,
                 )
-            post = posterior.multiclass(h, y, weight, offset, mean0, precision0)
+            post = posterior.multiclass(h, y, weight, offset, mean0, precision0, check=False)
             return gradient_moments.multiclass(
                 h,
                 y,
@@ -364,6 +372,7 @@ class BayesAgg:
                 method=self.moments,
                 num_samples=self.num_samples,
                 generator=self.generator,
+                check=False,
             )
         except NumericalError as err:
             raise NumericalError(f"{self._where()}, task group {group.name!r}: {err}") from err
@@ -555,11 +564,13 @@ class BayesAgg:
             )
         targets = [self._check_target(i, y, h, where) for i, y in enumerate(targets)]
         # One device synchronisation for all value checks; messages are built only on failure.
-        checks: list[tuple[type[Exception], str, Tensor]] = [
+        # Finiteness is screened by sums (a NaN or infinity makes the sum non-finite; cheaper
+        # than an element-wise test) and confirmed element-wise only when a sum is not finite.
+        checks: list[tuple[type[Exception], str, Tensor | _Finite]] = [
             (
                 FloatingPointError,
                 f"{where}: the representation h contains NaN or infinite values",
-                h.isfinite().all(),
+                _Finite(h),
             )
         ]
         for group, head, y in zip(self.groups, heads, targets, strict=True):
@@ -569,7 +580,7 @@ class BayesAgg:
                     (
                         FloatingPointError,
                         f"{name}: head {pname} contains NaN or infinite values",
-                        p.isfinite().all(),
+                        _Finite(p),
                     )
                 )
             if isinstance(group, Multiclass):
@@ -582,15 +593,16 @@ class BayesAgg:
                 (
                     FloatingPointError,
                     f"{name}: targets contain NaN or infinite values",
-                    y.isfinite().all(),
+                    _Finite(y),
                 )
             )
             if isinstance(group, Binary):
                 valid = ((y == 0) | (y == 1)).all()
                 checks.append((ValueError, f"{name}: binary targets must be 0 or 1", valid))
-        flags = torch.stack([flag.to(h.device) for _, _, flag in checks]).tolist()
-        for (error, message, _), ok in zip(checks, flags, strict=True):
-            if not ok:
+        screens = [flag.screen if isinstance(flag, _Finite) else flag for _, _, flag in checks]
+        flags = torch.stack([flag.to(h.device) for flag in screens]).tolist()
+        for (error, message, flag), ok in zip(checks, flags, strict=True):
+            if not ok and (not isinstance(flag, _Finite) or not bool(flag.exact())):
                 raise error(message)
         bias = [head.bias is not None for head in heads]
         self.prior.check_bias(bias)
@@ -607,6 +619,17 @@ def _write_regression_heads(heads: Sequence[nn.Linear], fitted: dict[int, Gaussi
             head.weight.copy_(mean[:, :dim].to(head.weight))
             if head.bias is not None:
                 head.bias.copy_(mean[:, dim].to(head.bias))
+
+
+class _Finite:
+    """A deferred finiteness test: the cheap sum screen now, the exact test only if needed."""
+
+    def __init__(self, tensor: Tensor) -> None:
+        self.tensor = tensor.detach()
+        self.screen = self.tensor.sum().isfinite()
+
+    def exact(self) -> Tensor:
+        return self.tensor.isfinite().all()
 
 
 def _clone(t: Tensor | None) -> Tensor | None:

@@ -81,7 +81,9 @@ def _method(method: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(allowed)}")
 
 
-def regression(h: Tensor, y: Tensor, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor]:
+def regression(
+    h: Tensor, y: Tensor, mean: Tensor, cov: Tensor, *, check: bool = True
+) -> tuple[Tensor, Tensor]:
     """Return exact (mu, var) [B, O, D] of the squared-error gradient of each regression output.
 
     Per output with weights w~ ~ N(m~, S~) and residual e = w~^T h~ - y (METHOD.md section 3):
@@ -90,7 +92,8 @@ def regression(h: Tensor, y: Tensor, mean: Tensor, cov: Tensor) -> tuple[Tensor,
         Var[g_d] = 4 (m_d^2 q + rho^2 s_d + s_d q + c_d^2 + 2 m_d rho c_d),
     the product moments of the jointly Gaussian w_d and e; equal to the diagonal of paper
     Eq. 4. ``cov`` is [P, P] shared by all outputs (one [B, P] x [P, P] matmul for the batch)
-    or [O, P, P]. O(B P^2 + B O D) work, no D x D tensor per example.
+    or [O, P, P]. O(B P^2 + B O D) work, no D x D tensor per example. ``check=False`` skips
+    the finiteness checks of the values (shapes are always checked).
     """
     b, d, o, bias = _check_common(h, mean, "O")
     p = mean.shape[1]
@@ -101,7 +104,8 @@ def regression(h: Tensor, y: Tensor, mean: Tensor, cov: Tensor) -> tuple[Tensor,
         )
     dtype = h.dtype
     y, mean, cov = y.to(dtype), mean.to(dtype), cov.to(dtype)
-    check_finite(h=h, y=y, mean=mean, cov=cov)
+    if check:
+        check_finite(h=h, y=y, mean=mean, cov=cov)
     ht = augment(h, bias)  # [B, P]
     rho = (ht @ mean.mT - y)[..., None]  # [B, O, 1]
     m = mean[None, :, :d]  # [1, O, D]
@@ -159,6 +163,7 @@ def binary(
     generator: torch.Generator | None = None,
     nodes: int = 32,
     chunk_size: int | None = None,
+    check: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Return (mu, var) [B, O, D] of the BCE gradient g_o = w_o (sigmoid(a_o) - y_o) of O tasks.
 
@@ -178,6 +183,8 @@ def binary(
     ``"monte_carlo"``: the paper's estimator (Eq. 11), ``num_samples`` weight draws per task
     shared by the whole batch, E[g_d^2] - E[g_d]^2 with 1/S normalisation. Accumulated over
     chunks of ``chunk_size`` samples: never an [S, B, O, D] tensor. ``nodes`` is unused.
+
+    ``check=False`` skips the finiteness checks of the values (shapes are always checked).
     """
     _method(method, ("rao_blackwell", "monte_carlo"))
     b, d, o, bias = _check_common(h, mean, "O")
@@ -186,7 +193,8 @@ def binary(
     _expect("cov", cov, (o, p, p))
     dtype = h.dtype
     y, mean, cov = y.to(dtype), mean.to(dtype), cov.to(dtype)
-    check_finite(h=h, y=y, mean=mean, cov=cov)
+    if check:
+        check_finite(h=h, y=y, mean=mean, cov=cov)
     ht = augment(h, bias)
     if method == "monte_carlo":
         return _binary_monte_carlo(
@@ -208,16 +216,21 @@ def binary(
     logit_mean = ht @ mean.mT  # [B, O]
     r = torch.sigmoid(logit_mean[..., None] + sd[..., None] * z) - y[..., None]  # [B, O, nodes]
     r2 = r.square()
-    e_r, e_rz = r @ weights, (r * z) @ weights
-    e_r2, e_r2z, e_r2z2 = r2 @ weights, (r2 * z) @ weights, (r2 * z.square()) @ weights
+    # The five expectations as one [B, O, nodes] x [nodes, 5] product.
+    basis = torch.stack([weights, z * weights, z.square() * weights], dim=1)  # [nodes, 3]
+    e_r, e_rz = (r @ basis[:, :2]).unbind(-1)
+    e_r2, e_r2z, e_r2z2 = (r2 @ basis).unbind(-1)
     m = mean[None, :, :d]
-    mu = m * e_r[..., None] + u * e_rz[..., None]
-    second = (
-        (m.square() + (s - u.square()).clamp_min(0)) * e_r2[..., None]
-        + 2 * m * u * e_r2z[..., None]
-        + u.square() * e_r2z2[..., None]
-    )
-    return mu, (second - mu.square()).clamp_min(0)
+    mu = torch.addcmul(m * e_r[..., None], u, e_rz[..., None])
+    # Var[g_d] = E[g_d^2] - E[g_d]^2 expanded in m_d, s_d and u_d, so the [B, O, D] work is a
+    # few fused multiply-adds and the subtraction of moments happens on [B, O] numbers:
+    #   m_d^2 Var[r] + s_d E[r^2] + 2 m_d u_d (E[r^2 z] - E[r] E[r z])
+    #   + u_d^2 (E[r^2 z^2] - E[r^2] - E[r z]^2).
+    linear = (2 * (e_r2z - e_r * e_rz))[..., None]
+    quadratic = (e_r2z2 - e_r2 - e_rz.square())[..., None]
+    var = (m.square() * (e_r2 - e_r.square())[..., None]).addcmul_(s, e_r2[..., None])
+    var.addcmul_(u, torch.addcmul(u * quadratic, m, linear))
+    return mu, var.clamp_min_(0)
 
 
 def _binary_monte_carlo(
@@ -261,6 +274,7 @@ def multiclass(
     num_samples: int | None = None,
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
+    check: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Return (mu, var) [B, 1, D] of the cross-entropy gradient g = W^T (softmax(a) - e_y).
 
@@ -272,11 +286,21 @@ def multiclass(
     a ~ N(mu_a, V) per example (standard-normal draws shared by the batch), and integrate the
     weights analytically: u_d = W[:, d] | a ~ N(m_d + K_d V^-1 (a - mu_a), S_d - K_d V^-1 K_d^T),
     E[g_d | a] = E[u_d | a]^T r(a), E[g_d^2 | a] = E[g_d | a]^2 + r^T Cov(u_d | a) r.
-    O(B C^2 P^2 + S B C^2 D) work; per-example memory O(C^2 P + S D).
+    Both are linear in x = [r, vec(z r^T)] (z the standard-normal draw, a = mu_a + L z): with
+    A_d = [m_d, vec(K_d L^-T)], E[g_d | a] = A_d^T x, so the sample average only needs the mean
+    and covariance of x over the draws ([C + C^2]-dimensional per example), and
+        mu_d = A_d^T E[x],
+        var_d = A_d^T Cov(x) A_d + <S_d, E[r r^T]> - vec(K_d L^-T)^T (I kron E[r r^T]) vec(.),
+    the same numbers as averaging over the draws per dimension (up to rounding), without the
+    per-draw [S, D] work. O(B C^2 P^2 + S B C^4 + B C^4 D) work; per-example memory
+    O(C^2 P + S C^2). ``chunk_size`` bounds the draws processed at once.
 
     ``"monte_carlo"``: the paper's estimator (Eq. 11) drawing the full C*P weight vector,
     shared across the batch, accumulated over chunks of ``chunk_size`` samples.
     O(S B C P) work.
+
+    ``check=False`` skips the value checks (finiteness, class-id range; shapes are always
+    checked), for callers that made them already.
     """
     _method(method, ("rao_blackwell", "monte_carlo"))
     b, d, c, bias = _check_common(h, mean, "C")
@@ -284,10 +308,11 @@ def multiclass(
         raise ValueError(f"mean must have at least 2 classes (rows), got {c}")
     p = mean.shape[1]
     _expect("cov", cov, (c * p, c * p))
-    y = class_ids(y, b, c)
+    y = class_ids(y, b, c) if check else y.long()
     dtype = h.dtype
     mean, cov = mean.to(dtype), cov.to(dtype)
-    check_finite(h=h, mean=mean, cov=cov)
+    if check:
+        check_finite(h=h, mean=mean, cov=cov)
     samples = _samples(num_samples, method)
     ht = augment(h, bias)
     onehot = F.one_hot(y, c).to(dtype)
@@ -342,42 +367,70 @@ def _multiclass_rao_blackwell(
 ) -> tuple[Tensor, Tensor]:
     b, c = onehot.shape
     p = ht.shape[1]
-    cov4 = cov.reshape(c, p, c, p)
+    width = c + c * c  # length of x = [r, vec(z r^T)] below
     m = mean[:, :d]  # [C, D]
     # Cov(u_d) = S_d[c, c'] = cov[(c, d), (c', d)], as [D, C*C].
+    cov4 = cov.reshape(c, p, c, p)
     class_cov = cov4[:, :d, :, :d].diagonal(dim1=1, dim2=3).permute(2, 0, 1).reshape(d, c * c)
     noise = torch.randn(samples, c, generator=generator, dtype=ht.dtype, device=ht.device)
+    eye = torch.eye(c, dtype=ht.dtype, device=ht.device)
     mu = ht.new_empty(b, d)
     var = ht.new_empty(b, d)
-    # Examples are independent given the shared draws: chunk them to bound B C^2 P and B S D.
-    rows = max(1, _CHUNK_ELEMENTS // max(c * c * p, c * c * d))
+    # Examples are independent given the shared draws: chunk them to bound the [n, C, P, C]
+    # cross-covariances and the [n, D, C + C^2] coefficients (draws are chunked below).
+    rows = max(1, _CHUNK_ELEMENTS // max(c * c * p, width * d, width * width))
     for first_row in range(0, b, rows):
         block = slice(first_row, first_row + rows)
         hb, yb = ht[block], onehot[block]
         n = hb.shape[0]
-        step = _step(chunk_size, n * max(d, c * c))
-        cross = torch.einsum("cpke,be->bcpk", cov4, hb)  # [n, C, P, C]: Cov(theta[c, p], a_k)
-        logit_cov = torch.einsum("bcpk,bp->bck", cross, hb)  # [n, C, C]: V
+        # Cov(theta[c, p], a_k) for every example as one matmul: [C, P, C, n].
+        cross = (cov.reshape(c * p * c, p) @ hb.mT).reshape(c, p, c, n)
+        logit_cov = (cross * hb.mT[None, :, None, :]).sum(dim=1).permute(2, 0, 1)  # [n, C, C]: V
         logit_cov = 0.5 * (logit_cov + logit_cov.mT)
         factor = cholesky(logit_cov, what="multiclass logit covariance")  # L, V = L L^T
-        # K_d L^-T for every example and dimension: [n, D, C(u), C(a)].
-        k = cross[:, :, :d, :].permute(0, 2, 1, 3)
-        kt = torch.linalg.solve_triangular(factor[:, None], k.mT, upper=False).mT
-        cond_cov = class_cov[None] - (kt @ kt.mT).reshape(n, d, c * c)  # Cov(u_d | a)
-        kt = kt.reshape(n, d, c * c)
+        # K_d L^-T for every dimension with one triangular solve per example: the right-hand
+        # sides K_d^T [C(a), C(u)] of all D dimensions side by side, [n, C(a), D*C(u)].
+        k = cross[:, :d].permute(3, 2, 1, 0).reshape(n, c, d * c)
+        kt = torch.linalg.solve_triangular(factor, k, upper=False)  # [n, C(a), D*C(u)]
+        # A_d = [m_d, vec(K_d L^-T)] in (a, u) order: E[g_d | a] = A_d^T x with
+        # x = [r, vec(z r^T)], since V^-1 (a - mu_a) = L^-T z.
+        coefficients = torch.cat(
+            [m.mT.expand(n, d, c), kt.reshape(n, c, d, c).transpose(1, 2).reshape(n, d, c * c)],
+            dim=2,
+        )  # [n, D, C + C^2]
         logit_mean = hb @ mean.mT  # [n, C]
-        first = hb.new_zeros(n, d)
-        second = hb.new_zeros(n, d)
+        # Mean and centred second moment of x over the shared draws, combined chunk by chunk
+        # (Chan et al.'s pairwise update), so no [n, S, D] tensor is ever built.
+        x_mean = hb.new_zeros(n, width)
+        x_scatter = hb.new_zeros(n, width, width)
+        count = 0
+        step = _step(chunk_size, n * width)
         for start in range(0, samples, step):
             z = noise[start : start + step]  # [s, C]
+            s = z.shape[0]
             logits = logit_mean[:, None, :] + z @ factor.mT  # [n, s, C]: a = mu_a + L z
             r = torch.softmax(logits, dim=-1) - yb[:, None, :]
-            # E[u_d | a]^T r = m_d^T r + (K_d L^-T z)^T r, since V^-1 (a - mu_a) = L^-T z.
-            rz = (r[..., :, None] * z[None, :, None, :]).flatten(2)  # [n, s, C*C]
-            cond_mean = r @ m + rz @ kt.mT  # [n, s, D]
-            rr = (r[..., :, None] * r[..., None, :]).flatten(2)
-            first += cond_mean.sum(dim=1)
-            second += (cond_mean.square() + rr @ cond_cov.mT).sum(dim=1)
-        mu[block] = first / samples
-        var[block] = second / samples - mu[block].square()
+            x = torch.cat([r, (z[None, :, :, None] * r[:, :, None, :]).flatten(2)], dim=2)
+            chunk_mean = x.mean(dim=1)
+            centred = x - chunk_mean[:, None, :]
+            delta = chunk_mean - x_mean
+            total = count + s
+            x_scatter += centred.mT @ centred + (count * s / total) * (
+                delta[:, :, None] * delta[:, None, :]
+            )
+            x_mean += delta * (s / total)
+            count = total
+        x_cov = x_scatter / samples  # [n, C + C^2, C + C^2]
+        r_second = x_cov[:, :c, :c] + x_mean[:, :c, None] * x_mean[:, None, :c]  # E[r r^T]
+        # E[r^T Cov(u_d | a) r] = <S_d, E[r r^T]> - vec(K_d L^-T)^T (I_C kron E[r r^T]) vec(.),
+        # as Cov(u_d | a) = S_d - (K_d L^-T)(K_d L^-T)^T; folded into one quadratic form:
+        # Var[g_d] = A_d^T (Cov(x) - [0, 0; 0, I kron E[r r^T]]) A_d + <S_d, E[r r^T]>.
+        form = x_cov.clone()
+        form[:, c:, c:] -= (eye[None, :, None, :, None] * r_second[:, None, :, None, :]).reshape(
+            n, c * c, c * c
+        )
+        mu[block] = (coefficients @ x_mean[:, :, None]).squeeze(-1)
+        var[block] = ((coefficients @ form) * coefficients).sum(dim=-1) + r_second.reshape(
+            n, c * c
+        ) @ class_cov.mT
     return mu, var

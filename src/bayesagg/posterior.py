@@ -119,12 +119,15 @@ def regression_from_statistics(
     prior_precision: Tensor,
     *,
     noise_var: float = 1.0,
+    check: bool = True,
 ) -> Gaussian:
     """Return the exact Bayesian-linear-regression posterior from H~^T H~ [P, P] and H~^T Y [P, O].
 
     P = P0 + H~^T H~ / sigma^2 and m_o = P^-1 (P0 m0_o + H~^T y_o / sigma^2) (paper Eq. 2,
     METHOD.md section 2); all outputs share P: one Cholesky, one multi-right-hand-side solve.
     The sufficient statistics let the epoch-level prior be accumulated batch by batch.
+    ``check=False`` skips the finiteness checks of the values (shapes are always checked), for
+    callers that validated their inputs already.
     """
     if hth.ndim != 2 or hth.shape[0] != hth.shape[1]:
         raise ValueError(f"hth must have shape [P, P], got {list(hth.shape)}")
@@ -140,7 +143,8 @@ def regression_from_statistics(
     hty = hty.to(dtype)
     prior_mean = prior_mean.to(dtype)
     prior_precision = prior_precision.to(dtype)
-    check_finite(hth=hth, hty=hty, prior_mean=prior_mean, prior_precision=prior_precision)
+    if check:
+        check_finite(hth=hth, hty=hty, prior_mean=prior_mean, prior_precision=prior_precision)
     precision = prior_precision + hth / noise_var
     precision = 0.5 * (precision + precision.mT)
     factor = cholesky(precision, what="regression posterior precision")
@@ -157,12 +161,14 @@ def regression(
     *,
     noise_var: float = 1.0,
     bias: bool = False,
+    check: bool = True,
 ) -> Gaussian:
     """Return the exact regression-head posterior (mean [O, P], precision [P, P] shared).
 
     Bayesian linear regression (paper Eq. 2, METHOD.md section 2) on h [B, D] (H~ = [H, 1] with
     ``bias``), targets y [B, O], prior N(prior_mean [O, P], prior_precision^-1 [P, P]).
-    The paper's code has no bias; ``bias=False`` reproduces it.
+    The paper's code has no bias; ``bias=False`` reproduces it. ``check=False`` skips the
+    finiteness checks (shapes are always checked).
     """
     b, d = _features(h)
     if y.ndim != 2 or y.shape[0] != b:
@@ -171,9 +177,12 @@ def regression(
     y = y.to(h.dtype)
     _expect("prior_mean", prior_mean, (y.shape[1], p))
     _expect("prior_precision", prior_precision, (p, p))
-    check_finite(h=h, y=y)
+    if check:
+        check_finite(h=h, y=y)
     hth, hty = regression_statistics(h, y, bias=bias)
-    return regression_from_statistics(hth, hty, prior_mean, prior_precision, noise_var=noise_var)
+    return regression_from_statistics(
+        hth, hty, prior_mean, prior_precision, noise_var=noise_var, check=check
+    )
 
 
 def regression_statistics(h: Tensor, y: Tensor, *, bias: bool = False) -> tuple[Tensor, Tensor]:
@@ -219,6 +228,7 @@ def binary(
     prior_precision: Tensor,
     *,
     chunk_size: int | None = None,
+    check: bool = True,
 ) -> Gaussian:
     """Return the one-Newton-step posterior of O binary heads (mean [O, P], precision [O, P, P]).
 
@@ -228,7 +238,8 @@ def binary(
         m_o = theta_hat_o - P_o^-1 (sum_i (p_io - y_io) h~_i + P0_o (theta_hat_o - m0_o)).
     The GGN is the exact Hessian for a linear head. Tasks are independent, so the precision is
     block-diagonal: O blocks of size P = D + 1, built with one batched matmul per chunk of
-    ``chunk_size`` examples and factorised with one batched Cholesky.
+    ``chunk_size`` examples and factorised with one batched Cholesky. ``check=False`` skips the
+    value checks (finiteness, 0/1 targets) for callers that made them already.
     """
     b, d, o = _newton_checks(h, weight, bias, "O")
     p = d + 1
@@ -239,16 +250,17 @@ def binary(
     dtype = h.dtype
     y, weight, bias = y.to(dtype), weight.to(dtype), bias.to(dtype)
     prior_mean, prior_precision = prior_mean.to(dtype), prior_precision.to(dtype)
-    check_finite(
-        h=h,
-        y=y,
-        weight=weight,
-        bias=bias,
-        prior_mean=prior_mean,
-        prior_precision=prior_precision,
-    )
-    if not bool(((y == 0) | (y == 1)).all()):
-        raise ValueError("y (binary targets) must hold only 0 and 1")
+    if check:
+        check_finite(
+            h=h,
+            y=y,
+            weight=weight,
+            bias=bias,
+            prior_mean=prior_mean,
+            prior_precision=prior_precision,
+        )
+        if not bool(((y == 0) | (y == 1)).all()):
+            raise ValueError("y (binary targets) must hold only 0 and 1")
     theta = torch.cat([weight, bias[:, None]], dim=1)  # [O, P]
     gradient = torch.zeros(o, p, dtype=dtype, device=h.device)
     precision = prior_precision.clone()
@@ -276,46 +288,54 @@ def multiclass(
     prior_precision: Tensor,
     *,
     chunk_size: int | None = None,
+    check: bool = True,
 ) -> Gaussian:
     """Return the one-Newton-step posterior of a C-class head (mean [C, P], precision [C*P, C*P]).
 
     Second-order Taylor expansion of the summed cross-entropy plus the prior around
     theta_hat = [weight, bias] (paper Eqs. 8-10, METHOD.md section 2), with the full logit
     Hessian H_i = diag(p_i) - p_i p_i^T, so P = sum_i kron(H_i, h~_i h~_i^T) + P0 over the
-    row-major flattened [C, P] mean. Built as
-        P[(c, d), (c', e)] = delta_cc' sum_i p_ic h~_id h~_ie - sum_i (p_ic h~_id)(p_ic' h~_ie),
-    i.e. C diagonal blocks plus one [C*P, C*P] Gram matrix per chunk of examples: never a
-    [B, C*P, C*P] tensor.
+    row-major flattened [C, P] mean. Built block by block,
+        P[(c, d), (c', e)] = sum_i (delta_cc' p_ic - p_ic p_ic') h~_id h~_ie + P0,
+    the C(C+1)/2 blocks c >= c' as one batched matmul per chunk of examples (the upper blocks
+    are their transposes): never a [B, C*P, C*P] tensor. ``check=False`` skips the value
+    checks (finiteness, class-id range; shapes are always checked).
     """
     b, d, c = _newton_checks(h, weight, bias, "C")
     if c < 2:
         raise ValueError(f"weight must have at least 2 classes, got {c}")
     p = d + 1
-    y = class_ids(y, b, c)
+    y = class_ids(y, b, c) if check else y.long()
     _expect("prior_mean", prior_mean, (c, p))
     _expect("prior_precision", prior_precision, (c * p, c * p))
     dtype = h.dtype
     weight, bias = weight.to(dtype), bias.to(dtype)
     prior_mean, prior_precision = prior_mean.to(dtype), prior_precision.to(dtype)
-    check_finite(
-        h=h, weight=weight, bias=bias, prior_mean=prior_mean, prior_precision=prior_precision
-    )
+    if check:
+        check_finite(
+            h=h, weight=weight, bias=bias, prior_mean=prior_mean, prior_precision=prior_precision
+        )
     theta = torch.cat([weight, bias[:, None]], dim=1)  # [C, P]
     gradient = torch.zeros(c, p, dtype=dtype, device=h.device)
-    blocks = torch.zeros(c, p, p, dtype=dtype, device=h.device)
-    # Contiguous, so the [C, P, C, P] view below is valid whatever the prior's strides.
-    precision = prior_precision.clone(memory_format=torch.contiguous_format)
-    step = _chunk(chunk_size, c * p)
+    # The precision is symmetric: only the C(C+1)/2 class pairs c >= c' are computed, block
+    # (c, c') = sum_i (delta_cc' p_ic - p_ic p_ic') h~_i h~_i^T, all in one batched matmul.
+    first, second = torch.tril_indices(c, c, device=h.device)
+    same = (first == second).to(dtype)
+    pair_blocks = torch.zeros(first.numel(), p, p, dtype=dtype, device=h.device)
+    step = _chunk(chunk_size, first.numel() * p)
     for start in range(0, b, step):
         hc = augment(h[start : start + step], True)  # [b, P]
         prob = torch.softmax(hc @ theta.mT, dim=1)  # [b, C]
         residual = prob - F.one_hot(y[start : start + step], c).to(dtype)
         gradient += residual.mT @ hc
-        blocks += (prob.mT[:, None, :] * hc.mT[None]) @ hc  # diag(p) part, [C, P, P]
-        weighted = (prob[:, :, None] * hc[:, None, :]).reshape(-1, c * p)  # [b, C*P]
-        precision -= weighted.mT @ weighted  # -p p^T part, all class pairs
-    classes = torch.arange(c, device=h.device)
-    precision.view(c, p, c, p)[classes, :, classes, :] += blocks
+        curvature = prob[:, first] * (same - prob[:, second])  # [b, pairs]: H_i[c, c']
+        pair_blocks += (curvature.mT[:, None, :] * hc.mT[None]) @ hc  # [pairs, P, P]
+    # Contiguous, so the [C, P, C, P] view below is valid whatever the prior's strides.
+    precision = prior_precision.clone(memory_format=torch.contiguous_format)
+    blocks = precision.view(c, p, c, p)
+    blocks[first, :, second, :] += pair_blocks
+    upper = first != second
+    blocks[second[upper], :, first[upper], :] += pair_blocks[upper].mT
     precision = 0.5 * (precision + precision.mT)
     gradient = gradient.reshape(-1) + prior_precision @ (theta - prior_mean).reshape(-1)
     factor = cholesky(precision, what="multiclass posterior precision")
