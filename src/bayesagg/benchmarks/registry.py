@@ -1,0 +1,256 @@
+"""The benchmark registry: each benchmark's name -> its :class:`Benchmark` specification.
+
+A specification says everything the runner needs and nothing it must guess: where the data
+loader and the model live (imported only when used), the published training protocols, which
+metric each task is judged by, how the model is selected, and the STL references with their
+provenance (PROTOCOLS.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType, ModuleType
+from typing import Any, Literal
+
+from torch import Tensor, nn
+
+from bayesagg.tasks import Binary, Multiclass, Regression, TaskGroup
+
+__all__ = [
+    "Benchmark",
+    "MultiTaskModel",
+    "Protocol",
+    "References",
+    "get",
+    "linear_heads",
+    "names",
+    "register",
+    "unregister",
+]
+
+# benchmark name (CLI spelling) -> package under bayesagg.benchmarks
+_PACKAGES: dict[str, str] = {
+    "qm9": "qm9",
+    "utkface": "utkface",
+    "multimnist": "multimnist",
+    "fashion-mtl": "fashion_mtl",
+    "cifar-mtl": "cifar_mtl",
+    "chestxray": "chestxray",
+    "celeba": "celeba",
+}
+
+
+def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One training recipe: budget, optimiser, schedule, and the BayesAgg-MTL settings.
+
+    ``paper`` is the published recipe; ``quick`` the same recipe on a CPU budget; ``smoke`` a
+    run that only proves the pipeline works. ``note`` says how the recipe departs from the
+    paper's, and is printed with every table that uses it.
+    """
+
+    name: str
+    epochs: int
+    batch_size: int
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    #: "plateau": ReduceLROnPlateau on the selection criterion; "multistep": x``decay`` at
+    #: the ``milestones`` (fractions of the epochs); "none": constant learning rate.
+    scheduler: Literal["none", "plateau", "multistep"] = "none"
+    milestones: tuple[float, ...] = ()
+    decay: float = 0.1
+    plateau_factor: float = 0.7
+    plateau_patience: int = 5
+    min_lr: float = 1e-5
+    #: Examples kept per split (train, validation, test); None keeps the split whole.
+    train_limit: int | None = None
+    eval_limit: int | None = None
+    #: Extra keyword arguments for the data loader (e.g. QM9's graph construction).
+    data_options: Mapping[str, Any] = field(default_factory=_frozen)
+    #: Extra keyword arguments for the model builder (e.g. a reduced width for smoke tests).
+    model_options: Mapping[str, Any] = field(default_factory=_frozen)
+    #: BayesAgg-MTL hyper-parameters of this protocol (keys of the method's constructor).
+    bayesagg: Mapping[str, Any] = field(default_factory=_frozen)
+    note: str = ""
+
+    def with_epochs(self, epochs: int) -> Protocol:
+        """Return this protocol with another epoch budget, warm-up scaled in proportion."""
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        hp = dict(self.bayesagg)
+        if "warmup_epochs" in hp and self.epochs > 0:
+            hp["warmup_epochs"] = min(epochs - 1, round(hp["warmup_epochs"] * epochs / self.epochs))
+            hp["warmup_epochs"] = max(hp["warmup_epochs"], 0)
+        return replace(self, epochs=epochs, bayesagg=_frozen(hp))
+
+
+@dataclass(frozen=True)
+class References:
+    """STL reference values (one per Delta_m metric) and where they come from."""
+
+    values: Mapping[str, float]
+    #: "published" or "own-stl".
+    kind: str
+    #: Human-readable provenance: the paper/table, or the runs that produced them.
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "source": self.source, "values": dict(self.values)}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """Everything the runner needs about one benchmark (PROTOCOLS.md)."""
+
+    name: str
+    #: Package under ``bayesagg.benchmarks`` (or a full dotted path) with ``data`` and ``model``.
+    package: str
+    description: str
+    protocols: Mapping[str, Protocol]
+    #: "delta_m" or a metric key such as "mean/accuracy" (``task/metric``, "mean" = task mean).
+    selection: str
+    #: The metric each task is judged by (Delta_m, mean rank), by group kind.
+    regression_metric: Literal["mae", "mse"] = "mae"
+    binary_metric: Literal["accuracy", "auc", "error"] = "accuracy"
+    #: Per-task multipliers for reporting regression metrics (QM9: energies in meV).
+    regression_scale: tuple[float, ...] | None = None
+    #: Standardise regression targets with the training statistics (QM9).
+    standardise_targets: bool = False
+    #: Also report k-way accuracy of the argmax over the binary logits (one-vs-rest tasks).
+    argmax_accuracy: bool = False
+    #: Also report ECE (15 bins) and Brier score of the classification tasks.
+    calibration: bool = False
+    #: The inputs are PyG graphs (batched with torch_geometric's DataLoader).
+    graph: bool = False
+    #: Published STL test values, one per task in task order (None: not published).
+    published_stl: tuple[float, ...] | None = None
+    #: Where ``published_stl`` comes from (paper, table).
+    published_source: str = ""
+    #: True when the data ships with a pip package (no data directory needed).
+    data_included: bool = False
+    #: A sentence every table of this benchmark must carry (e.g. "stands in for CIFAR-MTL").
+    caveat: str = ""
+
+    # -- lazily imported pieces -------------------------------------------------------------
+    def _module(self, part: str) -> ModuleType:
+        # A dotted package is a full module path (a benchmark defined outside this project).
+        base = self.package if "." in self.package else f"bayesagg.benchmarks.{self.package}"
+        return importlib.import_module(f"{base}.{part}")
+
+    @property
+    def groups(self) -> tuple[TaskGroup, ...]:
+        """Return the benchmark's task groups (from its data module's ``GROUPS``)."""
+        return tuple(self._module("data").GROUPS)
+
+    def load(self, data_dir: str | None = None, *, seed: int = 0, **options: Any) -> Any:
+        """Return the data module's ``Splits(train, val, test)``."""
+        return self._module("data").load(data_dir, seed=seed, **options)
+
+    def data_module(self) -> ModuleType:
+        return self._module("data")
+
+    def build_model(self, **options: Any) -> MultiTaskModel:
+        """Return a freshly initialised model (encoder + one linear head per group)."""
+        return self._module("model").build_model(self.groups, **options)
+
+    def protocol(self, name: str) -> Protocol:
+        if name not in self.protocols:
+            raise KeyError(
+                f"benchmark {self.name!r} has no protocol {name!r}; "
+                f"known: {', '.join(self.protocols)}"
+            )
+        return self.protocols[name]
+
+    def published_references(self) -> References | None:
+        """Return the published STL references keyed by metric, or None if none exist."""
+        if self.published_stl is None:
+            return None
+        keys = self.task_metrics()
+        if len(keys) != len(self.published_stl):
+            raise ValueError(
+                f"{self.name}: {len(self.published_stl)} published STL values for {len(keys)} tasks"
+            )
+        return References(
+            values=dict(zip(keys, self.published_stl, strict=True)),
+            kind="published",
+            source=self.published_source,
+        )
+
+    # -- metrics ------------------------------------------------------------------------------
+    def task_metrics(self, groups: Sequence[TaskGroup] | None = None) -> list[str]:
+        """Return the metric key (``task/metric``) that judges each of the K tasks."""
+        from bayesagg.tasks import task_names
+
+        groups = self.groups if groups is None else groups
+        keys: list[str] = []
+        names = iter(task_names(groups))
+        for g in groups:
+            for _ in range(g.num_tasks):
+                if isinstance(g, Regression):
+                    metric = self.regression_metric
+                elif isinstance(g, Binary):
+                    metric = self.binary_metric
+                else:
+                    metric = "accuracy"
+                keys.append(f"{next(names)}/{metric}")
+        return keys
+
+
+class MultiTaskModel(nn.Module):
+    """A shared ``encoder`` (x -> h [B, D]) and one linear head per task group."""
+
+    def __init__(self, encoder: nn.Module, heads: nn.ModuleList, dim: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.heads = heads
+        self.dim = dim
+
+    def forward(self, x: Any) -> tuple[Tensor, list[Tensor]]:
+        """Return the representation h [B, D] and each group's prediction."""
+        h = self.encoder(x)
+        return h, [head(h) for head in self.heads]
+
+
+def linear_heads(groups: Sequence[TaskGroup], dim: int) -> nn.ModuleList:
+    """Return one ``nn.Linear(dim, outputs)`` per task group (BayesAgg-MTL needs linear heads)."""
+    heads = []
+    for g in groups:
+        out = g.classes if isinstance(g, Multiclass) else g.outputs
+        heads.append(nn.Linear(dim, out))
+    return nn.ModuleList(heads)
+
+
+_REGISTERED: dict[str, Benchmark] = {}
+
+
+def register(spec: Benchmark) -> None:
+    """Add a benchmark defined outside this project (its ``package`` a full dotted path)."""
+    if spec.name in _PACKAGES:
+        raise ValueError(f"benchmark {spec.name!r} is built in; choose another name")
+    _REGISTERED[spec.name] = spec
+
+
+def unregister(name: str) -> None:
+    """Remove a benchmark added with :func:`register` (no error if absent)."""
+    _REGISTERED.pop(name, None)
+
+
+def names() -> list[str]:
+    """Return the benchmark names: the built-in ones, then any registered ones."""
+    return [*_PACKAGES, *_REGISTERED]
+
+
+def get(name: str) -> Benchmark:
+    """Return the specification of benchmark ``name`` (KeyError naming the known ones)."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    key = name.lower().replace("_", "-")
+    if key not in _PACKAGES:
+        raise KeyError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(names())}")
+    return importlib.import_module(f"bayesagg.benchmarks.{_PACKAGES[key]}").SPEC

@@ -1,0 +1,296 @@
+"""The ``bayesagg`` command: demo, run, compare, report, list.
+
+Every error a user can cause (unknown benchmark or method, missing data, bad hyper-parameters)
+ends in one line naming what is wrong and how to fix it, and exit code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (plus where to find help), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _common(p: argparse.ArgumentParser, *, benchmark_required: bool = True) -> None:
+    from bayesagg.benchmarks import registry
+
+    p.add_argument(
+        "--benchmark",
+        "-b",
+        required=benchmark_required,
+        metavar="NAME",
+        help=f"one of: {', '.join(registry.names())}",
+    )
+    p.add_argument(
+        "--protocol",
+        default="quick",
+        choices=("paper", "quick", "smoke"),
+        help="paper: the published recipe; quick: the same recipe on a CPU budget (default); "
+        "smoke: a tiny run that checks the pipeline (< 1 minute)",
+    )
+    p.add_argument("--epochs", type=int, help="override the protocol's epochs (warm-up scaled)")
+    p.add_argument("--batch-size", type=int, help="override the protocol's batch size")
+    p.add_argument("--lr", type=float, help="override the protocol's learning rate")
+    p.add_argument("--train-limit", type=int, help="keep at most N training examples")
+    p.add_argument("--eval-limit", type=int, help="keep at most N validation and test examples")
+    p.add_argument(
+        "--hp",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method hyper-parameter (repeatable), parsed to int/float/bool/str, e.g. "
+        "--hp s_regression=0.75; in compare, METHOD.KEY=VALUE scopes it to one method",
+    )
+    p.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model-builder option, e.g. weights=IMAGENET1K_V1 for ChestX-ray14",
+    )
+    p.add_argument(
+        "--data-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a data-loader option, e.g. complete_graph=true for QM9, cache=true for UTKFace",
+    )
+    p.add_argument(
+        "--references",
+        default="auto",
+        metavar="WHICH",
+        help="STL references for Delta_m: auto (published if any, else this project's STL "
+        "runs), published, own, none, or a references JSON file",
+    )
+    p.add_argument("--data-dir", metavar="DIR", help="data root (default $BAYESAGG_DATA_DIR)")
+    p.add_argument("--out", default="runs", metavar="DIR", help="results folder (default runs/)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--force", action="store_true", help="recompute finished runs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="bayesagg",
+        description="BayesAgg-MTL and multi-task baselines on the paper's benchmarks.",
+    )
+    from bayesagg import __version__
+
+    parser.add_argument("--version", action="version", version=f"bayesagg-mtl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = sub.add_parser(
+        "demo",
+        help="a short real comparison on QM9 (LS, Nash-MTL, BayesAgg-MTL), a few minutes on CPU",
+        description="Train LS, Nash-MTL and BayesAgg-MTL on a small QM9 subset (molecules "
+        "from PyPI qm9pack, no data directory needed) and print their Delta_m table.",
+    )
+    demo.add_argument("--out", default="bayesagg-demo", metavar="DIR", help="results folder")
+    demo.add_argument("--molecules", type=int, default=1000, help="training molecules (1000)")
+    demo.add_argument("--epochs", type=int, default=6, help="epochs per method (6)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--force", action="store_true", help="recompute finished runs")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(func=_demo)
+
+    run = sub.add_parser(
+        "run",
+        help="one training run",
+        description="Train one method on one benchmark; writes result.json and epochs.csv.",
+    )
+    _common(run)
+    run.add_argument("--method", "-m", required=True, help="a method name (see bayesagg list)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--task", help="with --method stl: train this task only")
+    run.set_defaults(func=_run)
+
+    cmp_ = sub.add_parser(
+        "compare",
+        help="many runs (methods x seeds), then the table; resumable",
+        description="Run every method for every seed (finished runs are skipped, an "
+        "interrupted compare resumes), then print the results table.",
+    )
+    _common(cmp_)
+    cmp_.add_argument("--methods", required=True, help="comma-separated, e.g. ls,mgda-ub,bayesagg")
+    cmp_.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    cmp_.set_defaults(func=_compare)
+
+    report = sub.add_parser(
+        "report",
+        help="paper-style tables and plots from a results folder",
+        description="Write report.md (per-task metrics, Delta_m, mean rank, time per step, "
+        "mean +- std over seeds) and PNG plots (task weights over training) for every "
+        "benchmark and protocol found under DIR.",
+    )
+    report.add_argument("dir", metavar="DIR", help="a results folder (the --out of run/compare)")
+    report.add_argument("--references", default="auto", metavar="WHICH", help="as for run")
+    report.add_argument("--output", metavar="FILE", help="markdown file (default DIR/report.md)")
+    report.set_defaults(func=_report)
+
+    lst = sub.add_parser("list", help="the benchmarks, protocols and methods")
+    lst.set_defaults(func=_list)
+    return parser
+
+
+def _split_list(text: str, what: str, cast: Any = str) -> list[Any]:
+    from bayesagg.runner.config import ConfigError
+
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        return [cast(t) for t in items]
+    except ValueError:
+        raise ConfigError(
+            f"--{what} {text!r} is not a comma-separated list of {cast.__name__}s"
+        ) from None
+
+
+def _config(args: argparse.Namespace, method: str, seed: int) -> Any:
+    from bayesagg.runner.config import RunConfig
+    from bayesagg.runner.hparams import parse_hparams
+
+    return RunConfig(
+        benchmark=args.benchmark,
+        method=method,
+        seed=seed,
+        protocol=args.protocol,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        train_limit=args.train_limit,
+        eval_limit=args.eval_limit,
+        hparams=parse_hparams(args.hp),
+        model_options=parse_hparams(args.model_option, flag="--model-option"),
+        data_options=parse_hparams(args.data_option, flag="--data-option"),
+        task=getattr(args, "task", None),
+        references=args.references,
+        data_dir=args.data_dir,
+        out=args.out,
+    )
+
+
+def _echo(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bayesagg.report import run_summary
+    from bayesagg.runner import run
+
+    config = _config(args, args.method, args.seed)
+    results = run(
+        config,
+        force=args.force,
+        progress=not args.no_progress,
+        command=args.command_line,
+        device=args.device,
+        echo=_echo,
+    )
+    print(run_summary(results))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from bayesagg.report import protocol_report
+    from bayesagg.runner import compare
+
+    methods = [m.lower() for m in _split_list(args.methods, "methods")]
+    seeds = _split_list(args.seeds, "seeds", int)
+    folder = compare(
+        _config(args, methods[0] if methods else "", seeds[0] if seeds else 0),
+        methods,
+        seeds,
+        force=args.force,
+        progress=not args.no_progress,
+        command=args.command_line,
+        device=args.device,
+        echo=_echo,
+    )
+    print(protocol_report(folder, references=args.references, methods=methods))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from bayesagg.report import write_report
+
+    path = write_report(args.dir, references=args.references, output=args.output)
+    print(path.read_text())
+    _echo(f"report: {path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from bayesagg.runner.demo import demo
+
+    print(
+        demo(
+            out=args.out,
+            molecules=args.molecules,
+            epochs=args.epochs,
+            seed=args.seed,
+            force=args.force,
+            progress=not args.no_progress,
+            command=args.command_line,
+            echo=_echo,
+        )
+    )
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from bayesagg import methods
+    from bayesagg.benchmarks import registry
+
+    print("benchmarks (protocols: paper, quick, smoke):")
+    for name in registry.names():
+        spec = registry.get(name)
+        print(f"  {name:12s} {spec.description}")
+    print("methods:")
+    for name in methods.names():
+        print(f"  {name:15s} {methods.describe(name)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``bayesagg`` command line; return the exit code (2 for a usage error)."""
+    from bayesagg.benchmarks.paths import MissingDataError
+    from bayesagg.runner.config import ConfigError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a usage error already printed
+        return int(stop.code or 0)
+    args.command_line = "bayesagg " + shlex.join(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, MissingDataError) as err:
+        print(f"bayesagg {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except FloatingPointError as err:
+        print(f"bayesagg {args.command}: training failed: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            f"bayesagg {args.command}: interrupted; finished runs are kept, run the same "
+            "command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""The benchmark runner: one run (:func:`run`), many runs (:func:`compare`), their results.
+
+See docs/benchmarks.md for the protocols and docs/results-schema.md for what a run writes.
+"""
+
+from __future__ import annotations
+
+from bayesagg.runner.compare import compare
+from bayesagg.runner.config import ConfigError, RunConfig
+from bayesagg.runner.run import plan, run
+
+__all__ = ["ConfigError", "RunConfig", "compare", "plan", "run"]

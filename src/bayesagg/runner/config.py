@@ -1,0 +1,57 @@
+"""What one training run is: :class:`RunConfig`, and :class:`ConfigError` for a bad one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+__all__ = ["ConfigError", "RunConfig"]
+
+
+class ConfigError(ValueError):
+    """A run cannot start as asked; the message names what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run: a benchmark, a method, a seed and a protocol, plus explicit overrides.
+
+    Everything that changes the result is a field, so two runs with equal configs are the same
+    run (``compare`` skips a finished one).
+    """
+
+    benchmark: str
+    method: str
+    seed: int = 0
+    protocol: str = "quick"
+    #: Overrides of the protocol (None: the protocol's value).
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    train_limit: int | None = None
+    eval_limit: int | None = None
+    #: The method's hyper-parameters, on top of the protocol's (BayesAgg-MTL's).
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+    #: Extra keyword arguments for the model builder and the data loader.
+    model_options: Mapping[str, Any] = field(default_factory=dict)
+    data_options: Mapping[str, Any] = field(default_factory=dict)
+    #: STL only: train this task alone (None: every task, one model each).
+    task: str | None = None
+    #: STL references for Delta_m: "auto", "published", "own" or a JSON file.
+    references: str = "auto"
+    data_dir: str | None = None
+    out: str = "runs"
+
+    def identity(self) -> dict[str, Any]:
+        """Return the fields that define the result (not where data or results live)."""
+        d = asdict(self)
+        for k in ("data_dir", "out"):
+            d.pop(k)
+        d["hparams"] = dict(sorted(dict(self.hparams).items()))
+        d["model_options"] = dict(sorted(dict(self.model_options).items()))
+        d["data_options"] = dict(sorted(dict(self.data_options).items()))
+        return d
+
+    def with_(self, **changes: Any) -> RunConfig:
+        return replace(self, **changes)

@@ -1,0 +1,107 @@
+"""Hyper-parameters from the command line: ``key=value`` parsing and validation.
+
+Values are parsed to bool, int, float, None or str, then checked against the method's
+constructor, so ``--hp s=0.5`` for a method without ``s`` fails before any data is loaded.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bayesagg.runner.config import ConfigError
+
+__all__ = ["constructor_parameters", "parse_hparams", "parse_value", "validate_hparams"]
+
+#: Arguments the runner itself passes; a user does not set them with --hp.
+RUNNER_ARGUMENTS = frozenset({"num_tasks", "groups", "task"})
+#: Arguments that take objects, not command-line values.
+OBJECT_ARGUMENTS = frozenset({"generator"})
+
+
+def parse_value(text: str) -> Any:
+    """Return ``text`` as bool ("true"/"false"), None ("none"), int, float, or the string."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_hparams(items: Iterable[str], *, flag: str = "--hp") -> dict[str, Any]:
+    """Return the ``key=value`` items as a dict (ConfigError naming a malformed item)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"{flag} {item!r} is not of the form key=value (e.g. {flag} s=0.5)")
+        out[key] = parse_value(value)
+    return out
+
+
+def constructor_parameters(method: str) -> tuple[dict[str, inspect.Parameter], bool]:
+    """Return the method's constructor parameters and whether it takes ``**kwargs``."""
+    from bayesagg import methods
+
+    try:
+        cls = methods.method_class(method)
+    except KeyError:
+        raise ConfigError(
+            f"unknown method {method!r}; known methods: {', '.join(methods.names())} "
+            "(see `bayesagg list`)"
+        ) from None
+    except ImportError as err:
+        raise ConfigError(
+            f"method {method!r} is registered but cannot be imported here ({err}); "
+            "install bayesagg-mtl[baselines] or pick another method"
+        ) from None
+    params = dict(inspect.signature(cls.__init__).parameters)
+    params.pop("self", None)
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if method == "bayesagg" and var_kw:
+        # The registry's adapter forwards **hparams to bayesagg.BayesAgg: check against it.
+        from bayesagg.bayes_agg import BayesAgg
+
+        inner = dict(inspect.signature(BayesAgg.__init__).parameters)
+        inner.pop("self", None)
+        params.update(inner)
+        var_kw = False
+    params = {
+        k: p
+        for k, p in params.items()
+        if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    }
+    return params, var_kw
+
+
+def validate_hparams(method: str, hparams: Mapping[str, Any]) -> None:
+    """Raise ConfigError if a key is not an argument of the method's constructor."""
+    params, var_kw = constructor_parameters(method)
+    accepted = sorted(k for k in params if k not in RUNNER_ARGUMENTS | OBJECT_ARGUMENTS)
+    for key in hparams:
+        if key in OBJECT_ARGUMENTS:
+            raise ConfigError(f"hyper-parameter {key!r} of method {method!r} is not set from text")
+        if key in RUNNER_ARGUMENTS:
+            raise ConfigError(
+                f"hyper-parameter {key!r} of method {method!r} is set by the runner"
+                + (" (use --task NAME)" if key == "task" else "")
+            )
+        if key not in params and not var_kw:
+            raise ConfigError(
+                f"method {method!r} has no hyper-parameter {key!r}; "
+                f"accepted: {', '.join(accepted) or 'none'}"
+            )
+
+
+def protocol_hparams(method: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the protocol's defaults that the method's constructor accepts."""
+    params, var_kw = constructor_parameters(method)
+    return {k: v for k, v in defaults.items() if var_kw or k in params}

@@ -1,0 +1,406 @@
+"""One run from a :class:`RunConfig`: resolve the recipe, train, write JSON + CSV.
+
+``run`` checks everything it can before loading data (benchmark, protocol, method,
+hyper-parameters, references), skips a run whose ``result.json`` already holds the same
+config (unless ``force``), and for ``method="stl"`` trains one model per task and refreshes
+this project's STL references file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bayesagg.benchmarks.registry import Benchmark, Protocol, References
+from bayesagg.runner.config import ConfigError, RunConfig
+from bayesagg.runner.hparams import protocol_hparams, validate_hparams
+from bayesagg.runner.references import resolve_references, write_own_references
+from bayesagg.runner.results import (
+    EPOCH_FILE,
+    RESULT_FILE,
+    SCHEMA,
+    EpochLog,
+    method_label,
+    package_versions,
+    protocol_dir,
+    read_json,
+    run_dir,
+    write_json_atomic,
+)
+from bayesagg.runner.train import (
+    TrainResult,
+    deterministic,
+    make_criterion,
+    seed_everything,
+    train,
+)
+from bayesagg.tasks import num_tasks, task_kinds, task_names
+
+__all__ = ["Plan", "finished_result", "plan", "run"]
+
+# Methods that read the representation, heads and targets, or need the task groups.
+_NEEDS_GROUPS = frozenset({"bayesagg"})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked run: the benchmark, the effective protocol and the method's arguments."""
+
+    config: RunConfig
+    spec: Benchmark
+    protocol: Protocol
+    groups: tuple[Any, ...]
+    hparams: dict[str, Any]
+    references: References | None
+
+    @property
+    def num_tasks(self) -> int:
+        return num_tasks(self.groups)
+
+    def stl_tasks(self) -> list[int]:
+        names = task_names(self.groups)
+        if self.config.task is None:
+            return list(range(len(names)))
+        if self.config.task not in names:
+            raise ConfigError(
+                f"benchmark {self.spec.name!r} has no task {self.config.task!r}; "
+                f"tasks: {', '.join(names)}"
+            )
+        return [names.index(self.config.task)]
+
+    def create_method(self, task: int | None = None) -> Any:
+        from bayesagg import methods
+
+        kwargs = dict(self.hparams)
+        if self.config.method in _NEEDS_GROUPS:
+            kwargs["groups"] = self.groups
+        if task is not None:
+            kwargs["task"] = task
+        try:
+            return methods.create(self.config.method, num_tasks=self.num_tasks, **kwargs)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(
+                f"bad hyper-parameters for method {self.config.method!r}: {err}"
+            ) from None
+
+
+def _benchmark(name: str) -> Benchmark:
+    from bayesagg.benchmarks import registry
+
+    try:
+        return registry.get(name)
+    except KeyError:
+        raise ConfigError(
+            f"unknown benchmark {name!r}; known benchmarks: {', '.join(registry.names())}"
+        ) from None
+
+
+def effective_protocol(spec: Benchmark, config: RunConfig) -> Protocol:
+    """Return the benchmark's protocol with the config's explicit overrides applied."""
+    try:
+        protocol = spec.protocol(config.protocol)
+    except KeyError:
+        raise ConfigError(
+            f"unknown protocol {config.protocol!r} for {spec.name}; "
+            f"known: {', '.join(spec.protocols)}"
+        ) from None
+    if config.epochs is not None:
+        if config.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {config.epochs}")
+        protocol = protocol.with_epochs(config.epochs)
+    changes: dict[str, Any] = {}
+    for key in ("batch_size", "lr", "train_limit", "eval_limit"):
+        value = getattr(config, key)
+        if value is not None:
+            if value <= 0:
+                raise ConfigError(f"--{key.replace('_', '-')} must be positive, got {value}")
+            changes[key] = value
+    if config.data_options:
+        changes["data_options"] = {**protocol.data_options, **config.data_options}
+    if config.model_options:
+        changes["model_options"] = {**protocol.model_options, **config.model_options}
+    return replace(protocol, **changes) if changes else protocol
+
+
+def plan(config: RunConfig) -> Plan:
+    """Return the checked plan of a run, or raise ConfigError naming what is wrong."""
+    from bayesagg import methods
+
+    spec = _benchmark(config.benchmark)
+    config = replace(config, benchmark=spec.name, method=config.method.lower())
+    protocol = effective_protocol(spec, config)
+    if config.method not in methods.names():
+        raise ConfigError(
+            f"unknown method {config.method!r}; known methods: {', '.join(methods.names())}"
+        )
+    if config.task is not None and config.method != "stl":
+        raise ConfigError("--task is only for --method stl (single-task learning)")
+    validate_hparams(config.method, config.hparams)
+    hparams: dict[str, Any] = {}
+    if config.method == "bayesagg":
+        hparams.update(protocol_hparams("bayesagg", protocol.bayesagg))
+    hparams.update(config.hparams)
+    groups = spec.groups
+    own = protocol_dir(config) / "references.json"
+    references = None
+    if config.method != "stl":
+        references = resolve_references(spec, config.references, own)
+    p = Plan(config, spec, protocol, tuple(groups), hparams, references)
+    # Build the method once now, so bad values fail before any data is loaded.
+    p.create_method(0 if config.method == "stl" else None)
+    if config.method == "stl":
+        p.stl_tasks()
+    return p
+
+
+def _normalised(data: Any) -> Any:
+    return json.loads(json.dumps(data, default=str))
+
+
+def finished_result(config: RunConfig, task: str | None = None) -> dict[str, Any] | None:
+    """Return the finished result of exactly this run, or None (absent, other config, corrupt)."""
+    path = run_dir(config, task) / RESULT_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    if data.get("schema") != SCHEMA or data.get("config") != _normalised(config.identity()):
+        return None
+    return data
+
+
+# The last data set loaded, keyed by everything that shapes it: consecutive runs of a compare
+# (or of the STL tasks) on the same data reuse it instead of loading it again.
+_LAST_SPLITS: dict[tuple[Any, ...], Any] = {}
+
+
+def _load_splits(p: Plan) -> Any:
+    config, protocol = p.config, p.protocol
+    key = (
+        p.spec.name,
+        str(config.data_dir),
+        config.seed,
+        protocol.train_limit,
+        protocol.eval_limit,
+        json.dumps(dict(protocol.data_options), sort_keys=True, default=str),
+    )
+    if key not in _LAST_SPLITS:
+        _LAST_SPLITS.clear()
+        _LAST_SPLITS[key] = _read_splits(p)
+    return _LAST_SPLITS[key]
+
+
+def _read_splits(p: Plan) -> Any:
+    from torch.utils.data import Subset
+
+    config, protocol = p.config, p.protocol
+    try:
+        splits = p.spec.load(
+            config.data_dir,
+            seed=config.seed,
+            limit=protocol.train_limit,
+            **dict(protocol.data_options),
+        )
+    except TypeError as err:
+        raise ConfigError(f"bad data option for {p.spec.name}: {err}") from None
+    if protocol.eval_limit is None:
+        return splits
+    capped = []
+    for k, dataset in enumerate(splits):
+        if k > 0 and len(dataset) > protocol.eval_limit:
+            generator = torch.Generator().manual_seed(config.seed * 1000 + k)
+            keep = torch.randperm(len(dataset), generator=generator)[: protocol.eval_limit]
+            dataset = Subset(dataset, sorted(keep.tolist()))
+        capped.append(dataset)
+    return type(splits)(*capped)
+
+
+def _check_splits(p: Plan, splits: Any) -> dict[str, int]:
+    sizes = {name: len(ds) for name, ds in zip(("train", "val", "test"), splits, strict=True)}
+    empty = [name for name, n in sizes.items() if n == 0]
+    if empty:
+        raise ConfigError(
+            f"{p.spec.name}: the {', '.join(empty)} split is empty (limit too small?)"
+        )
+    return sizes
+
+
+def run(
+    config: RunConfig,
+    *,
+    force: bool = False,
+    progress: bool = False,
+    command: str | None = None,
+    device: str = "cpu",
+    echo: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or reuse) one training run; return its result documents (one per STL task).
+
+    A run whose ``result.json`` holds the same config is returned as is unless ``force``.
+    """
+    p = plan(config)
+    config = p.config
+    say = echo or (lambda _msg: None)
+    tasks: list[int | None] = p.stl_tasks() if config.method == "stl" else [None]
+    names = task_names(p.groups)
+    todo = []
+    results: list[dict[str, Any]] = []
+    for t in tasks:
+        label = None if t is None else names[t]
+        done = None if force else finished_result(config, label)
+        if done is not None:
+            say(f"skip (finished): {run_dir(config, label)}")
+            results.append(done)
+        else:
+            todo.append(t)
+    if todo:
+        splits = _load_splits(p)
+        sizes = _check_splits(p, splits)
+        for t in todo:
+            results.append(
+                _train_one(p, splits, sizes, t, progress, command, torch.device(device), say)
+            )
+    if config.method == "stl":
+        path = write_own_references(config.out, p.spec, protocol_dir(config).name)
+        say(f"STL references: {path}")
+    return results
+
+
+def _train_one(
+    p: Plan,
+    splits: Any,
+    sizes: dict[str, int],
+    task: int | None,
+    progress: bool,
+    command: str | None,
+    device: torch.device,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    config, spec, protocol = p.config, p.spec, p.protocol
+    names = task_names(p.groups)
+    task_name = None if task is None else names[task]
+    folder = run_dir(config, task_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / EPOCH_FILE).unlink(missing_ok=True)  # a partial run's log is started afresh
+    stl_metric = None if task is None else spec.task_metrics(p.groups)[task]
+    started = _dt.datetime.now(_dt.timezone.utc)
+    wall = time.perf_counter()
+    with deterministic():
+        seed_everything(config.seed)
+        model = spec.build_model(**dict(protocol.model_options))
+        method = p.create_method(task)
+        criterion = make_criterion(spec, p.groups, p.references, stl_metric)
+        warmup = int(p.hparams.get("warmup_epochs", 0) or 0)
+        label = method_label(config.method, config.hparams) + (f" {task_name}" if task_name else "")
+        outcome = train(
+            spec=spec,
+            protocol=protocol,
+            groups=p.groups,
+            model=model,
+            method=method,
+            splits=splits,
+            criterion=criterion,
+            seed=config.seed,
+            device=device,
+            epoch_log=EpochLog(folder / EPOCH_FILE),
+            timed_from_epoch=warmup if warmup < protocol.epochs else 0,
+            progress=progress,
+            label=f"{spec.name} {label} seed {config.seed}",
+        )
+    document = _document(p, outcome, sizes, task, stl_metric, command, started, wall, model)
+    write_json_atomic(folder / RESULT_FILE, document)
+    say(f"wrote {folder / RESULT_FILE}")
+    return document
+
+
+def _delta_m(references: References | None, metrics: Mapping[str, Any]) -> float | None:
+    from bayesagg.metrics import delta_m
+
+    if references is None:
+        return None
+    try:
+        return delta_m(metrics, references.values)
+    except KeyError:
+        return None
+
+
+def _document(
+    p: Plan,
+    outcome: TrainResult,
+    sizes: dict[str, int],
+    task: int | None,
+    stl_metric: str | None,
+    command: str | None,
+    started: _dt.datetime,
+    wall: float,
+    model: torch.nn.Module,
+) -> dict[str, Any]:
+    config, spec, protocol = p.config, p.spec, p.protocol
+    refs = p.references
+    proto = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in protocol.__dict__.items()}
+    delta = None
+    if refs is not None:
+        delta = {
+            "test": _delta_m(refs, outcome.test),
+            "val": _delta_m(refs, outcome.val),
+            "references": refs.to_json(),
+        }
+    hp = {k: v for k, v in p.hparams.items()}
+    return _normalised(
+        {
+            "schema": SCHEMA,
+            "benchmark": spec.name,
+            "method": config.method,
+            "method_label": method_label(config.method, config.hparams),
+            "seed": config.seed,
+            "protocol": config.protocol,
+            "protocol_dir": protocol_dir(config).name,
+            "protocol_settings": proto,
+            "protocol_note": protocol.note,
+            "caveat": spec.caveat,
+            "config": config.identity(),
+            "hparams": hp,
+            "groups": [{k: v for k, v in g.__dict__.items() if v is not None} for g in p.groups],
+            "tasks": task_names(p.groups),
+            "task_kinds": task_kinds(p.groups),
+            "task_metrics": spec.task_metrics(p.groups),
+            "stl_task": None if task is None else task_names(p.groups)[task],
+            "stl_metric": stl_metric,
+            "split_sizes": sizes,
+            "selection": {
+                "criterion": outcome.criterion.name,
+                "mode": outcome.criterion.mode,
+                "split": "val",
+                "epoch": outcome.best_epoch,
+                "value": outcome.criterion_value,
+            },
+            "epochs": protocol.epochs,
+            "val": outcome.val,
+            "test": outcome.test,
+            "delta_m": delta,
+            "time_per_step": outcome.time_per_step(),
+            "weights_per_epoch": outcome.weights_per_epoch,
+            "history": outcome.history,
+            "notes": outcome.notes,
+            "parameters": sum(x.numel() for x in model.parameters()),
+            "device": str(next(model.parameters()).device),
+            "torch_threads": torch.get_num_threads(),
+            "versions": package_versions(),
+            "command": command or "python: bayesagg.runner.run",
+            "started": started.isoformat(timespec="seconds"),
+            "wall_seconds": time.perf_counter() - wall,
+        }
+    )
+
+
+def result_path(config: RunConfig, task: str | None = None) -> Path:
+    return run_dir(config, task) / RESULT_FILE

@@ -1,0 +1,552 @@
+"""The training loop: one model, one method, one protocol; selection on validation.
+
+Per step (methods/base.py contract): forward, the K task losses, ``method.backward``,
+``optimizer.step``, and FAMO's ``after_step`` on the same batch; per epoch: ``end_epoch`` with
+the epoch's mean task losses, evaluation of validation and test, the learning-rate schedule, a
+CSV row. The reported test metrics are those of the epoch with the best validation criterion
+(never chosen on test).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from bayesagg.benchmarks.registry import Benchmark, MultiTaskModel, Protocol, References
+from bayesagg.methods.base import Method
+from bayesagg.metrics import delta_m, evaluate, higher_is_better
+from bayesagg.runner.results import EpochLog, flatten
+from bayesagg.tasks import Multiclass, Regression, TaskGroup, task_losses, task_names
+
+__all__ = [
+    "Criterion",
+    "TrainResult",
+    "deterministic",
+    "make_optimizer",
+    "seed_everything",
+    "train",
+    "training_step",
+]
+
+#: Steps at the start of the timed segment left out of the median (allocator, caches, solvers).
+WARMUP_STEPS = 5
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic() -> Iterator[None]:
+    """Run the block with ``torch.use_deterministic_algorithms`` on (warn-only), then restore."""
+    before = torch.are_deterministic_algorithms_enabled()
+    before_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=before_warn)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """The validation criterion of model selection: a metric key or "delta_m", and its mode."""
+
+    name: str
+    mode: str  # "min" or "max"
+    references: References | None = None
+    keys: tuple[str, ...] = ()
+
+    def value(self, metrics: dict[str, float | None]) -> float | None:
+        """Return the criterion on ``metrics`` (None when a needed metric is undefined)."""
+        try:
+            if self.name == "delta_m":
+                assert self.references is not None
+                return delta_m(metrics, self.references.values)
+            if self.name.startswith("mean/"):
+                values = [metrics.get(k) for k in self.keys]
+                if any(v is None for v in values):
+                    return None
+                return statistics.fmean(values)  # type: ignore[arg-type]
+            return metrics.get(self.name)
+        except KeyError:
+            return None
+
+    def better(self, new: float | None, best: float | None) -> bool:
+        """Return True if ``new`` improves on ``best`` (an undefined value never does)."""
+        if new is None or math.isnan(new):
+            return False
+        if best is None:
+            return True
+        return new < best if self.mode == "min" else new > best
+
+
+def make_criterion(
+    spec: Benchmark,
+    groups: Sequence[TaskGroup],
+    references: References | None,
+    stl_metric: str | None = None,
+) -> Criterion:
+    """Return the selection criterion of ``spec`` (for an STL model: its own task's metric).
+
+    Where the protocol selects on validation Delta_m but no STL references exist, the mean of
+    the task metrics (same direction) replaces it; the run's JSON names the criterion used.
+    """
+    keys = tuple(spec.task_metrics(groups))
+    if stl_metric is not None:
+        return Criterion(stl_metric, "max" if higher_is_better(stl_metric) else "min")
+    selection = spec.selection
+    if selection == "delta_m":
+        if references is not None:
+            return Criterion("delta_m", "min", references, keys)
+        metrics = {k.rpartition("/")[2] for k in keys}
+        if len(metrics) != 1:
+            raise ValueError(
+                f"{spec.name}: selection on Delta_m needs STL references (tasks use {metrics})"
+            )
+        selection = f"mean/{metrics.pop()}"
+    if selection.startswith("mean/"):
+        metric = selection.partition("/")[2]
+        chosen = tuple(k for k in keys if k.endswith(f"/{metric}"))
+        chosen = chosen or tuple(f"{n}/{metric}" for n in task_names(groups))
+        return Criterion(selection, "max" if metric in ("accuracy", "auc") else "min", None, chosen)
+    return Criterion(selection, "max" if higher_is_better(selection) else "min")
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run hands back to be written to disk."""
+
+    best_epoch: int
+    criterion: Criterion
+    criterion_value: float | None
+    val: dict[str, float | None]
+    test: dict[str, float | None]
+    history: list[dict[str, Any]]
+    step_seconds: list[float]
+    timed_from_step: int
+    weights_per_epoch: list[list[float] | None]
+    notes: list[str] = field(default_factory=list)
+
+    def time_per_step(self) -> dict[str, Any]:
+        """Return the median seconds of a whole training step (forward, backward, step)."""
+        segment = self.step_seconds[self.timed_from_step :]
+        skip = min(WARMUP_STEPS, max(len(segment) - 1, 0))
+        timed = segment[skip:]
+        all_steps = self.step_seconds[min(WARMUP_STEPS, max(len(self.step_seconds) - 1, 0)) :]
+        return {
+            "median_ms": 1000 * statistics.median(timed) if timed else None,
+            "steps_timed": len(timed),
+            "first_step_timed": self.timed_from_step + skip,
+            "all_steps_median_ms": 1000 * statistics.median(all_steps) if all_steps else None,
+            "steps": len(self.step_seconds),
+        }
+
+
+# -- batches ----------------------------------------------------------------------------------
+def make_loader(
+    spec: Benchmark, dataset: Any, batch_size: int, *, shuffle: bool, seed: int
+) -> torch.utils.data.DataLoader:
+    """Return a single-process loader whose shuffling is seeded (same seed, same order)."""
+    if spec.graph:
+        from torch_geometric.loader import DataLoader
+    else:
+        from torch.utils.data import DataLoader
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0
+    )
+
+
+def split_batch(
+    spec: Benchmark, groups: Sequence[TaskGroup], batch: Any, device: torch.device
+) -> tuple[Any, list[Tensor]]:
+    """Return (inputs, one target tensor per group) of a collated batch, on ``device``."""
+    if spec.graph:
+        batch = batch.to(device)
+        y = batch.y
+        targets, start = [], 0
+        for g in groups:
+            width = g.head_outputs if not isinstance(g, Multiclass) else 1
+            targets.append(y[:, start : start + width])
+            start += width
+        return batch, _shape_targets(groups, targets)
+    x, ts = batch
+    if isinstance(ts, Tensor):
+        ts = (ts,)
+    if len(ts) != len(groups):
+        raise ValueError(f"{spec.name}: a batch has {len(ts)} targets for {len(groups)} groups")
+    return x.to(device), _shape_targets(groups, [t.to(device) for t in ts])
+
+
+def _shape_targets(groups: Sequence[TaskGroup], targets: Sequence[Tensor]) -> list[Tensor]:
+    out = []
+    for g, t in zip(groups, targets, strict=True):
+        if isinstance(g, Multiclass):
+            out.append(t.reshape(-1).long())
+        else:
+            out.append(t.reshape(len(t), g.outputs).float())
+    return out
+
+
+class TargetScaler:
+    """Standardises regression targets with training mean/std (QM9), and undoes it."""
+
+    def __init__(self, groups: Sequence[TaskGroup], stats: dict[int, tuple[Tensor, Tensor]]):
+        self.groups = groups
+        self.stats = stats
+
+    def forward(self, targets: list[Tensor]) -> list[Tensor]:
+        out = list(targets)
+        for i, (mean, std) in self.stats.items():
+            out[i] = (out[i] - mean.to(out[i])) / std.to(out[i])
+        return out
+
+    def inverse(self, predictions: list[Tensor]) -> list[Tensor]:
+        out = list(predictions)
+        for i, (mean, std) in self.stats.items():
+            out[i] = out[i] * std.to(out[i]) + mean.to(out[i])
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            self.groups[i].name: {"mean": m.tolist(), "std": s.tolist()}
+            for i, (m, s) in self.stats.items()
+        }
+
+
+def fit_scaler(
+    spec: Benchmark, groups: Sequence[TaskGroup], train_loader: Any, device: torch.device
+) -> TargetScaler:
+    """Return the scaler of the training targets (mean and population std per output)."""
+    sums: dict[int, list[Tensor]] = {
+        i: [] for i, g in enumerate(groups) if isinstance(g, Regression)
+    }
+    for batch in train_loader:
+        _, targets = split_batch(spec, groups, batch, torch.device("cpu"))
+        for i in sums:
+            sums[i].append(targets[i].double())
+    stats = {}
+    for i, parts in sums.items():
+        y = torch.cat(parts)
+        std = y.std(0, unbiased=False)
+        if bool((std == 0).any()):
+            raise ValueError(f"{spec.name}: a regression target of {groups[i].name!r} is constant")
+        stats[i] = (y.mean(0).float().to(device), std.float().to(device))
+    return TargetScaler(groups, stats)
+
+
+# -- evaluation -------------------------------------------------------------------------------
+@torch.no_grad()
+def predict(
+    model: MultiTaskModel,
+    spec: Benchmark,
+    groups: Sequence[TaskGroup],
+    loader: Any,
+    device: torch.device,
+    scaler: TargetScaler | None,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Return the stacked predictions (original units) and targets of each group."""
+    model.eval()
+    preds: list[list[Tensor]] = [[] for _ in groups]
+    targs: list[list[Tensor]] = [[] for _ in groups]
+    for batch in loader:
+        x, targets = split_batch(spec, groups, batch, device)
+        _, outputs = model(x)
+        if scaler is not None:
+            outputs = scaler.inverse(outputs)
+        for i in range(len(groups)):
+            preds[i].append(outputs[i].cpu())
+            targs[i].append(targets[i].cpu())
+    return [torch.cat(p) for p in preds], [torch.cat(t) for t in targs]
+
+
+def evaluate_split(
+    model: MultiTaskModel,
+    spec: Benchmark,
+    groups: Sequence[TaskGroup],
+    loader: Any,
+    device: torch.device,
+    scaler: TargetScaler | None,
+) -> dict[str, float | None]:
+    """Return the benchmark's metrics of the model on one split."""
+    preds, targs = predict(model, spec, groups, loader, device, scaler)
+    return evaluate(
+        groups,
+        preds,
+        targs,
+        regression_metric=spec.regression_metric,
+        regression_scale=spec.regression_scale,
+        argmax_accuracy=spec.argmax_accuracy,
+        calibration=spec.calibration,
+    )
+
+
+def training_step(
+    model: MultiTaskModel,
+    method: Method,
+    optimizer: torch.optim.Optimizer,
+    groups: Sequence[TaskGroup],
+    x: Any,
+    targets: Sequence[Tensor],
+) -> Tensor:
+    """Run one whole training step; return the K task losses (detached).
+
+    Forward, the task losses, ``method.backward`` (which fills the encoder's and heads'
+    gradients), ``optimizer.step()``, and FAMO's ``after_step`` on the same batch.
+    """
+    h, outputs = model(x)
+    losses = task_losses(groups, outputs, targets)
+    optimizer.zero_grad(set_to_none=True)
+    method.backward(
+        losses,
+        shared_parameters=[p for p in model.encoder.parameters() if p.requires_grad],
+        task_parameters=[p for p in model.heads.parameters() if p.requires_grad],
+        representation=h,
+        heads=model.heads,
+        targets=list(targets),
+    )
+    optimizer.step()
+    if method.needs_after_step:
+        with torch.no_grad():
+            _, after = model(x)
+            method.after_step(task_losses(groups, after, targets))
+    return losses.detach()
+
+
+def make_optimizer(
+    model: MultiTaskModel, method: Method, protocol: Protocol
+) -> torch.optim.Optimizer:
+    """Return Adam over the model (weight decay) and the method's own parameters (none)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": params, "weight_decay": protocol.weight_decay}]
+    if method.parameters():
+        # The method's own parameters (UW's log-variances, ...): same lr, no weight decay.
+        groups.append({"params": list(method.parameters()), "weight_decay": 0.0})
+    return torch.optim.Adam(groups, lr=protocol.lr)
+
+
+@torch.no_grad()
+def _refit_regression_heads(
+    aggregator: Any,
+    model: MultiTaskModel,
+    spec: Benchmark,
+    groups: Sequence[TaskGroup],
+    loader: Any,
+    device: torch.device,
+    scaler: TargetScaler | None,
+) -> None:
+    """Fit BayesAgg-MTL's regression heads on eval-mode features of the training set."""
+    model.eval()
+
+    def batches() -> Iterator[tuple[Tensor, list[Tensor]]]:
+        for batch in loader:
+            x, targets = split_batch(spec, groups, batch, device)
+            if scaler is not None:
+                targets = scaler.forward(targets)
+            yield model.encoder(x), targets
+
+    aggregator.fit_regression_heads(model.heads, batches())
+
+
+# -- training ---------------------------------------------------------------------------------
+def _scheduler(protocol: Protocol, optimizer: torch.optim.Optimizer, mode: str) -> tuple[Any, bool]:
+    """Return (scheduler or None, whether it steps on the validation criterion)."""
+    if protocol.scheduler == "plateau":
+        return (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer,
+                mode=mode,
+                factor=protocol.plateau_factor,
+                patience=protocol.plateau_patience,
+                min_lr=protocol.min_lr,
+            ),
+            True,
+        )
+    if protocol.scheduler == "multistep":
+        milestones = sorted({max(1, round(f * protocol.epochs)) for f in protocol.milestones})
+        return (
+            torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=protocol.decay),
+            False,
+        )
+    return None, False
+
+
+def train(
+    *,
+    spec: Benchmark,
+    protocol: Protocol,
+    groups: Sequence[TaskGroup],
+    model: MultiTaskModel,
+    method: Method,
+    splits: Any,
+    criterion: Criterion,
+    seed: int,
+    device: torch.device,
+    epoch_log: EpochLog | None = None,
+    timed_from_epoch: int = 0,
+    progress: bool = False,
+    label: str = "",
+) -> TrainResult:
+    """Train ``model`` with ``method`` under ``protocol``; return the selected epoch's metrics.
+
+    ``timed_from_epoch``: the first epoch whose steps count in the time per step (BayesAgg-MTL's
+    warm-up epochs are linear scalarisation and are left out).
+    """
+    from tqdm.auto import tqdm
+
+    model.to(device)
+    train_loader = make_loader(spec, splits.train, protocol.batch_size, shuffle=True, seed=seed)
+    eval_size = max(protocol.batch_size, 256)
+    val_loader = make_loader(spec, splits.val, eval_size, shuffle=False, seed=seed)
+    test_loader = make_loader(spec, splits.test, eval_size, shuffle=False, seed=seed)
+    scaler = None
+    if spec.standardise_targets:
+        regression = [i for i, g in enumerate(groups) if isinstance(g, Regression)]
+        statistics_of = getattr(spec.data_module(), "target_statistics", None)
+        if statistics_of is not None and len(regression) == 1:
+            mean, std = statistics_of(splits.train)
+            scaler = TargetScaler(
+                groups, {regression[0]: (mean.float().to(device), std.float().to(device))}
+            )
+        else:
+            scaler = fit_scaler(
+                spec,
+                groups,
+                make_loader(spec, splits.train, eval_size, shuffle=False, seed=seed),
+                device,
+            )
+
+    # BayesAgg-MTL with regression_fit="refit": before each evaluation the regression heads are
+    # fitted on the training set's features from the encoder in eval mode (METHOD.md sec. 5).
+    aggregator = getattr(method, "aggregator", None)
+    refit = None
+    refit_from = 0
+    if getattr(aggregator, "regression_fit", None) == "refit":
+        refit = aggregator
+        refit_from = int(getattr(aggregator, "warmup_epochs", 0))
+    ordered_train = make_loader(spec, splits.train, eval_size, shuffle=False, seed=seed)
+
+    optimizer = make_optimizer(model, method, protocol)
+    scheduler, on_criterion = _scheduler(protocol, optimizer, criterion.mode)
+    names = task_names(groups)
+
+    history: list[dict[str, Any]] = []
+    step_seconds: list[float] = []
+    timed_from_step = 0
+    weights_per_epoch: list[list[float] | None] = []
+    best: tuple[int, float | None, dict, dict] | None = None
+    epochs = tqdm(range(protocol.epochs), desc=label or "epochs", disable=not progress, leave=False)
+    for epoch in epochs:
+        model.train()
+        if epoch == timed_from_epoch:
+            timed_from_step = len(step_seconds)
+        loss_sum = torch.zeros(len(names), dtype=torch.float64)
+        weight_sum: Tensor | None = None
+        weight_count = 0
+        steps = 0
+        start = time.perf_counter()
+        batches = tqdm(train_loader, desc=f"epoch {epoch + 1}", disable=not progress, leave=False)
+        for batch in batches:
+            x, targets = split_batch(spec, groups, batch, device)
+            if scaler is not None:
+                targets = scaler.forward(targets)
+            t0 = time.perf_counter()
+            try:
+                losses = training_step(model, method, optimizer, groups, x, targets)
+            except FloatingPointError as err:
+                raise FloatingPointError(
+                    f"{label or method.name}: training diverged at epoch {epoch + 1}, "
+                    f"step {steps + 1}: {err}"
+                ) from err
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            step_seconds.append(time.perf_counter() - t0)
+            loss_sum += losses.detach().double().cpu()
+            if method.last_weights is not None:
+                w = method.last_weights.detach().double().cpu().reshape(-1)
+                weight_sum = w if weight_sum is None else weight_sum + w
+                weight_count += 1
+            steps += 1
+        epoch_losses = (loss_sum / max(steps, 1)).float()
+        method.end_epoch(epoch_losses.to(device))
+        train_seconds = time.perf_counter() - start
+
+        if refit is not None and epoch + 1 >= refit_from:
+            _refit_regression_heads(refit, model, spec, groups, ordered_train, device, scaler)
+        val = evaluate_split(model, spec, groups, val_loader, device, scaler)
+        test = evaluate_split(model, spec, groups, test_loader, device, scaler)
+        value = criterion.value(val)
+        if best is None or criterion.better(value, best[1]):
+            best = (epoch, value, val, test)
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler is not None:
+            if on_criterion:
+                if value is not None:
+                    scheduler.step(value)
+            else:
+                scheduler.step()
+        weights = None if weight_sum is None else (weight_sum / weight_count).tolist()
+        weights_per_epoch.append(weights)
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_seconds": round(train_seconds, 4),
+            "step_ms_median": round(
+                1000 * statistics.median(step_seconds[-steps:]) if steps else 0.0, 4
+            ),
+            f"val/{criterion.name}": value,
+        }
+        row.update({f"train_loss/{n}": float(v) for n, v in zip(names, epoch_losses, strict=True)})
+        row.update(flatten("val/", val))
+        row.update(flatten("test/", test))
+        if weights is not None:
+            row.update({f"weight/{n}": w for n, w in zip(names, weights, strict=True)})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "train_loss": epoch_losses.tolist(),
+                "val_criterion": value,
+                "train_seconds": train_seconds,
+            }
+        )
+        if epoch_log is not None:
+            epoch_log.append(row)
+        epochs.set_postfix({criterion.name: "-" if value is None else f"{value:.4g}"})
+
+    assert best is not None
+    notes: list[str] = []
+    source = getattr(aggregator, "regression_fit_source", None)
+    if source:
+        notes.append(f"BayesAgg-MTL regression heads at the end of training: {source}")
+    epoch, value, val, test = best
+    return TrainResult(
+        best_epoch=epoch + 1,
+        criterion=criterion,
+        criterion_value=value,
+        val=val,
+        test=test,
+        history=history,
+        step_seconds=step_seconds,
+        timed_from_step=timed_from_step,
+        weights_per_epoch=weights_per_epoch,
+        notes=notes,
+    )
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

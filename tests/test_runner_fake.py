@@ -1,0 +1,230 @@
+"""Every registered method through the runner, on a tiny synthetic benchmark (seconds).
+
+The synthetic benchmark ``fake`` has one task group of each kind (2 regression outputs, 2
+binary tasks, one 3-class task, K = 5) over a linear-Gaussian data set, an MLP encoder and one
+linear head per group. Other runner tests import :func:`install_fake` from here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import types
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from bayesagg import methods
+from bayesagg.benchmarks import registry
+from bayesagg.benchmarks.registry import Benchmark, MultiTaskModel, Protocol, linear_heads
+from bayesagg.benchmarks.splits import Splits
+from bayesagg.runner import RunConfig, run
+from bayesagg.tasks import Binary, Multiclass, Regression
+
+FAKE = "_bayesagg_tests.fake"  # dotted: the registry imports it as a full module path
+GROUPS = (Regression("r", 2), Binary("b", 2), Multiclass("c", 3))
+
+
+class _Linear(Dataset):
+    """Items ``(x [6], (r [2], b [2], c []))`` from fixed random linear maps of x."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        maps = torch.Generator().manual_seed(1234)
+        self.x = torch.randn(n, 6, generator=g)
+        w = torch.randn(6, 7, generator=maps)
+        z = self.x @ w
+        self.r = z[:, :2] * 3.0 + 10.0  # offset and scale: the standardisation is exercised
+        self.b = (z[:, 2:4] > 0).float()
+        self.c = z[:, 4:7].argmax(1)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], (self.r[i], self.b[i], self.c[i])
+
+
+def _load(data_dir=None, *, seed: int = 0, limit: int | None = None, sizes=(64, 40, 40)):
+    if data_dir is not None and "missing" in str(data_dir):
+        from bayesagg.benchmarks.paths import MissingDataError
+
+        raise MissingDataError(f"data for 'fake' not found at {data_dir}: pass --data-dir DIR")
+    n = sizes[0] if limit is None else min(limit, sizes[0])
+    return Splits(_Linear(n, seed), _Linear(sizes[1], seed + 1), _Linear(sizes[2], seed + 2))
+
+
+def _build_model(groups, *, dim: int = 8) -> MultiTaskModel:
+    encoder = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, dim), nn.ELU())
+    return MultiTaskModel(encoder, linear_heads(groups, dim), dim)
+
+
+def fake_spec(**changes) -> Benchmark:
+    protocol = Protocol(
+        name="smoke",
+        epochs=2,
+        batch_size=16,
+        scheduler="multistep",
+        milestones=(0.6,),
+        bayesagg={"warmup_epochs": 1, "num_samples": 32},
+        note="synthetic test data",
+    )
+    fields = dict(
+        name="fake",
+        package=FAKE,
+        description="synthetic",
+        protocols={"smoke": protocol, "quick": protocol, "paper": protocol},
+        selection="delta_m",
+        regression_metric="mae",
+        binary_metric="auc",
+        standardise_targets=True,
+        calibration=True,
+        published_stl=(1.0, 1.0, 0.8, 0.8, 0.7),
+        published_source="made-up test references",
+    )
+    fields.update(changes)
+    return Benchmark(**fields)
+
+
+@pytest.fixture
+def install_fake(monkeypatch) -> Iterator[Benchmark]:
+    """Register the synthetic benchmark ``fake`` for one test."""
+    root = types.ModuleType("_bayesagg_tests")
+    root.__path__ = []
+    pkg = types.ModuleType(FAKE)
+    pkg.__path__ = []  # a package, so FAKE.data / FAKE.model resolve from sys.modules
+    monkeypatch.setitem(sys.modules, "_bayesagg_tests", root)
+    data = types.ModuleType(f"{FAKE}.data")
+    data.GROUPS = GROUPS
+    data.load = _load
+    model = types.ModuleType(f"{FAKE}.model")
+    model.build_model = _build_model
+    for name, module in ((FAKE, pkg), (f"{FAKE}.data", data), (f"{FAKE}.model", model)):
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = fake_spec()
+    registry.register(spec)
+    yield spec
+    registry.unregister("fake")
+
+
+def _available(name: str) -> str | None:
+    """Return None if method ``name`` imports, else the reason it does not."""
+    try:
+        methods.method_class(name)
+    except ImportError as err:
+        return f"method {name!r} not available yet: {err}"
+    return None
+
+
+@pytest.mark.parametrize("name", methods.names())
+def test_every_method_runs_on_fake_data(install_fake, tmp_path, name):
+    reason = _available(name)
+    if reason:
+        pytest.skip(reason)
+    config = RunConfig(benchmark="fake", method=name, protocol="smoke", out=str(tmp_path))
+    if name == "stl":
+        config = config.with_(task="b[1]")
+    [result] = run(config)
+    assert result["method"] == name
+    assert 1 <= result["selection"]["epoch"] <= 2
+    assert len(result["history"]) == 2
+    for key in result["task_metrics"]:
+        assert result["test"][key] is not None
+    # The regression MAE is in original units (targets scaled by 3): it cannot be ~0 or huge.
+    assert 0.0 < result["test"]["r[0]/mae"] < 100.0
+    assert result["time_per_step"]["median_ms"] > 0
+    if name != "stl":
+        assert result["delta_m"]["references"]["kind"] == "published"
+        assert isinstance(result["delta_m"]["test"], float)
+    folder = tmp_path / "fake" / "smoke"
+    csv_lines = next(folder.rglob("epochs.csv")).read_text().splitlines()
+    assert len(csv_lines) == 1 + 2
+    on_disk = json.loads(next(folder.rglob("result.json")).read_text())
+    assert on_disk["test"] == result["test"]
+
+
+@pytest.mark.parametrize("fit", ["epoch", "refit"])
+def test_bayesagg_logs_weights_per_epoch(install_fake, tmp_path, fit):
+    reason = _available("bayesagg")
+    if reason:
+        pytest.skip(reason)
+    config = RunConfig(
+        benchmark="fake", method="bayesagg", hparams={"regression_fit": fit}, out=str(tmp_path)
+    )
+    [result] = run(config)
+    # The run says which full-data fit its regression heads hold.
+    [note] = result["notes"]
+    assert ("fit_regression_heads" in note) == (fit == "refit")
+    weights = result["weights_per_epoch"]
+    assert len(weights) == 2
+    after_warmup = [w for w in weights[1:] if w is not None]
+    assert after_warmup, "BayesAgg-MTL reported no task weights after its warm-up epoch"
+    for w in after_warmup:
+        assert len(w) == 5
+        # Precision weights sum to one over the tasks, per example and dimension.
+        assert sum(w) == pytest.approx(1.0, abs=1e-5)
+    assert result["hparams"]["warmup_epochs"] == 1
+    # Steps of the warm-up epoch (linear scalarisation) are not timed as BayesAgg-MTL steps.
+    assert result["time_per_step"]["first_step_timed"] >= 64 // 16
+
+
+def test_all_stl_tasks_write_references(install_fake, tmp_path):
+    results = run(RunConfig(benchmark="fake", method="stl", out=str(tmp_path)))
+    assert [r["stl_task"] for r in results] == ["r[0]", "r[1]", "b[0]", "b[1]", "c"]
+    refs = json.loads((tmp_path / "fake" / "quick" / "references.json").read_text())
+    assert refs["kind"] == "own-stl" and refs["complete"]
+    assert set(refs["values"]) == {"r[0]/mae", "r[1]/mae", "b[0]/auc", "b[1]/auc", "c/accuracy"}
+    for r in results:
+        assert refs["values"][r["stl_metric"]] == r["test"][r["stl_metric"]]
+        assert r["selection"]["criterion"] == r["stl_metric"]
+    # A later multi-task run can use them instead of the published values.
+    [ls] = run(RunConfig(benchmark="fake", method="ls", references="own", out=str(tmp_path)))
+    assert ls["delta_m"]["references"]["kind"] == "own-stl"
+
+
+def test_same_seed_same_metrics(install_fake, tmp_path):
+    """Determinism end to end on CPU: same seed -> identical metrics (also for BayesAgg-MTL)."""
+    names = ["ls"] + ([] if _available("bayesagg") else ["bayesagg"])
+    first = {}
+    for name in names:
+        a = run(RunConfig(benchmark="fake", method=name, seed=3, out=str(tmp_path / "a")))[0]
+        b = run(RunConfig(benchmark="fake", method=name, seed=3, out=str(tmp_path / "b")))[0]
+        assert a["test"] == b["test"] and a["val"] == b["val"]
+        assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+        assert a["weights_per_epoch"] == b["weights_per_epoch"]
+        first[name] = a
+    c = run(RunConfig(benchmark="fake", method="ls", seed=4, out=str(tmp_path / "c")))[0]
+    assert first["ls"]["test"] != c["test"]
+
+
+def test_runner_module_imports_no_heavy_packages():
+    """``import bayesagg.runner`` and the registry stay light (no torch_geometric etc.)."""
+    code = (
+        "import sys, bayesagg.runner, bayesagg.benchmarks.registry, bayesagg.cli;"
+        "heavy = [m for m in ('torch_geometric', 'torchvision', 'cvxpy', 'sklearn', "
+        "'matplotlib', 'scipy') if m in sys.modules]; print(heavy)"
+    )
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_benchmark_spec_is_consistent():
+    for name in registry.names():
+        spec = registry.get(name)
+        assert set(spec.protocols) == {"paper", "quick", "smoke"}
+        for p in spec.protocols.values():
+            assert p.epochs >= 1 and p.batch_size >= 1
+            assert p.bayesagg.get("warmup_epochs", 0) < p.epochs
+        try:
+            importlib.import_module(f"bayesagg.benchmarks.{spec.package}.data")
+        except ImportError:
+            continue  # data loader not written yet
+        refs = spec.published_references()
+        if refs is not None:
+            assert len(refs.values) == len(spec.task_metrics())
