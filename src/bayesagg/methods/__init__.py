@@ -60,26 +60,45 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     "bayesagg": ("bayesagg_mtl", "BayesAggMTL", "BayesAgg-MTL (Achituve et al. 2024)"),
 }
 
+# "<method>-ub" -> "<method>": the aggregator applied to the per-example gradients w.r.t. the
+# shared representation (bayesagg.methods.representation). Listed by names() after _REGISTRY.
+# MGDA-UB, IMTL-G-UB and Aligned-MTL-UB are in _REGISTRY (own classes, official defaults);
+# GradDrop is defined on the representation already.
+_REPRESENTATION: dict[str, str] = {
+    "pcgrad-ub": "pcgrad",
+    "cagrad-ub": "cagrad",
+    "nash-mtl-ub": "nash-mtl",
+    "upgrad-ub": "upgrad",
+    "gradvac-ub": "gradvac",
+}
+
 
 def names() -> list[str]:
     """Return the registry names of every method, in a stable order."""
-    return list(_REGISTRY)
+    return list(_REGISTRY) + list(_REPRESENTATION)
 
 
 def describe(name: str) -> str:
     """Return the one-line description of a registered method."""
+    if name.lower() in _REPRESENTATION:
+        return f"{_REPRESENTATION[name.lower()]} on the representation's per-example gradients"
     return _entry(name)[2]
 
 
 def _entry(name: str) -> tuple[str, str, str]:
     key = name.lower()
     if key not in _REGISTRY:
-        raise KeyError(f"unknown method {name!r}; known methods: {', '.join(_REGISTRY)}")
+        raise KeyError(f"unknown method {name!r}; known methods: {', '.join(names())}")
     return _REGISTRY[key]
 
 
 def method_class(name: str) -> type[Method]:
     """Return the class of a registered method (imports its module on first use)."""
+    if name.lower() in _REPRESENTATION:
+        from bayesagg.methods.representation import representation_variant
+
+        base = method_class(_REPRESENTATION[name.lower()])
+        return representation_variant(base, name.lower())  # type: ignore[arg-type]
     module, cls, _ = _entry(name)
     return getattr(importlib.import_module(f"bayesagg.methods.{module}"), cls)
 

@@ -194,7 +194,10 @@ class NashMTL(Aggregator):
         """As :meth:`Aggregator.backward`; between updates, one backward of ``sum alpha_i L_i``."""
         if self.step % self.update_weights_every == 0:
             super().backward(
-                losses, shared_parameters=shared_parameters, task_parameters=task_parameters
+                losses,
+                shared_parameters=shared_parameters,
+                task_parameters=task_parameters,
+                representation=representation,
             )
             return
         from bayesagg.methods._jacobian import accumulate_grad, check_inputs
@@ -204,6 +207,19 @@ class NashMTL(Aggregator):
         shared = check_inputs(shared_parameters, "shared_parameters")
         task = check_inputs(task_parameters, "task_parameters")
         weights = torch.as_tensor(self.alpha, dtype=losses.dtype, device=losses.device)
+        if self.space == "representation":  # nash-mtl-ub: clip and push the direction on h
+            if representation is None:
+                raise ValueError(f"{self.name} needs representation=h")
+            (grad_h,) = torch.autograd.grad(
+                (weights * losses).sum(), [representation], retain_graph=True
+            )
+            factor = self._clip_factor(grad_h.norm())
+            self.step += 1
+            self.last_weights = (weights * factor).detach().cpu()
+            if task:
+                torch.autograd.backward(losses.sum(), inputs=task, retain_graph=True)
+            torch.autograd.backward(representation, grad_h * factor, inputs=shared or None)
+            return
         grads = torch.autograd.grad(
             (weights * losses).sum(),
             shared,
