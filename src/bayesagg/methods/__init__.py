@@ -56,6 +56,16 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     ),
     "graddrop": ("gradient.graddrop", "GradDrop", "gradient sign dropout (Chen et al. 2020)"),
     "gradvac": ("gradient.gradvac", "GradVac", "gradient vaccine (Wang et al. 2021)"),
+    "fairgrad": ("gradient.fairgrad", "FairGrad", "alpha-fair resource allocation (Ban & Ji 2024)"),
+    "config": ("gradient.config", "ConFIG", "conflict-free inverse gradients (Liu et al. 2025)"),
+    "dualproj": (
+        "gradient.dualproj",
+        "DualProj",
+        "mean gradient projected on the dual cone (Quinton & Rey 2024)",
+    ),
+    "excess-mtl": ("gradient.excess_mtl", "ExcessMTL", "excess-risk weighting (He et al. 2024)"),
+    "modo": ("gradient.modo", "MoDo", "MGDA with double sampling (Chen et al. 2023)"),
+    "sdmgrad": ("gradient.sdmgrad", "SDMGrad", "direction-oriented MGDA (Xiao et al. 2023)"),
     # the method of this project
     "bayesagg": ("bayesagg_mtl", "BayesAggMTL", "BayesAgg-MTL (Achituve et al. 2024)"),
 }
@@ -63,13 +73,19 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
 # "<method>-ub" -> "<method>": the aggregator applied to the per-example gradients w.r.t. the
 # shared representation (bayesagg.methods.representation). Listed by names() after _REGISTRY.
 # MGDA-UB, IMTL-G-UB and Aligned-MTL-UB are in _REGISTRY (own classes, official defaults);
-# GradDrop is defined on the representation already.
+# GradDrop is defined on the representation already; ExcessMTL keeps per-coordinate state
+# (bayesagg.methods.representation.representation_variant refuses it).
 _REPRESENTATION: dict[str, str] = {
     "pcgrad-ub": "pcgrad",
     "cagrad-ub": "cagrad",
     "nash-mtl-ub": "nash-mtl",
     "upgrad-ub": "upgrad",
     "gradvac-ub": "gradvac",
+    "fairgrad-ub": "fairgrad",
+    "config-ub": "config",
+    "dualproj-ub": "dualproj",
+    "modo-ub": "modo",
+    "sdmgrad-ub": "sdmgrad",
 }
 
 

@@ -43,6 +43,11 @@ def representation_variant(cls: type[Aggregator], name: str) -> type[Aggregator]
             f"{cls.__name__} already works in {cls.space!r} space; its representation variant "
             "is itself"
         )
+    if getattr(cls, "per_coordinate_state", False):
+        raise ValueError(
+            f"{cls.__name__} keeps state per coordinate of the Jacobian, which for the "
+            "representation's per-example coordinates changes meaning from batch to batch"
+        )
     key = (cls, name)
     if key not in _CACHE:
         qualname = f"{cls.__name__}UB"
