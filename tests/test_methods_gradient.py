@@ -24,10 +24,18 @@ GRADIENT = [
     "upgrad",
     "graddrop",
     "gradvac",
+    "fairgrad",
+    "config",
+    "dualproj",
+    "excess-mtl",
+    "modo",
+    "sdmgrad",
 ]
 DETERMINISTIC = ["mgda", "cagrad", "imtl-g", "nash-mtl", "aligned-mtl", "upgrad"]
-# methods whose output is homogeneous of degree 1 in J (Nash-MTL is not: alpha ~ 1/|J|)
-LINEAR = [n for n in GRADIENT if n != "nash-mtl"]
+DETERMINISTIC += ["fairgrad", "config", "dualproj", "excess-mtl", "modo", "sdmgrad"]
+# methods whose output is homogeneous of degree 1 in J (Nash-MTL is not: alpha ~ 1/|J|;
+# FairGrad: w ~ |J|^(-2 alpha/(alpha+1)); MoDo's step gamma acts on the raw Gramian)
+LINEAR = [n for n in GRADIENT if n not in ("nash-mtl", "fairgrad", "modo")]
 
 
 def make(name: str, k: int, **kwargs):
@@ -269,6 +277,15 @@ def test_registry_builds_with_repr(name: str) -> None:
         ("gradvac", {"beta": 2.0}),
         ("gradvac", {"eps": -1.0}),
         ("pcgrad", {"seed": -1}),
+        ("fairgrad", {"alpha": -1.0}),
+        ("fairgrad", {"max_norm": -1.0}),
+        ("excess-mtl", {"robust_step_size": 0.0}),
+        ("modo", {"gamma": 0.0}),
+        ("modo", {"rho": -0.1}),
+        ("sdmgrad", {"lambda_": -0.1}),
+        ("sdmgrad", {"n_iter": 0}),
+        ("sdmgrad", {"lr": 0.0}),
+        ("sdmgrad", {"momentum": 1.0}),
     ],
 )
 def test_bad_hyper_parameters_raise(name: str, kwargs: dict) -> None:

@@ -146,3 +146,77 @@ def test_graddrop_with_leak_same_seed(shape) -> None:
         torch.manual_seed(seed)
         ref = tja.GradDrop(leak=torch.tensor(leak, dtype=torch.float64))(j)
         torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+
+
+# -- methods published since 2023 (issue 11) ---------------------------------------------------
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_fairgrad(shape, alpha) -> None:
+    for j in jacobians(shape):
+        ours = create("fairgrad", num_tasks=shape[0], alpha=alpha, max_norm=0.0).aggregate(j)
+        ref = tja.FairGrad(alpha=alpha)(j)
+        # ours: K J^T w (official "match the sum loss"); torchjd: J^T w. Both solve
+        # G w = w^(-1/alpha) with least_squares (ours on the normalised Gramian, rescaled)
+        aligned = ours / shape[0]
+        assert cosine_distance(aligned, ref) <= 1e-4
+        assert (aligned - ref).norm() <= 1e-3 * ref.norm()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_config(shape) -> None:
+    for j in jacobians(shape):
+        ours = create("config", num_tasks=shape[0]).aggregate(j)
+        torch.testing.assert_close(ours, tja.ConFIG()(j), rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_config_with_zero_row(shape) -> None:
+    j = jacobians(shape, 1)[0]
+    j[-1] = 0.0
+    ours = create("config", num_tasks=shape[0]).aggregate(j)
+    torch.testing.assert_close(ours, tja.ConFIG()(j), rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_dualproj(shape) -> None:
+    pytest.importorskip("qpsolvers")
+    for j in jacobians(shape):
+        ours = create("dualproj", num_tasks=shape[0]).aggregate(j)
+        ref = tja.DualProj()(j)
+        # torchjd regularises the normalised Gramian by 1e-4 I; ours is the exact projection
+        assert cosine_distance(ours, ref) <= 1e-4
+        assert (ours - ref).norm() <= 1e-2 * ref.norm()
+
+
+@pytest.mark.parametrize("shape", [(2, 5), (5, 20), (11, 64)])
+def test_excess_mtl_over_steps(shape) -> None:
+    """Stateful. torchjd with one warm-up step = the official schedule (first step: baseline)."""
+    ours = create("excess-mtl", num_tasks=shape[0], robust_step_size=0.5)
+    ref = tja.ExcessMTL(robust_step_size=0.5, n_warmup_steps=1)
+    for j in jacobians(shape, 5):
+        a, b = ours.aggregate(j), ref(j)
+        # ours: weights sum to K (official); torchjd's sum to 1; torchjd adds 1e-7 to E^0
+        torch.testing.assert_close(a / shape[0], b, rtol=1e-6, atol=1e-9)
+    assert not torch.allclose(ours.last_weights, torch.ones(shape[0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_modo_over_steps(shape) -> None:
+    """Single-batch use: torchjd's MoDoWeighting on J J^T (ours has one batch by design)."""
+    ours = create("modo", num_tasks=shape[0], gamma=0.01, rho=0.1)
+    ref = tja.MoDoWeighting(gamma=0.01, rho=0.1)
+    for j in jacobians(shape, 4):
+        a = ours.aggregate(j)
+        w = ref(j @ j.T)
+        torch.testing.assert_close(a, w @ j, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_sdmgrad_over_steps(shape) -> None:
+    """Single-batch use: torchjd's SDMGradWeighting on J J^T; its 1e-8 in the scale is tiny."""
+    ours = create("sdmgrad", num_tasks=shape[0])
+    ref = tja.SDMGradWeighting(lambda_=0.3, n_iter=20, lr=10.0, momentum=0.5)
+    for j in jacobians(shape, 4):
+        a = ours.aggregate(j)
+        w = ref(j @ j.T)
+        torch.testing.assert_close(a, w @ j, rtol=1e-6, atol=1e-9)

@@ -17,6 +17,9 @@ def project_onto_simplex(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float64)
     if v.ndim != 1 or v.size == 0 or not np.all(np.isfinite(v)):
         raise ValueError(f"expected a finite non-empty vector, got {v!r}")
+    # Pi(v + c 1) = Pi(v): shifting by the maximum keeps the first test exactly 1 > 0, so
+    # huge or tiny inputs cannot round every test to <= 0
+    v = v - v.max()
     u = np.sort(v)[::-1]
     cumulative = np.cumsum(u) - 1.0
     index = np.arange(1, v.size + 1)

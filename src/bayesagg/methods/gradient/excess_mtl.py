@@ -99,16 +99,17 @@ class ExcessMTL(Aggregator):
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),
-            "squared_sum": self.squared_sum,
-            "baseline": self.baseline,
+            "squared_sum": None if self.squared_sum is None else self.squared_sum.clone(),
+            "baseline": None if self.baseline is None else self.baseline.clone(),
             "log_weights": self.log_weights.clone(),
             "steps": self.steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.squared_sum = state["squared_sum"]
-        self.baseline = state["baseline"]
+        copy = lambda t: None if t is None else t.clone()  # noqa: E731 - state is updated in place
+        self.squared_sum = copy(state["squared_sum"])
+        self.baseline = copy(state["baseline"])
         self.log_weights = state["log_weights"].clone()
         self.steps = int(state["steps"])
 
