@@ -31,6 +31,11 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     "igbv2": ("weighting.igbv2", "IGBv2", "improvable gap balancing v2 (Dai et al. 2023)"),
     "famo": ("weighting.famo", "FAMO", "fast adaptive multitask optimisation (Liu et al. 2023)"),
     "db-mtl": ("weighting.db_mtl", "DBMTL", "dual-balancing MTL (Lin et al. 2023)"),
+    "stch": (
+        "weighting.stch",
+        "SmoothTchebycheff",
+        "smooth Tchebycheff scalarisation (Lin et al. 2024)",
+    ),
     # gradient aggregators
     "mgda": (
         "gradient.mgda",
