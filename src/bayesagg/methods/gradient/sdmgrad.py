@@ -101,6 +101,6 @@ class SDMGrad(Aggregator):
 
     def __repr__(self) -> str:
         return (
-            f"SDMGrad(num_tasks={self.num_tasks}, lambda_={self.lambda_}, n_iter={self.n_iter}, "
+            f"{type(self).__name__}(num_tasks={self.num_tasks}, lambda_={self.lambda_}, n_iter={self.n_iter}, "
             f"lr={self.lr}, momentum={self.momentum})"
         )
