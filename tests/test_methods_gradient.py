@@ -30,12 +30,16 @@ GRADIENT = [
     "excess-mtl",
     "modo",
     "sdmgrad",
+    "ntkmtl",
+    "ntkmtl-sr",
 ]
 DETERMINISTIC = ["mgda", "cagrad", "imtl-g", "nash-mtl", "aligned-mtl", "upgrad"]
-DETERMINISTIC += ["fairgrad", "config", "dualproj", "excess-mtl", "modo", "sdmgrad"]
+DETERMINISTIC += ["fairgrad", "config", "dualproj", "excess-mtl", "modo", "sdmgrad", "ntkmtl"]
+DETERMINISTIC += ["ntkmtl-sr"]
 # methods whose output is homogeneous of degree 1 in J (Nash-MTL is not: alpha ~ 1/|J|;
-# FairGrad: w ~ |J|^(-2 alpha/(alpha+1)); MoDo's step gamma acts on the raw Gramian)
-LINEAR = [n for n in GRADIENT if n not in ("nash-mtl", "fairgrad", "modo")]
+# FairGrad: w ~ |J|^(-2 alpha/(alpha+1)); MoDo's step gamma acts on the raw Gramian;
+# NTKMTL is clipped to max_norm)
+LINEAR = [n for n in GRADIENT if n not in ("nash-mtl", "fairgrad", "modo", "ntkmtl")]
 
 
 def make(name: str, k: int, **kwargs):
@@ -255,7 +259,8 @@ def test_registry_builds_with_repr(name: str) -> None:
     assert isinstance(m, method_class(name))
     assert m.name == name
     assert repr(m).startswith(type(m).__name__ + "(num_tasks=3")
-    expected = "representation" if name.endswith("-ub") or name == "graddrop" else "parameters"
+    rep = name.endswith(("-ub", "-sr")) or name == "graddrop"
+    expected = "representation" if rep else "parameters"
     assert m.space == expected
 
 
@@ -286,6 +291,9 @@ def test_registry_builds_with_repr(name: str) -> None:
         ("sdmgrad", {"n_iter": 0}),
         ("sdmgrad", {"lr": 0.0}),
         ("sdmgrad", {"momentum": 1.0}),
+        ("ntkmtl", {"ntk_exp": -0.5}),
+        ("ntkmtl", {"max_norm": -1.0}),
+        ("ntkmtl-sr", {"num_chunks": 0}),
     ],
 )
 def test_bad_hyper_parameters_raise(name: str, kwargs: dict) -> None:

@@ -174,3 +174,47 @@ def test_stateful_methods_resume(name: str) -> None:
     a.reset()
     fresh = create(name, num_tasks=3)
     torch.testing.assert_close(a.aggregate(js[0]), fresh.aggregate(js[0]))
+
+
+def test_ntkmtl_weights_from_the_gradient_norms() -> None:
+    """n = 1: the NTK of task i is |g_i|^2; w_i = (sum_j |g_j|^2 / |g_i|^2)^(1/2), times K."""
+    jac = random_jacobian(3, 10, seed=9) * torch.tensor([[1.0], [10.0], [0.1]], dtype=torch.float64)
+    method = create("ntkmtl", num_tasks=3, max_norm=0.0)
+    d = method.aggregate(jac)
+    sq = (jac**2).sum(1)
+    w = 3 * (sq.sum() / sq).sqrt()
+    torch.testing.assert_close(method.last_weights, w)
+    torch.testing.assert_close(d, w @ jac)
+    # balanced: every weighted gradient has the same norm (the equalised NTK eigenvalues)
+    norms = (w[:, None] * jac).norm(dim=1)
+    torch.testing.assert_close(norms, norms.mean().expand(3))
+    clipped = create("ntkmtl", num_tasks=3, max_norm=0.5).aggregate(jac)
+    torch.testing.assert_close(clipped, d * 0.5 / d.norm())
+
+
+def test_ntkmtl_sr_eigenvalues_by_brute_force() -> None:
+    """The chunk-mean losses' gradients w.r.t. h, from per-example losses, then eigvalsh."""
+    gen = torch.Generator().manual_seed(10)
+    b, dim, k = 10, 3, 2  # 10 = 3 + 3 + 3 + 1 with torch.chunk(4)
+    h = torch.randn(b, dim, generator=gen, dtype=torch.float64, requires_grad=True)
+    heads = torch.randn(k, dim, generator=gen, dtype=torch.float64)
+    y = torch.randn(b, k, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 5.0])
+    per_example = (h @ heads.T - y) ** 2  # [B, K]
+    losses = per_example.mean(0)
+    jac = torch.stack([torch.autograd.grad(loss, h, retain_graph=True)[0] for loss in losses])
+    method = create("ntkmtl-sr", num_tasks=k)
+    expected = []
+    for i in range(k):
+        rows = []
+        for chunk in torch.chunk(per_example[:, i], 4):
+            chunk_loss = chunk.mean()  # official: the mean over each chunk
+            rows.append(torch.autograd.grad(chunk_loss, h, retain_graph=True)[0].reshape(-1))
+        rows = torch.stack(rows)
+        expected.append(torch.linalg.eigvalsh(rows @ rows.T)[-1])
+    lam = torch.stack(expected)
+    torch.testing.assert_close(method.eigenvalues(jac), lam)
+    d = method.direction(jac, losses=losses, representation=h)
+    w = (lam.sum() / lam).sqrt()
+    torch.testing.assert_close(method.last_weights, w)
+    torch.testing.assert_close(d, torch.tensordot(w, jac, dims=1))
+    torch.testing.assert_close(method.task_weights(), w)

@@ -14,11 +14,11 @@ EXPECTED = [
     "ls", "stl", "si", "rlw", "dwa", "uw", "gradnorm", "igbv2", "famo", "db-mtl", "stch",
     "mgda", "mgda-ub", "pcgrad", "cagrad", "imtl-g", "imtl-g-ub", "nash-mtl",
     "aligned-mtl", "aligned-mtl-ub", "upgrad", "graddrop", "gradvac",
-    "fairgrad", "config", "dualproj", "excess-mtl", "modo", "sdmgrad",
+    "fairgrad", "config", "dualproj", "excess-mtl", "modo", "sdmgrad", "ntkmtl", "ntkmtl-sr",
     "bayesagg",
     # representation-level variants (bayesagg.methods.representation)
     "pcgrad-ub", "cagrad-ub", "nash-mtl-ub", "upgrad-ub", "gradvac-ub",
-    "fairgrad-ub", "config-ub", "dualproj-ub", "modo-ub", "sdmgrad-ub",
+    "fairgrad-ub", "config-ub", "dualproj-ub", "modo-ub", "sdmgrad-ub", "ntkmtl-ub",
 ]  # fmt: skip
 
 # Entries whose modules other parts of the project provide; skipped until they exist.
@@ -33,7 +33,7 @@ REQUIRED_HPARAMS: dict[str, dict[str, object]] = {
 
 def test_names_lists_every_entry_in_order() -> None:
     assert names() == EXPECTED
-    assert len(names()) == len(set(names())) == 40
+    assert len(names()) == len(set(names())) == 43
     assert all(describe(n) for n in names())
 
 

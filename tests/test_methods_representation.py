@@ -162,3 +162,18 @@ def test_mechanism() -> None:
         representation_variant(method_class("ls"), "ls-ub")  # type: ignore[arg-type]
     with pytest.raises(KeyError, match="pcgrad-ub"):
         create("no-such-ub", num_tasks=2)
+
+
+def test_ntkmtl_sr_backward_is_the_weighted_loss_gradient() -> None:
+    """A loss weighting on every parameter, weights from the representation's NTK."""
+    m = model()
+    method = make("ntkmtl-sr")
+    enc, heads = variant_step(method, m, 0)
+    losses, _ = m.losses(0)
+    w = method.last_weights
+    assert not torch.allclose(w, torch.ones(K, dtype=w.dtype))
+    objective = (w * losses).sum()
+    torch.testing.assert_close(
+        enc, flat(torch.autograd.grad(objective, list(m.encoder.parameters()), retain_graph=True))
+    )
+    torch.testing.assert_close(heads, flat(torch.autograd.grad(objective, list(m.heads.parameters()))))

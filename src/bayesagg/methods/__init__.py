@@ -71,6 +71,12 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     "excess-mtl": ("gradient.excess_mtl", "ExcessMTL", "excess-risk weighting (He et al. 2024)"),
     "modo": ("gradient.modo", "MoDo", "MGDA with double sampling (Chen et al. 2023)"),
     "sdmgrad": ("gradient.sdmgrad", "SDMGrad", "direction-oriented MGDA (Xiao et al. 2023)"),
+    "ntkmtl": ("gradient.ntkmtl", "NTKMTL", "NTK-eigenvalue task balancing (Qin et al. 2025)"),
+    "ntkmtl-sr": (
+        "gradient.ntkmtl",
+        "NTKMTLSR",
+        "NTKMTL through the shared representation (Qin et al. 2025)",
+    ),
     # the method of this project
     "bayesagg": ("bayesagg_mtl", "BayesAggMTL", "BayesAgg-MTL (Achituve et al. 2024)"),
 }
@@ -91,6 +97,7 @@ _REPRESENTATION: dict[str, str] = {
     "dualproj-ub": "dualproj",
     "modo-ub": "modo",
     "sdmgrad-ub": "sdmgrad",
+    "ntkmtl-ub": "ntkmtl",
 }
 
 
