@@ -217,7 +217,9 @@ def test_runner_module_imports_no_heavy_packages():
 def test_every_benchmark_spec_is_consistent():
     for name in registry.names():
         spec = registry.get(name)
-        assert set(spec.protocols) == {"paper", "quick", "smoke"}
+        assert {"paper", "quick", "smoke"} <= set(spec.protocols)
+        # extra named protocols: QM9's revised recipe (NTKMTL, NeurIPS 2025) only
+        assert set(spec.protocols) - {"paper", "quick", "smoke"} <= {"revised"}
         for p in spec.protocols.values():
             assert p.epochs >= 1 and p.batch_size >= 1
             assert p.bayesagg.get("warmup_epochs", 0) < p.epochs
@@ -228,3 +230,13 @@ def test_every_benchmark_spec_is_consistent():
         refs = spec.published_references()
         if refs is not None:
             assert len(refs.values) == len(spec.task_metrics())
+
+
+def test_qm9_revised_protocol_is_the_paper_recipe_with_batch_60_and_patience_10():
+    spec = registry.get("qm9")
+    paper, revised = spec.protocols["paper"], spec.protocols["revised"]
+    assert (revised.batch_size, revised.plateau_patience) == (60, 10)
+    from dataclasses import replace
+
+    same = replace(revised, name="paper", batch_size=120, plateau_patience=5, note=paper.note)
+    assert same == paper

@@ -148,7 +148,7 @@ def _table(
         )
     else:
         lines.append(f"Δm against {refs.kind} STL references: {refs.source}.")
-        if refs.kind == "published" and first["protocol"] != "paper":
+        if refs.kind == "published" and first["protocol"] not in ("paper", "revised"):
             lines.append(
                 "These references come from full-data, full-budget training; models trained "
                 "on this protocol's subset and budget are far from them, so compare the "

@@ -28,6 +28,25 @@ SPEC = Benchmark(
             data_options={"complete_graph": True},
             note="published recipe; BayesAgg s = 0.85 from the paper's grid {0.75, 0.85, 0.95}",
         ),
+        # NTKMTL (Qin et al., NeurIPS 2025) re-ran its baselines with this recipe: its official
+        # experiments/quantum_chemistry/trainer.py sets batch_size=60 and ReduceLROnPlateau
+        # patience=10 (factor 0.7, min_lr 1e-5, lr 1e-3, 300 epochs, complete graph, same
+        # split). Its numbers are not comparable with the "paper" recipe's (docs/benchmarks.md).
+        "revised": Protocol(
+            name="revised",
+            epochs=300,
+            batch_size=60,
+            scheduler="plateau",
+            plateau_factor=0.7,
+            plateau_patience=10,
+            min_lr=1e-5,
+            bayesagg={"warmup_epochs": 50, "s_regression": 0.85},
+            data_options={"complete_graph": True},
+            note=(
+                "NTKMTL's revised QM9 recipe (NeurIPS 2025 code): batch 60, plateau patience 10, "
+                "otherwise as published; BayesAgg settings as in 'paper' (not tuned for it)"
+            ),
+        ),
         "quick": Protocol(
             name="quick",
             epochs=30,
