@@ -19,7 +19,7 @@ from conftest import real_data_dir
 
 NEW = [
     "fairgrad", "config", "dualproj", "excess-mtl", "modo", "sdmgrad", "stch",
-    "ntkmtl", "ntkmtl-sr",
+    "ntkmtl", "ntkmtl-sr", "go4align",
 ]  # fmt: skip
 METHODS = [m for m in names() if m in NEW or m.endswith("-ub")]
 DATA = {"qm9": None, "utkface": "utkface", "multimnist": "mnist", "fashion-mtl": "fashion-mnist"}

@@ -36,6 +36,7 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
         "SmoothTchebycheff",
         "smooth Tchebycheff scalarisation (Lin et al. 2024)",
     ),
+    "go4align": ("weighting.go4align", "GO4Align", "group risk minimisation (Shen et al. 2024)"),
     # gradient aggregators
     "mgda": (
         "gradient.mgda",
