@@ -20,10 +20,9 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from overhead import _batches, time_method  # noqa: E402
-
-from bayesagg.benchmarks import registry  # noqa: E402
-from bayesagg.benchmarks.paths import MissingDataError  # noqa: E402
+from bayesagg.benchmarks import registry
+from bayesagg.benchmarks.paths import MissingDataError
+from overhead import _batches, time_method
 
 PAIRS = ("pcgrad", "upgrad", "cagrad", "dualproj", "fairgrad", "ntkmtl")
 
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"\n{bench}: batch {protocol.batch_size}")
 
-        def median(name: str) -> float:
+        def median(name: str, spec=spec, protocol=protocol, batches=batches) -> float:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return statistics.median(
@@ -63,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = [(m, median(m), median(f"{m}-ub")) for m in args.methods.split(",")]
         last = median("ls")
         ls = (first + last) / 2
-        print(f"  {'ls':10s} {1000 * ls:9.1f} ms (first {1000 * first:.1f}, last {1000 * last:.1f})")
+        print(
+            f"  {'ls':10s} {1000 * ls:9.1f} ms (first {1000 * first:.1f}, last {1000 * last:.1f})"
+        )
         print(f"  {'method':10s} {'params':>9s} {'x LS':>6s} {'-ub':>9s} {'x LS':>6s}")
         for name, par, rep in rows:
             print(

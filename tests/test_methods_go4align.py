@@ -21,7 +21,7 @@ def best_1d_partition(values: torch.Tensor, groups: int) -> torch.Tensor:
         bounds = (0, *cuts, len(v))
         w = torch.empty_like(v)
         cost = 0.0
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
+        for lo, hi in itertools.pairwise(bounds):
             centre = v[lo:hi].mean()
             w[lo:hi] = centre
             cost += float(((v[lo:hi] - centre) ** 2).sum())
@@ -55,7 +55,7 @@ def test_weights_and_gradient_by_hand(groups: int) -> None:
         gamma = values.sum() / values * probs
         expected = gamma.mean().expand(K) if groups == 1 else best_1d_partition(gamma, groups)
         torch.testing.assert_close(method.last_weights, expected)
-        torch.testing.assert_close(w.grad, sum(a * g for a, g in zip(expected, rows)))
+        torch.testing.assert_close(w.grad, sum(a * g for a, g in zip(expected, rows, strict=True)))
 
 
 def test_state_and_errors() -> None:

@@ -67,7 +67,9 @@ def reference_step(twin, m: Model, seed: int) -> tuple[torch.Tensor, torch.Tenso
         direction = twin.aggregate(jac, losses.detach())
     else:
         direction = twin.aggregate(jac)
-    enc = torch.autograd.grad(h, list(m.encoder.parameters()), direction.view_as(h), retain_graph=True)
+    enc = torch.autograd.grad(
+        h, list(m.encoder.parameters()), direction.view_as(h), retain_graph=True
+    )
     heads = torch.autograd.grad(losses.sum(), list(m.heads.parameters()))
     return flat(enc), flat(heads)
 
@@ -137,7 +139,9 @@ def test_nash_mtl_ub_between_weight_updates() -> None:
     direction = grad_h * 1e-3 / grad_h.norm()
     ref = torch.autograd.grad(h, list(m.encoder.parameters()), direction, retain_graph=True)
     torch.testing.assert_close(enc, flat(ref))
-    torch.testing.assert_close(heads, flat(torch.autograd.grad(losses.sum(), list(m.heads.parameters()))))
+    torch.testing.assert_close(
+        heads, flat(torch.autograd.grad(losses.sum(), list(m.heads.parameters())))
+    )
 
 
 @pytest.mark.parametrize("name", UB)
@@ -150,8 +154,10 @@ def test_variant_needs_the_representation(name: str) -> None:
 
 def test_mechanism() -> None:
     cls = method_class("pcgrad-ub")
-    assert cls is method_class("PCGrad-UB".lower()) is representation_variant(
-        method_class("pcgrad"), "pcgrad-ub"
+    assert (
+        cls
+        is method_class("PCGrad-UB".lower())
+        is representation_variant(method_class("pcgrad"), "pcgrad-ub")
     )
     assert cls.__name__ == "PCGradUB" and "representation" in describe("pcgrad-ub")
     method = make("pcgrad-ub")
@@ -176,4 +182,6 @@ def test_ntkmtl_sr_backward_is_the_weighted_loss_gradient() -> None:
     torch.testing.assert_close(
         enc, flat(torch.autograd.grad(objective, list(m.encoder.parameters()), retain_graph=True))
     )
-    torch.testing.assert_close(heads, flat(torch.autograd.grad(objective, list(m.heads.parameters()))))
+    torch.testing.assert_close(
+        heads, flat(torch.autograd.grad(objective, list(m.heads.parameters())))
+    )

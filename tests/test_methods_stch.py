@@ -28,7 +28,9 @@ def by_hand(seed: int, weights_on_log: torch.Tensor) -> torch.Tensor:
     """sum_i a_i grad L_i / L_i, with the per-task gradients taken one by one."""
     w, losses = problem(seed)
     rows = [torch.autograd.grad(loss, [w], retain_graph=True)[0] for loss in losses]
-    return sum(a * g / loss.detach() for a, g, loss in zip(weights_on_log, rows, losses, strict=True))
+    return sum(
+        a * g / loss.detach() for a, g, loss in zip(weights_on_log, rows, losses, strict=True)
+    )
 
 
 def test_schedule_nadir_and_gradient() -> None:

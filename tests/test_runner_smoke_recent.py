@@ -43,7 +43,9 @@ def test_new_methods_on_the_smoke_protocol(benchmark, tmp_path, capsys):
         code = main([*argv, *SHRINK, *EXTRA.get(method, []), "--out", str(tmp_path), *data_dir])
         captured = capsys.readouterr()
         assert code == 0, f"{method}: {captured.err[-2000:]}"
-        found = [json.loads(p.read_text()) for p in tmp_path.glob(f"{benchmark}/*/*/seed0/result.json")]
+        found = [
+            json.loads(p.read_text()) for p in tmp_path.glob(f"{benchmark}/*/*/seed0/result.json")
+        ]
         [result] = [r for r in found if r["method"] == method]
         # AUC is null when a tiny test subset has one class only: every defined value is finite
         values = [v for v in result["test"].values() if v is not None]

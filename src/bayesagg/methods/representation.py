@@ -37,7 +37,9 @@ def representation_variant(cls: type[Aggregator], name: str) -> type[Aggregator]
     attribute of this module so that instances pickle once it has been created.
     """
     if not (isinstance(cls, type) and issubclass(cls, Aggregator)):
-        raise TypeError(f"{cls!r} is not an Aggregator: only gradient aggregators have a -ub variant")
+        raise TypeError(
+            f"{cls!r} is not an Aggregator: only gradient aggregators have a -ub variant"
+        )
     if cls.space != "parameters":
         raise ValueError(
             f"{cls.__name__} already works in {cls.space!r} space; its representation variant "
@@ -58,7 +60,7 @@ def representation_variant(cls: type[Aggregator], name: str) -> type[Aggregator]
         )
         base_repr = cls.__repr__
 
-        def __repr__(self: Aggregator) -> str:  # noqa: N807 - the variant's own class name
+        def __repr__(self: Aggregator) -> str:
             text = base_repr(self)
             prefix = cls.__name__ + "("
             return qualname + text[len(cls.__name__) :] if text.startswith(prefix) else text

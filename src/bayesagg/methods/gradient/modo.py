@@ -74,4 +74,6 @@ class MoDo(Aggregator):
         self.lam = np.asarray(state["lambda"], dtype=np.float64)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_tasks={self.num_tasks}, gamma={self.gamma}, rho={self.rho})"
+        return (
+            f"{type(self).__name__}(num_tasks={self.num_tasks}, gamma={self.gamma}, rho={self.rho})"
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor
 
@@ -122,7 +124,7 @@ class NTKMTLSR(Aggregator):
             bounds.append(bounds[-1] + size)
         for i in range(k):
             rows = []
-            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            for lo, hi in itertools.pairwise(bounds):
                 row = torch.zeros_like(flat[i])
                 row[lo:hi] = flat[i, lo:hi] * (b / (hi - lo))
                 rows.append(row.reshape(-1))

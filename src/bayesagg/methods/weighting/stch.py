@@ -50,7 +50,9 @@ class SmoothTchebycheff(Method):
         if not mu > 0:
             raise ValueError(f"stch: mu must be positive, got {mu}")
         if int(warmup_epochs) != warmup_epochs or warmup_epochs < 0:
-            raise ValueError(f"stch: warmup_epochs must be a non-negative integer, got {warmup_epochs}")
+            raise ValueError(
+                f"stch: warmup_epochs must be a non-negative integer, got {warmup_epochs}"
+            )
         self.mu = float(mu)
         self.warmup_epochs = int(warmup_epochs)
         self.reset()
@@ -77,7 +79,9 @@ class SmoothTchebycheff(Method):
         if self.epoch <= self.warmup_epochs:
             if self.epoch == self.warmup_epochs:
                 detached = losses.detach().double()
-                self._nadir_sum = detached if self._nadir_sum is None else self._nadir_sum + detached
+                self._nadir_sum = (
+                    detached if self._nadir_sum is None else self._nadir_sum + detached
+                )
                 self._nadir_count += 1
             self.last_weights = torch.ones(self.num_tasks, dtype=torch.float64)
             return losses.log().sum()
