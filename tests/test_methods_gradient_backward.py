@@ -13,6 +13,7 @@ from bayesagg.methods._jacobian import jacobians
 
 K, B, D = 3, 7, 5
 PARAMETER = ["mgda", "pcgrad", "cagrad", "imtl-g", "nash-mtl", "aligned-mtl", "upgrad", "gradvac"]
+PARAMETER += ["fairgrad", "config", "dualproj", "modo", "sdmgrad", "ntkmtl"]
 REPRESENTATION = ["mgda-ub", "imtl-g-ub", "aligned-mtl-ub"]
 
 
@@ -315,3 +316,19 @@ def test_training_steps_lower_the_losses(name: str) -> None:
         optimizer.step()
     assert method._jacobian_state == {"batched": True}
     assert float(m.losses()[0].detach().sum()) < first
+
+
+def test_excess_mtl_weights_the_task_gradients_too() -> None:
+    """Official ExcessMTL backpropagates sum_i w_i L_i: heads get the weighted gradients."""
+    m = model()
+    method = make("excess-mtl")
+    for seed in range(2):  # the first step only sets the baseline (weights stay 1)
+        for p in m.parameters():
+            p.grad = None
+        losses, _ = m.losses(seed)
+        per_task = loop_jacobian(losses, tasks(m))
+        shared_jac = loop_jacobian(losses, shared(m))
+        method.backward(losses, shared_parameters=shared(m), task_parameters=tasks(m))
+        torch.testing.assert_close(flat_grad(tasks(m)), method.last_weights @ per_task)
+        torch.testing.assert_close(flat_grad(shared(m)), method.last_weights @ shared_jac)
+    assert not torch.allclose(method.last_weights, torch.ones(K, dtype=torch.float64))

@@ -23,7 +23,7 @@ NEW = [
 ]  # fmt: skip
 METHODS = [m for m in names() if m in NEW or m.endswith("-ub")]
 DATA = {"qm9": None, "utkface": "utkface", "multimnist": "mnist", "fashion-mtl": "fashion-mnist"}
-SHRINK = ["--epochs", "1", "--train-limit", "48", "--eval-limit", "16", "--batch-size", "16"]
+SHRINK = ["--epochs", "1", "--train-limit", "32", "--eval-limit", "16", "--batch-size", "16"]
 EXTRA = {"stch": ["--epochs", "2", "--hp", "warmup_epochs=0"]}
 
 

@@ -53,6 +53,10 @@ class NashMTL(Aggregator):
 
     Task-specific parameters receive the gradient of the plain sum of losses (the project's
     contract); the official code weights them by alpha too.
+
+    Its representation-level variant ``nash-mtl-ub`` (:mod:`bayesagg.methods.representation`)
+    bargains over the per-example gradients w.r.t. ``h``; there the ``max_norm`` clip acts on
+    the representation-space direction, also on the steps between weight updates.
     """
 
     name = "nash-mtl"
