@@ -1,7 +1,7 @@
 """Data parallelism (docs/distributed.md): 2 processes x B/2 against 1 process x B, in float64.
 
-One spawn of 2 gloo processes on CPU runs every registry method for three steps (an epoch end
-between the second and the third, an SGD step and FAMO's after_step after each) on its half of
+One spawn of 2 gloo processes on CPU runs every registry method for three steps (each step an
+epoch: SGD step, FAMO's after_step, then end_epoch with the local mean losses) on its half of
 each global batch; the test process runs the same methods on the whole batches without
 torch.distributed (the one-process code, checked against brute force in the other test files)
 and the parameter gradients of every step must agree to 1e-6. The same spawn checks the
@@ -41,6 +41,8 @@ def _method(name: str) -> methods.Method:
         return methods.create(name, num_tasks=K, task=1)
     if name == "bayesagg":
         return methods.create(name, num_tasks=K, groups=GROUPS)
+    if name == "nash-mtl":  # steps 1 and 3 solve, step 2 reuses the weights (both branches)
+        return methods.create(name, num_tasks=K, update_weights_every=2)
     return methods.create(name, num_tasks=K)
 
 
@@ -67,8 +69,7 @@ def run_method(name: str, group, rank: int, world: int) -> list[list[torch.Tenso
     optimizer = torch.optim.SGD(shared + task + extra, lr=0.1)
     rows = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
     grads: list[list[torch.Tensor | None]] = []
-    epoch_losses = []
-    for step, (x, targets) in enumerate(_batches()):
+    for x, targets in _batches():
         x, targets = x[rows], [t[rows] for t in targets]
         h = encoder(x)
         losses = task_losses(GROUPS, [head(h) for head in heads], targets)
@@ -89,10 +90,9 @@ def run_method(name: str, group, rank: int, world: int) -> list[list[torch.Tenso
             with torch.no_grad():
                 h = encoder(x)
                 method.after_step(task_losses(GROUPS, [head(h) for head in heads], targets))
-        epoch_losses.append(losses.detach())
-        if step == 1:
-            # local epoch means: the methods that use them (DWA, IGBv2) average them
-            method.end_epoch(torch.stack(epoch_losses).mean(0))
+        # one-step epochs; the local epoch means: the methods that use them (DWA, IGBv2)
+        # average them over the processes themselves
+        method.end_epoch(losses.detach())
     return grads
 
 
