@@ -432,6 +432,9 @@ class BayesAgg:
         heads = self._heads if heads is None else self._check_heads(heads, None)
         self.prior.reduce = self._reducer()
         examples = self.prior.num_examples
+        if self.prior.reduce is not None and heads:  # data parallelism: the global count
+            count = torch.tensor([float(examples)], device=heads[0].weight.device)
+            examples = int(self.prior.reduce(count).item())
         if examples > 0:
             if heads is None:
                 raise ValueError("end_epoch needs the heads: none given and no backward seen")
