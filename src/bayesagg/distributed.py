@@ -149,9 +149,15 @@ def global_losses(losses: Tensor, group: Any | None) -> Tensor:
 
 
 def average_gradients(
-    parameters: Iterable[Tensor], group: Any | None, *, skip: Sequence[Tensor] = ()
+    parameters: Iterable[Tensor],
+    process_group: ProcessGroupLike = None,
+    *,
+    skip: Sequence[Tensor] = (),
 ) -> None:
     """Replace every ``.grad`` by its mean over ranks, in one flattened all-reduce.
+
+    ``process_group`` as in :func:`resolve_group` (default: torch.distributed's default group
+    when initialised, else nothing to do).
 
     What DDP's reducer does at the end of ``backward``, done by the caller after
     ``method.backward`` (the registry methods fill ``.grad`` with ``torch.autograd.grad``,
@@ -159,6 +165,7 @@ def average_gradients(
     methods decide that identically on every rank); ``skip`` names tensors whose gradients are
     already reduced (a parameter-space aggregator's shared parameters).
     """
+    group = resolve_group(process_group)
     if group is None:
         return
     skipped = {id(t) for t in skip}
