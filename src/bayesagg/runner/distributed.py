@@ -198,6 +198,13 @@ class DataParallelModel:
         with self.ddp.no_sync():
             return self.ddp(*args, **kwargs)
 
+    def train(self, mode: bool = True) -> DataParallelModel:
+        self.ddp.train(mode)  # DDP's own flag and, through it, the model's
+        return self
+
+    def eval(self) -> DataParallelModel:
+        return self.train(False)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.module, name)
 
