@@ -89,3 +89,53 @@ def test_nproc_2_reproduces_the_one_process_run(tmp_path, capsys):
             if isinstance(x, float):
                 assert abs(x - y) <= 1e-3 * max(abs(x), 1.0), (method, key, x, y)
         assert one["selection"]["epoch"] == two["selection"]["epoch"]
+
+
+def test_nproc_must_match_the_launcher(monkeypatch):
+    from bayesagg.runner.config import ConfigError
+    from bayesagg.runner.distributed import initialised
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with (
+        pytest.raises(ConfigError, match="--nproc 3 but the launcher started 2"),
+        initialised("cpu", 3),
+    ):
+        pass
+
+
+def test_ddp_wrapper_on_one_process(tmp_path):
+    """The wrapper keeps the model's attributes and keys; CPU batch norm is noted as not exact."""
+    import torch.distributed as dist
+    from torch import nn
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        ctx = Context(group=dist.group.WORLD, rank=0, world_size=1, local_rank=0, backend="gloo")
+
+        class Model(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.encoder = nn.Linear(3, 4)
+                self.heads = nn.ModuleList([nn.BatchNorm1d(4)])
+
+            def forward(self, x):
+                return self.heads[0](self.encoder(x))
+
+        model = Model()
+        wrapped = ctx.wrap(model, torch.device("cpu"))
+        assert wrapped.state_dict().keys() == model.state_dict().keys()
+        assert wrapped.encoder is model.encoder
+        wrapped.eval()
+        assert not model.training and not wrapped.ddp.training
+        wrapped.train()
+        out = wrapped(torch.randn(5, 3))
+        out.sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        ctx.sync_gradients(
+            model, SimpleNamespace(reduces_shared_gradients=lambda: False, parameters=list)
+        )
+        assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters(), strict=True))
+        assert any("batch normalisation" in note for note in ctx.notes)
+    finally:
+        dist.destroy_process_group()

@@ -76,15 +76,31 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
         monitor_interval=0.1,
         start_method="spawn",
     )
-    results = elastic_launch(config, _entrypoint)(list(argv))
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    try:
+        results = elastic_launch(config, _entrypoint)(list(argv))
+    except ChildFailedError as err:
+        # a process failed (its error is printed above); the launcher stopped the others
+        failures = sorted(err.failures.items())
+        return max((f.exitcode for _, f in failures), default=1) or 1
     codes = [int(code or 0) for code in results.values()]
     return max(codes, default=0)
 
 
 def _entrypoint(argv: list[str]) -> int:
+    import sys
+
     from bayesagg.cli import main
 
-    return main(argv)
+    code = main(argv)
+    if code:
+        # exit non-zero so that the launcher stops the other processes (which would otherwise
+        # wait for this one in their next collective)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.exit(code)
+    return code
 
 
 @dataclass
