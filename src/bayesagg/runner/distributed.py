@@ -305,6 +305,11 @@ def initialised(device: str, nproc: int | None = None) -> Iterator[Context | Non
     cuda = torch.device(device).type == "cuda"
     backend = "nccl" if cuda else "gloo"
     if cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"process {local_rank} needs cuda:{local_rank} but this machine has "
+                f"{torch.cuda.device_count()} GPU(s): one GPU per process with --device cuda"
+            )
         torch.cuda.set_device(local_rank)
     created = not dist.is_initialized()
     if created:
