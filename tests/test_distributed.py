@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from bayesagg import methods, posterior
-from bayesagg.distributed import average_gradients, resolve_group
+from bayesagg.distributed import all_gather_cat, average_gradients, resolve_group
 from bayesagg.tasks import Binary, Multiclass, Regression, task_losses
 
 WORLD = 2
@@ -166,6 +166,9 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         results["posteriors"] = _posterior_checks(group, rank, world)  # type: ignore[assignment]
         for name in VARIANTS:
             results[name] = run_method(name, group, rank, world)
+        # unequal shards (evaluation): rank r holds r + 1 rows
+        rows = torch.arange(rank + 1, dtype=torch.float64)[:, None] + 10 * rank
+        results["gathered"] = all_gather_cat(rows, group)  # type: ignore[assignment]
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -240,3 +243,9 @@ def test_bayesagg_sampling_moment_estimators_are_exact(two_processes, name):
     reference = run_method(name, None, 0, 1)
     for rank, results in enumerate(two_processes):
         _assert_same(f"{name} (rank {rank})", results[name], reference)
+
+
+def test_all_gather_of_unequal_shards_in_rank_order(two_processes):
+    want = torch.tensor([[0.0], [10.0], [11.0]], dtype=torch.float64)
+    for results in two_processes:
+        assert torch.equal(results["gathered"], want)

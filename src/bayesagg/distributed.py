@@ -30,7 +30,6 @@ __all__ = [
     "all_reduce_mean",
     "all_reduce_sum",
     "average_gradients",
-    "broadcast",
     "global_losses",
     "rank",
     "resolve_group",
@@ -119,17 +118,6 @@ def all_gather_cat(tensor: Tensor, group: Any | None) -> Tensor:
     parts = [torch.empty_like(padded) for _ in range(n)]
     dist.all_gather(parts, padded, group=group)
     return torch.cat([p[: int(s)] for p, s in zip(parts, sizes.tolist(), strict=True)])
-
-
-def broadcast(tensor: Tensor, group: Any | None, src: int = 0) -> Tensor:
-    """Return rank ``src``'s ``tensor`` on every rank (a new tensor; ``src`` is a group rank)."""
-    if group is None:
-        return tensor
-    import torch.distributed as dist
-
-    out = tensor.detach().clone(memory_format=torch.contiguous_format)
-    dist.broadcast(out, group_src=src, group=group)
-    return out
 
 
 def global_losses(losses: Tensor, group: Any | None) -> Tensor:
