@@ -40,6 +40,11 @@ VARIANTS = {
     "bayesagg-multiclass-mc": (MULTICLASS_GROUPS, "monte_carlo"),
     "bayesagg-binary-mc": (GROUPS, "monte_carlo"),
 }
+OPTIONS = {
+    "famo-clip": ("famo", {"max_norm": 0.01}),  # the clip needs the global gradient's norm
+    "mgda-loss+": ("mgda", {"normalization": "loss+"}),  # parameter space, global losses
+    "aligned-mtl-ub-scaled": ("aligned-mtl-ub", {"scale_task_gradients": True}),
+}
 
 
 def _method(name: str) -> methods.Method:
@@ -47,6 +52,9 @@ def _method(name: str) -> methods.Method:
         return methods.create(name, num_tasks=K, task=1)
     if name == "bayesagg":
         return methods.create(name, num_tasks=K, groups=GROUPS)
+    if name in OPTIONS:  # code paths that only some hyper-parameters take
+        base, hparams = OPTIONS[name]
+        return methods.create(base, num_tasks=K, **hparams)
     if name in VARIANTS:  # BayesAgg-MTL's sampling moment estimators
         groups, moments = VARIANTS[name]
         return methods.create(
@@ -164,7 +172,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         group = resolve_group(None)
         results = {name: run_method(name, group, rank, world) for name in methods.names()}
         results["posteriors"] = _posterior_checks(group, rank, world)  # type: ignore[assignment]
-        for name in VARIANTS:
+        for name in [*VARIANTS, *OPTIONS]:
             results[name] = run_method(name, group, rank, world)
         # unequal shards (evaluation): rank r holds r + 1 rows
         rows = torch.arange(rank + 1, dtype=torch.float64)[:, None] + 10 * rank
@@ -230,6 +238,14 @@ def test_no_exact_form_is_an_error_not_a_silent_fallback(tmp_path: Path):
     jac = torch.randn(2, 3, 4)
     with pytest.raises(NotImplementedError, match="no exact data-parallel form"):
         representation_direction(method, jac, torch.ones(2), torch.randn(3, 4), object())
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_hyper_parameter_dependent_paths_are_exact(two_processes, name):
+    """FAMO's gradient clip, MGDA's loss normalisation, Aligned-MTL's scaled task gradients."""
+    reference = run_method(name, None, 0, 1)
+    for rank, results in enumerate(two_processes):
+        _assert_same(f"{name} (rank {rank})", results[name], reference)
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
