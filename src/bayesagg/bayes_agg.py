@@ -35,7 +35,7 @@ Scale: the weights sum to one over the K tasks, so the gradient sent into the en
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -96,6 +96,11 @@ class BayesAgg:
             ``None`` uses PyTorch's global generator.
         regression_fit: which full-data fit regression heads hold, ``"epoch"`` or ``"refit"``
             (see the module docstring).
+        process_group: data parallelism (docs/distributed.md): the batch posteriors, the
+            epoch prior and :meth:`fit_regression_heads` use the statistics summed over this
+            ``torch.distributed`` group's processes, i.e. those of the global batch; moments and
+            weights stay per example. ``None`` (default): torch.distributed's default group when
+            it is initialised, else single-process; ``False``: never communicate.
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class BayesAgg:
         eps: float = 1e-8,
         generator: torch.Generator | None = None,
         regression_fit: RegressionFit = "epoch",
+        process_group: Any = None,
     ) -> None:
         check_groups(groups)
         for name, value in (("s_regression", s_regression), ("s_classification", s_classification)):
@@ -152,6 +158,7 @@ class BayesAgg:
         self.eps = float(eps)
         self.generator = generator
         self.regression_fit: RegressionFit = regression_fit
+        self.process_group = process_group
         self.reset()
 
     # ------------------------------------------------------------------ state and inspection
@@ -264,6 +271,7 @@ class BayesAgg:
         """
         heads, targets, bias = self._check_step(h, heads, targets)
         self._heads = heads
+        self.prior.reduce = self._reducer()
         if self.in_warmup:
             losses = task_losses(self.groups, [head(h) for head in heads], targets)
             losses.sum().backward()
@@ -345,13 +353,22 @@ class BayesAgg:
         try:
             if isinstance(group, Regression):
                 post = posterior.regression(
-                    h, y, mean0, precision0, noise_var=self.noise_var, bias=bias, check=False
+                    h,
+                    y,
+                    mean0,
+                    precision0,
+                    noise_var=self.noise_var,
+                    bias=bias,
+                    check=False,
+                    reduce=self.prior.reduce,
                 )
                 return gradient_moments.regression(h, y, post.mean, post.covariance(), check=False)
             weight = head.weight.detach().to(h.dtype)
             offset = head.bias.detach().to(h.dtype)
             if isinstance(group, Binary):
-                post = posterior.binary(h, y, weight, offset, mean0, precision0, check=False)
+                post = posterior.binary(
+                    h, y, weight, offset, mean0, precision0, check=False, reduce=self.prior.reduce
+                )
                 return gradient_moments.binary(
                     h,
                     y,
@@ -363,7 +380,9 @@ class BayesAgg:
                     nodes=self.nodes,
                     check=False,
                 )
-            post = posterior.multiclass(h, y, weight, offset, mean0, precision0, check=False)
+            post = posterior.multiclass(
+                h, y, weight, offset, mean0, precision0, check=False, reduce=self.prior.reduce
+            )
             return gradient_moments.multiclass(
                 h,
                 y,
@@ -376,6 +395,15 @@ class BayesAgg:
             )
         except NumericalError as err:
             raise NumericalError(f"{self._where()}, task group {group.name!r}: {err}") from err
+
+    def _reducer(self) -> Callable[[Tensor], Tensor] | None:
+        """Return the sum over the process group (None when single-process), resolved now."""
+        from bayesagg.distributed import all_reduce_sum, resolve_group
+
+        group = resolve_group(self.process_group)
+        if group is None:
+            return None
+        return lambda t: all_reduce_sum(t, group)
 
     def _powers_for(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         """Return the per-task powers s [K] (s_regression or s_classification by task kind)."""
@@ -402,7 +430,11 @@ class BayesAgg:
         mean (paper Sec. 3.1, "Making predictions"). An epoch without steps changes no prior.
         """
         heads = self._heads if heads is None else self._check_heads(heads, None)
+        self.prior.reduce = self._reducer()
         examples = self.prior.num_examples
+        if self.prior.reduce is not None and heads:  # data parallelism: the global count
+            count = torch.tensor([float(examples)], device=heads[0].weight.device)
+            examples = int(self.prior.reduce(count).item())
         if examples > 0:
             if heads is None:
                 raise ValueError("end_epoch needs the heads: none given and no backward seen")
@@ -471,7 +503,8 @@ class BayesAgg:
             count += h.shape[0]
         if count == 0:
             raise ValueError("fit_regression_heads: no batch given")
-        fitted = {i: statistics[i].fit(self.gamma, self.noise_var) for i in regression}
+        reduce = self._reducer()
+        fitted = {i: statistics[i].fit(self.gamma, self.noise_var, reduce) for i in regression}
         _write_regression_heads(heads, fitted)
         self.regression_fit_source = f"refit on {count} examples (fit_regression_heads)"
         return {self.groups[i].name: p for i, p in fitted.items()}

@@ -79,6 +79,15 @@ def _common(p: argparse.ArgumentParser, *, benchmark_required: bool = True) -> N
     p.add_argument("--data-dir", metavar="DIR", help="data root (default $BAYESAGG_DATA_DIR)")
     p.add_argument("--out", default="runs", metavar="DIR", help="results folder (default runs/)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data-parallel processes (default 1): N processes on PyTorch's elastic launcher "
+        "(gloo on CPU, nccl and one GPU each with --device cuda), each on 1/N of every batch; "
+        "see docs/distributed.md",
+    )
     p.add_argument("--force", action="store_true", help="recompute finished runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -264,6 +273,30 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distributed(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run the command here, or on ``--nproc`` processes; only rank 0 prints."""
+    import contextlib
+    import os
+
+    from bayesagg.runner.config import ConfigError
+    from bayesagg.runner.distributed import initialised, launch, launched
+
+    nproc = getattr(args, "nproc", 1)
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
+    if nproc > 1 and not launched():
+        return launch(nproc, argv)
+    with initialised(getattr(args, "device", "cpu"), nproc) as ctx:
+        if ctx is None or ctx.is_main:
+            return int(args.func(args) or 0)
+        with (
+            open(os.devnull, "w") as quiet,
+            contextlib.redirect_stdout(quiet),
+            contextlib.redirect_stderr(quiet),
+        ):
+            return int(args.func(args) or 0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bayesagg`` command line; return the exit code (2 for a usage error)."""
     from bayesagg.benchmarks.paths import MissingDataError
@@ -277,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(stop.code or 0)
     args.command_line = "bayesagg " + shlex.join(argv)
     try:
-        return int(args.func(args) or 0)
+        return _distributed(args, argv)
     except (ConfigError, MissingDataError) as err:
         print(f"bayesagg {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE

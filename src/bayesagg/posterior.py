@@ -22,6 +22,7 @@ beyond about ``2**24`` elements. Computation happens in ``h``'s dtype and on its
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,6 +44,9 @@ __all__ = [
 
 # Largest intermediate (in elements) built while accumulating a precision over examples.
 _CHUNK_ELEMENTS = 2**24
+
+#: A sum over processes (data parallelism), e.g. ``lambda t: all_reduce_sum(t, group)``.
+Reduce = Callable[[Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,22 @@ def _chunk(chunk_size: int | None, per_example: int) -> int:
     return chunk_size
 
 
+def _reduced(reduce: Reduce | None, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """Return ``tensors`` after ``reduce`` (a sum over processes), in one flattened call.
+
+    The hook that makes the batch posteriors exact under data parallelism: the sums over the
+    examples (never the prior terms) are summed over the processes, so every process holds the
+    posterior of the global batch (docs/distributed.md).
+    """
+    if reduce is None:
+        return tensors
+    flat = reduce(torch.cat([t.reshape(-1) for t in tensors]))
+    return tuple(
+        part.view_as(t)
+        for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True)
+    )
+
+
 def regression_from_statistics(
     hth: Tensor,
     hty: Tensor,
@@ -162,13 +182,15 @@ def regression(
     noise_var: float = 1.0,
     bias: bool = False,
     check: bool = True,
+    reduce: Reduce | None = None,
 ) -> Gaussian:
     """Return the exact regression-head posterior (mean [O, P], precision [P, P] shared).
 
     Bayesian linear regression (paper Eq. 2, METHOD.md section 2) on h [B, D] (H~ = [H, 1] with
     ``bias``), targets y [B, O], prior N(prior_mean [O, P], prior_precision^-1 [P, P]).
     The paper's code has no bias; ``bias=False`` reproduces it. ``check=False`` skips the
-    finiteness checks (shapes are always checked).
+    finiteness checks (shapes are always checked). ``reduce`` (data parallelism): a sum over
+    processes applied to the statistics H~^T H~ and H~^T Y of the local examples.
     """
     b, d = _features(h)
     if y.ndim != 2 or y.shape[0] != b:
@@ -179,7 +201,7 @@ def regression(
     _expect("prior_precision", prior_precision, (p, p))
     if check:
         check_finite(h=h, y=y)
-    hth, hty = regression_statistics(h, y, bias=bias)
+    hth, hty = _reduced(reduce, *regression_statistics(h, y, bias=bias))
     return regression_from_statistics(
         hth, hty, prior_mean, prior_precision, noise_var=noise_var, check=check
     )
@@ -229,6 +251,7 @@ def binary(
     *,
     chunk_size: int | None = None,
     check: bool = True,
+    reduce: Reduce | None = None,
 ) -> Gaussian:
     """Return the one-Newton-step posterior of O binary heads (mean [O, P], precision [O, P, P]).
 
@@ -239,7 +262,8 @@ def binary(
     The GGN is the exact Hessian for a linear head. Tasks are independent, so the precision is
     block-diagonal: O blocks of size P = D + 1, built with one batched matmul per chunk of
     ``chunk_size`` examples and factorised with one batched Cholesky. ``check=False`` skips the
-    value checks (finiteness, 0/1 targets) for callers that made them already.
+    value checks (finiteness, 0/1 targets) for callers that made them already. ``reduce``
+    (data parallelism): a sum over processes applied to the data sums of the gradient and GGN.
     """
     b, d, o = _newton_checks(h, weight, bias, "O")
     p = d + 1
@@ -263,7 +287,7 @@ def binary(
             raise ValueError("y (binary targets) must hold only 0 and 1")
     theta = torch.cat([weight, bias[:, None]], dim=1)  # [O, P]
     gradient = torch.zeros(o, p, dtype=dtype, device=h.device)
-    precision = prior_precision.clone()
+    ggn = torch.zeros(o, p, p, dtype=dtype, device=h.device)
     step = _chunk(chunk_size, o * p)
     for start in range(0, b, step):
         hc = augment(h[start : start + step], True)  # [b, P]
@@ -271,7 +295,9 @@ def binary(
         gradient += (prob - y[start : start + step]).mT @ hc
         curvature = prob * (1 - prob)
         # [O, P, b] @ [b, P]: the O blocks sum_i c_io h~_i h~_i^T in one batched matmul.
-        precision += (curvature.mT[:, None, :] * hc.mT[None]) @ hc
+        ggn += (curvature.mT[:, None, :] * hc.mT[None]) @ hc
+    gradient, ggn = _reduced(reduce, gradient, ggn)
+    precision = prior_precision + ggn
     precision = 0.5 * (precision + precision.mT)
     gradient += (prior_precision @ (theta - prior_mean)[:, :, None]).squeeze(-1)
     factor = cholesky(precision, what="binary posterior precision")
@@ -289,6 +315,7 @@ def multiclass(
     *,
     chunk_size: int | None = None,
     check: bool = True,
+    reduce: Reduce | None = None,
 ) -> Gaussian:
     """Return the one-Newton-step posterior of a C-class head (mean [C, P], precision [C*P, C*P]).
 
@@ -299,7 +326,8 @@ def multiclass(
         P[(c, d), (c', e)] = sum_i (delta_cc' p_ic - p_ic p_ic') h~_id h~_ie + P0,
     the C(C+1)/2 blocks c >= c' as one batched matmul per chunk of examples (the upper blocks
     are their transposes): never a [B, C*P, C*P] tensor. ``check=False`` skips the value
-    checks (finiteness, class-id range; shapes are always checked).
+    checks (finiteness, class-id range; shapes are always checked). ``reduce`` (data
+    parallelism): a sum over processes applied to the data sums of the gradient and GGN blocks.
     """
     b, d, c = _newton_checks(h, weight, bias, "C")
     if c < 2:
@@ -330,6 +358,7 @@ def multiclass(
         gradient += residual.mT @ hc
         curvature = prob[:, first] * (same - prob[:, second])  # [b, pairs]: H_i[c, c']
         pair_blocks += (curvature.mT[:, None, :] * hc.mT[None]) @ hc  # [pairs, P, P]
+    gradient, pair_blocks = _reduced(reduce, gradient, pair_blocks)
     # Contiguous, so the [C, P, C, P] view below is valid whatever the prior's strides.
     precision = prior_precision.clone(memory_format=torch.contiguous_format)
     blocks = precision.view(c, p, c, p)

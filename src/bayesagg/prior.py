@@ -67,14 +67,20 @@ class RegressionStatistics:
         self.hty += h64.T @ y.detach().to(torch.float64)
         self.count += h.shape[0]
 
-    def fit(self, gamma: float, noise_var: float) -> Gaussian:
-        """Return the full-data posterior with the prior N(0, gamma I) (METHOD.md sec. 2), float64."""
+    def fit(
+        self, gamma: float, noise_var: float, reduce: posterior.Reduce | None = None
+    ) -> Gaussian:
+        """Return the full-data posterior with the prior N(0, gamma I) (METHOD.md sec. 2), float64.
+
+        ``reduce`` (data parallelism): a sum over processes of the statistics before the fit.
+        """
         num_params, outputs = self.hty.shape
+        hth, hty = posterior._reduced(reduce, self.hth, self.hty)
         prior_mean, prior_precision = posterior.isotropic_prior(
             "regression", outputs, num_params, gamma, dtype=torch.float64, device=self.hty.device
         )
         return posterior.regression_from_statistics(
-            self.hth, self.hty, prior_mean, prior_precision, noise_var=noise_var
+            hth, hty, prior_mean, prior_precision, noise_var=noise_var
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -124,6 +130,8 @@ class EpochPrior:
         self._targets: list[list[Tensor]] = [[] for _ in self.groups]
         self._count = 0
         self._cast: dict[tuple[int, int, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+        #: Sum over processes of the refit's data statistics (data parallelism; set by BayesAgg).
+        self.reduce: posterior.Reduce | None = None
 
     @property
     def num_examples(self) -> int:
@@ -209,7 +217,7 @@ class EpochPrior:
             if isinstance(group, Regression):
                 stats = self._statistics[i]
                 assert stats is not None  # accumulate() filled every regression group
-                new.append(stats.fit(self.gamma, self.noise_var))
+                new.append(stats.fit(self.gamma, self.noise_var, self.reduce))
                 continue
             if heads is None:
                 raise ValueError(
@@ -230,11 +238,19 @@ class EpochPrior:
             )
             if isinstance(group, Binary):
                 fitted = posterior.binary(
-                    features, y.to(self.fit_dtype), weight, bias, mean0, precision0
+                    features,
+                    y.to(self.fit_dtype),
+                    weight,
+                    bias,
+                    mean0,
+                    precision0,
+                    reduce=self.reduce,
                 )
             else:
                 assert isinstance(group, Multiclass)
-                fitted = posterior.multiclass(features, y, weight, bias, mean0, precision0)
+                fitted = posterior.multiclass(
+                    features, y, weight, bias, mean0, precision0, reduce=self.reduce
+                )
             new.append(fitted)
         self.posteriors = new
         self.refits += 1

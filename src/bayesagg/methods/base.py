@@ -64,6 +64,10 @@ class Method(ABC):
     space: ClassVar[Space] = "parameters"
     #: True if :meth:`after_step` must be called after each optimiser step.
     needs_after_step: ClassVar[bool] = False
+    #: Data parallelism (docs/distributed.md): the torch.distributed group whose processes hold
+    #: the parts of the global batch. None: the default group when torch.distributed is
+    #: initialised, else single-process; False: never communicate.
+    process_group: Any = None
 
     def __init__(self, num_tasks: int) -> None:
         if num_tasks < 1:
@@ -94,6 +98,16 @@ class Method(ABC):
     def parameters(self) -> list[nn.Parameter]:
         """Return the method's trainable parameters for the caller's optimiser (default none)."""
         return []
+
+    def reduces_shared_gradients(self) -> bool:
+        """Whether, under data parallelism, ``backward`` leaves the shared parameters' ``.grad``
+        already reduced over the processes (the global batch's direction on every rank).
+
+        If False (default), ``.grad`` holds this process's share and the caller averages it over
+        the processes (:func:`bayesagg.distributed.average_gradients`, as DDP would); if True,
+        the caller averages only the task-specific parameters' and the method's own gradients.
+        """
+        return False
 
     def state_dict(self) -> dict[str, Any]:
         """Return everything needed to resume this method."""
@@ -158,6 +172,7 @@ class Aggregator(Method):
         The Jacobian is one batched (``vmap``) backward pass; if the graph has an op that
         cannot be batched, the first call finds out, logs it and uses K passes from then on.
         """
+        from bayesagg.distributed import all_reduce_mean, resolve_group
         from bayesagg.methods._jacobian import accumulate_grad, check_inputs, jacobians_auto
 
         check_losses(losses, self.num_tasks)
@@ -183,10 +198,21 @@ class Aggregator(Method):
         )
         target_jacs, task_jacs = jacs[: len(targets_)], jacs[len(targets_) :]
         k = self.num_tasks
-        if self.space == "representation":
+        group = resolve_group(self.process_group)
+        if self.space == "representation" and group is not None:
+            # data parallelism: weights from the all-reduced Gramian, applied to the local rows
+            from bayesagg.methods._distributed import representation_direction
+
+            direction = representation_direction(
+                self, target_jacs[0], losses, representation, group
+            )
+        elif self.space == "representation":
             direction = self.direction(target_jacs[0], losses=losses, representation=representation)
         else:
-            flat = torch.cat([j.reshape(k, -1) for j in target_jacs], dim=1)
+            # data parallelism: the global batch's Jacobian is the mean of the processes' ones
+            flat = all_reduce_mean(torch.cat([j.reshape(k, -1) for j in target_jacs], dim=1), group)
+            if group is not None:
+                losses = all_reduce_mean(losses.detach(), group)  # MGDA's loss normalisation
             direction = self.direction(flat, losses=losses, representation=None)
         if task:
             w = self.task_weights().to(task_jacs[0])
@@ -216,3 +242,7 @@ class Aggregator(Method):
     def task_weights(self) -> Tensor:
         """Return the K weights of the task losses whose gradient the heads receive (ones)."""
         return torch.ones(self.num_tasks)
+
+    def reduces_shared_gradients(self) -> bool:
+        """Parameter space: the direction is computed from the all-reduced Jacobian (True)."""
+        return self.space == "parameters"

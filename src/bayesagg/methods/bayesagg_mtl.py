@@ -78,6 +78,15 @@ class BayesAggMTL(Method):
         self.aggregator.backward(representation, heads, targets)  # type: ignore[arg-type]
         self.last_weights = self.aggregator.last_weights
 
+    @property
+    def process_group(self) -> Any:  # type: ignore[override]
+        """The data-parallel group, shared with the :class:`BayesAgg` object (docs/distributed.md)."""
+        return self.aggregator.process_group
+
+    @process_group.setter
+    def process_group(self, group: Any) -> None:
+        self.aggregator.process_group = group
+
     def end_epoch(self, losses: Tensor | None = None) -> None:
         """Refit the epoch-level prior (and, by default, the regression heads); ``losses`` unused."""
         self.aggregator.end_epoch()

@@ -20,6 +20,8 @@ import torch
 
 from bayesagg.benchmarks.registry import Benchmark, Protocol, References
 from bayesagg.runner.config import ConfigError, RunConfig
+from bayesagg.runner.distributed import context as distributed_context
+from bayesagg.runner.distributed import distributed_fields, is_main
 from bayesagg.runner.hparams import protocol_hparams, validate_hparams
 from bayesagg.runner.references import resolve_references, write_own_references
 from bayesagg.runner.results import (
@@ -265,11 +267,11 @@ def run(
     if todo:
         splits = _load_splits(p)
         sizes = _check_splits(p, splits)
+        ctx = distributed_context()
+        where = torch.device(device) if ctx is None else ctx.device(device)
         for t in todo:
-            results.append(
-                _train_one(p, splits, sizes, t, progress, command, torch.device(device), say)
-            )
-    if config.method == "stl":
+            results.append(_train_one(p, splits, sizes, t, progress, command, where, say))
+    if config.method == "stl" and is_main():
         path = write_own_references(config.out, p.spec, protocol_dir(config).name)
         say(f"STL references: {path}")
     return results
@@ -289,8 +291,10 @@ def _train_one(
     names = task_names(p.groups)
     task_name = None if task is None else names[task]
     folder = run_dir(config, task_name)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / EPOCH_FILE).unlink(missing_ok=True)  # a partial run's log is started afresh
+    ctx = distributed_context()  # multi-process runs: only rank 0 writes
+    if is_main():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / EPOCH_FILE).unlink(missing_ok=True)  # a partial run's log is started afresh
     stl_metric = None if task is None else spec.task_metrics(p.groups)[task]
     started = _dt.datetime.now(_dt.timezone.utc)
     wall = time.perf_counter()
@@ -311,14 +315,16 @@ def _train_one(
             criterion=criterion,
             seed=config.seed,
             device=device,
-            epoch_log=EpochLog(folder / EPOCH_FILE),
+            epoch_log=EpochLog(folder / EPOCH_FILE) if is_main() else None,
             timed_from_epoch=warmup if warmup < protocol.epochs else 0,
-            progress=progress,
+            progress=progress and is_main(),
             label=f"{spec.name} {label} seed {config.seed}",
+            distributed=ctx,
         )
     document = _document(p, outcome, sizes, task, stl_metric, command, started, wall, model)
-    write_json_atomic(folder / RESULT_FILE, document)
-    say(f"wrote {folder / RESULT_FILE}")
+    if is_main():
+        write_json_atomic(folder / RESULT_FILE, document)
+        say(f"wrote {folder / RESULT_FILE}")
     return document
 
 
@@ -393,6 +399,7 @@ def _document(
             "notes": outcome.notes,
             "parameters": sum(x.numel() for x in model.parameters()),
             "device": str(next(model.parameters()).device),
+            **distributed_fields(),
             "torch_threads": torch.get_num_threads(),
             "versions": package_versions(),
             "command": command or "python: bayesagg.runner.run",

@@ -14,7 +14,7 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -271,7 +271,9 @@ def predict(
         for i in range(len(groups)):
             preds[i].append(outputs[i].cpu())
             targs[i].append(targets[i].cpu())
-    return [torch.cat(p) for p in preds], [torch.cat(t) for t in targs]
+    # multi-process runs (runner/distributed.py): each process predicted its shard
+    gather = getattr(loader, "gather", lambda t: t)
+    return [gather(torch.cat(p)) for p in preds], [gather(torch.cat(t)) for t in targs]
 
 
 def evaluate_split(
@@ -302,11 +304,13 @@ def training_step(
     groups: Sequence[TaskGroup],
     x: Any,
     targets: Sequence[Tensor],
+    sync: Callable[[], None] | None = None,
 ) -> Tensor:
     """Run one whole training step; return the K task losses (detached).
 
     Forward, the task losses, ``method.backward`` (which fills the encoder's and heads'
-    gradients), ``optimizer.step()``, and FAMO's ``after_step`` on the same batch.
+    gradients), ``optimizer.step()``, and FAMO's ``after_step`` on the same batch. ``sync``:
+    called after ``method.backward`` (multi-process runs average the gradients there).
     """
     h, outputs = model(x)
     losses = task_losses(groups, outputs, targets)
@@ -319,6 +323,8 @@ def training_step(
         heads=model.heads,
         targets=list(targets),
     )
+    if sync is not None:
+        sync()
     optimizer.step()
     if method.needs_after_step:
         with torch.no_grad():
@@ -400,11 +406,13 @@ def train(
     timed_from_epoch: int = 0,
     progress: bool = False,
     label: str = "",
+    distributed: Any = None,
 ) -> TrainResult:
     """Train ``model`` with ``method`` under ``protocol``; return the selected epoch's metrics.
 
     ``timed_from_epoch``: the first epoch whose steps count in the time per step (BayesAgg-MTL's
-    warm-up epochs are linear scalarisation and are left out).
+    warm-up epochs are linear scalarisation and are left out). ``distributed``: this process's
+    :class:`bayesagg.runner.distributed.Context` in a multi-process run (None: one process).
     """
     from tqdm.auto import tqdm
 
@@ -439,6 +447,14 @@ def train(
         refit = aggregator
         refit_from = int(getattr(aggregator, "warmup_epochs", 0))
     ordered_train = make_loader(spec, splits.train, eval_size, shuffle=False, seed=seed)
+    sync = None
+    if distributed is not None:  # shards of the same batches, DDP, gradient averaging
+        train_loader = distributed.train_loader(spec, splits.train, protocol.batch_size, seed)
+        val_loader = distributed.eval_loader(spec, splits.val, eval_size, seed)
+        test_loader = distributed.eval_loader(spec, splits.test, eval_size, seed)
+        ordered_train = distributed.eval_loader(spec, splits.train, eval_size, seed)
+        model = distributed.wrap(model, device)
+        sync = lambda: distributed.sync_gradients(model, method)  # noqa: E731
 
     optimizer = make_optimizer(model, method, protocol)
     scheduler, on_criterion = _scheduler(protocol, optimizer, criterion.mode)
@@ -466,7 +482,7 @@ def train(
                 targets = scaler.forward(targets)
             t0 = time.perf_counter()
             try:
-                losses = training_step(model, method, optimizer, groups, x, targets)
+                losses = training_step(model, method, optimizer, groups, x, targets, sync)
             except FloatingPointError as err:
                 raise FloatingPointError(
                     f"{label or method.name}: training diverged at epoch {epoch + 1}, "
@@ -481,6 +497,9 @@ def train(
                 weight_sum = w if weight_sum is None else weight_sum + w
                 weight_count += 1
             steps += 1
+        if distributed is not None:  # the global batches' losses and weights
+            loss_sum = distributed.mean(loss_sum, device)
+            weight_sum = None if weight_sum is None else distributed.mean(weight_sum, device)
         epoch_losses = (loss_sum / max(steps, 1)).float()
         method.end_epoch(epoch_losses.to(device))
         train_seconds = time.perf_counter() - start
@@ -533,6 +552,8 @@ def train(
     source = getattr(aggregator, "regression_fit_source", None)
     if source:
         notes.append(f"BayesAgg-MTL regression heads at the end of training: {source}")
+    if distributed is not None:
+        notes.extend(distributed.finish_notes(train_loader))
     epoch, value, val, test = best
     return TrainResult(
         best_epoch=epoch + 1,

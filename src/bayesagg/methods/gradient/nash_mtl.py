@@ -204,6 +204,7 @@ class NashMTL(Aggregator):
                 representation=representation,
             )
             return
+        from bayesagg.distributed import all_reduce_mean, resolve_group
         from bayesagg.methods._jacobian import accumulate_grad, check_inputs
         from bayesagg.methods.base import check_losses
 
@@ -232,6 +233,8 @@ class NashMTL(Aggregator):
             materialize_grads=True,
         )
         direction = torch.cat([g.reshape(-1) for g in grads])
+        # data parallelism: the clip factor needs the global direction (docs/distributed.md)
+        direction = all_reduce_mean(direction, resolve_group(self.process_group))
         factor = self._clip_factor(direction.norm())
         self.step += 1
         self.last_weights = (weights * factor).detach().cpu()

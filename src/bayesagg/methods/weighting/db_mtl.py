@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bayesagg.distributed import all_reduce_mean, global_losses, resolve_group
 from bayesagg.methods.base import Method, check_losses
 from bayesagg.methods.weighting._common import (
     accumulate,
@@ -84,7 +85,10 @@ class DBMTL(Method):
         task = [p for p in unique_parameters(task_parameters) if all(p is not q for q in shared)]
         if not shared:
             raise ValueError("db-mtl: needs at least one shared parameter that requires grad")
-        log_losses = torch.log(losses + self.eps)
+        # data parallelism: rows grad log L_k = grad L_k / L_k of the global batch, from the
+        # global losses' values here and the mean over processes of the rows below
+        group = resolve_group(self.process_group)
+        log_losses = torch.log(global_losses(losses, group) + self.eps)
         rows: list[Tensor] = []
         task_grads: list[Tensor | None] = [None] * len(task)
         for k in range(self.num_tasks):
@@ -102,7 +106,7 @@ class DBMTL(Method):
             for i, g in enumerate(grads[len(shared) :]):
                 if g is not None:
                     task_grads[i] = g if task_grads[i] is None else task_grads[i] + g
-        G = torch.stack(rows).detach()  # [K, P]
+        G = all_reduce_mean(torch.stack(rows).detach(), group)  # [K, P]
         if self.buffer is None:
             self.buffer = torch.zeros_like(G)
         elif self.buffer.shape != G.shape:
@@ -123,6 +127,10 @@ class DBMTL(Method):
             start += p.numel()
         accumulate(shared, pieces)
         accumulate(task, task_grads)
+
+    def reduces_shared_gradients(self) -> bool:
+        """The direction is computed from the all-reduced K x P gradients (True)."""
+        return True
 
     def state_dict(self) -> dict[str, Any]:
         """Return the base state, the step count and the EMA buffer."""

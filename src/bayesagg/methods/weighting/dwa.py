@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bayesagg.distributed import all_reduce_mean, resolve_group
 from bayesagg.methods.base import Method, check_losses
 from bayesagg.methods.weighting._common import backward_objective, clone_or_none
 
@@ -54,7 +55,9 @@ class DynamicWeightAverage(Method):
         """Record the epoch's mean task losses [K] and recompute the weights for the next epoch."""
         if losses is None:
             raise ValueError("dwa: end_epoch needs the epoch's mean task losses [K]")
-        losses = losses.detach().to(dtype=torch.float64, device="cpu")
+        # data parallelism: the mean over processes (the caller's epoch means may be local)
+        losses = all_reduce_mean(losses.detach(), resolve_group(self.process_group))
+        losses = losses.to(dtype=torch.float64, device="cpu")
         check_losses(losses, self.num_tasks)
         bad = (losses <= 0).nonzero().flatten().tolist()
         if bad:

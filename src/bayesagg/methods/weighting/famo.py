@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bayesagg.distributed import all_reduce_mean, global_losses, resolve_group
 from bayesagg.methods.base import Method, check_losses
 from bayesagg.methods.weighting._common import (
     Adam,
@@ -128,6 +129,9 @@ class FAMO(Method):
     ) -> None:
         """Accumulate the gradient of the FAMO objective and remember ``D(t)`` for the update."""
         check_losses(losses, self.num_tasks)
+        # data parallelism: the objective's log-gaps need the global batch's losses
+        group = resolve_group(self.process_group)
+        losses = global_losses(losses, group)
         D = self._gaps(losses, "backward")
         z = torch.softmax(self.logits, dim=0).to(device=losses.device, dtype=losses.dtype)
         c = (z / D.detach()).sum()
@@ -143,6 +147,8 @@ class FAMO(Method):
             raise ValueError("famo: the losses carry no autograd graph (computed under no_grad?)")
         grads = list(torch.autograd.grad(objective, params, allow_unused=True))
         if self.max_norm > 0:
+            if group is not None:  # the clip needs the global gradient's norm
+                grads[: len(shared)] = _mean_over_processes(grads[: len(shared)], group)
             shared_grads = [g for g in grads[: len(shared)] if g is not None]
             if shared_grads:
                 total = torch.linalg.vector_norm(
@@ -164,10 +170,15 @@ class FAMO(Method):
         if self._pending is None:
             raise RuntimeError("famo: after_step called without a preceding backward")
         check_losses(losses, self.num_tasks)
+        losses = all_reduce_mean(losses.detach(), resolve_group(self.process_group))
         new = self._gaps(losses.detach(), "after_step").double().cpu()
         delta = self._pending.log() - new.log()
         self.logits = self._opt.step(self.logits, self.logit_gradient(delta))
         self._pending = None
+
+    def reduces_shared_gradients(self) -> bool:
+        """With gradient clipping the shared gradients are reduced before the clip (True)."""
+        return self.max_norm > 0
 
     def state_dict(self) -> dict[str, Any]:
         """Return the base state, logits, Adam state, min_losses and any pending ``D(t)``."""
@@ -195,3 +206,13 @@ class FAMO(Method):
             f"FAMO(num_tasks={self.num_tasks}, lr={self.lr}, gamma={self.gamma}, eps={self.eps}, "
             f"min_losses={self.min_losses.tolist()}, max_norm={self.max_norm})"
         )
+
+
+def _mean_over_processes(grads: list[Tensor | None], group: Any) -> list[Tensor | None]:
+    """Return the gradients averaged over the processes (one flattened all-reduce)."""
+    present = [g for g in grads if g is not None]
+    if not present:
+        return grads
+    flat = all_reduce_mean(torch.cat([g.reshape(-1) for g in present]), group)
+    parts = iter(flat.split([g.numel() for g in present]))
+    return [None if g is None else next(parts).view_as(g) for g in grads]

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from bayesagg.distributed import all_reduce_mean, global_losses, resolve_group
 from bayesagg.methods.base import Method, check_losses
 from bayesagg.methods.weighting._common import SGD, Adam, backward_objective, clone_or_none
 
@@ -103,9 +104,19 @@ class GradNorm(Method):
 
     def task_gradient_norms(self, losses: Tensor, last: Sequence[Tensor]) -> Tensor:
         """Return ``||grad_W L_k||`` for every task [K] (graph kept for the main backward)."""
+        group = resolve_group(self.process_group)
         norms = []
         for k in range(self.num_tasks):
             grads = torch.autograd.grad(losses[k], last, retain_graph=True, allow_unused=True)
+            if group is not None:
+                # data parallelism: the norm of the global batch's gradient (mean over processes)
+                flat = torch.cat(
+                    [
+                        (torch.zeros_like(p) if g is None else g.detach()).reshape(-1)
+                        for p, g in zip(last, grads, strict=True)
+                    ]
+                )
+                grads = (all_reduce_mean(flat, group),)
             sq = sum(
                 (g.detach().double().pow(2).sum() for g in grads if g is not None),
                 start=torch.zeros((), dtype=torch.float64, device=losses.device),
@@ -144,6 +155,8 @@ class GradNorm(Method):
             raise ValueError(
                 "gradnorm: the losses carry no autograd graph (computed under no_grad?)"
             )
+        # data parallelism: the loss ratios need the global batch's losses
+        losses = global_losses(losses, resolve_group(self.process_group))
         if self.initial_losses is None:
             first = losses.detach().double().cpu()
             bad = (first <= 0).nonzero().flatten().tolist()

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bayesagg.distributed import all_reduce_mean, global_losses, resolve_group
 from bayesagg.methods.base import Method, check_losses
 from bayesagg.methods.weighting._common import (
     backward_objective,
@@ -322,6 +323,8 @@ class IGBv2(Method):
     ) -> None:
         """Store the last transition, train the agent on schedule, pick ``w``, back-propagate."""
         check_losses(losses, self.num_tasks)
+        # data parallelism: the agent's state and d log L need the global batch's losses
+        losses = global_losses(losses, resolve_group(self.process_group))
         check_positive(losses, self.name)
         if losses.device != self.device:
             if self.sac_updates > 0:
@@ -357,7 +360,8 @@ class IGBv2(Method):
                 raise ValueError(
                     f"igbv2: end_epoch of epoch {self.epoch} needs the mean task losses [K]"
                 )
-            base = losses.detach().float().to(self.device)
+            base = all_reduce_mean(losses.detach(), resolve_group(self.process_group))
+            base = base.float().to(self.device)
             check_losses(base, self.num_tasks)
             check_positive(base, self.name)
             self.base_losses = base

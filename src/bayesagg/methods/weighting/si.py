@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from bayesagg.distributed import global_losses, resolve_group
 from bayesagg.methods.base import Method, check_losses
 from bayesagg.methods.weighting._common import backward_objective, check_positive
 
@@ -40,4 +41,6 @@ class ScaleInvariant(Method):
         check_losses(losses, self.num_tasks)
         check_positive(losses, self.name)
         self.last_weights = torch.ones_like(losses.detach())
+        # data parallelism: d log L = dL / L needs the global batch's L (docs/distributed.md)
+        losses = global_losses(losses, resolve_group(self.process_group))
         backward_objective(losses.log().sum(), self.name, shared_parameters, task_parameters)
