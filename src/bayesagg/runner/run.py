@@ -147,7 +147,7 @@ def plan(config: RunConfig) -> Plan:
     if config.method == "bayesagg":
         hparams.update(protocol_hparams("bayesagg", protocol.bayesagg))
     hparams.update(config.hparams)
-    groups = spec.groups
+    groups = spec.groups_for(protocol)
     own = protocol_dir(config) / "references.json"
     references = None
     if config.method != "stl":
@@ -296,7 +296,7 @@ def _train_one(
     wall = time.perf_counter()
     with deterministic():
         seed_everything(config.seed)
-        model = spec.build_model(**dict(protocol.model_options))
+        model = spec.build_model(p.groups, **dict(protocol.model_options))
         method = p.create_method(task)
         criterion = make_criterion(spec, p.groups, p.references, stl_metric)
         warmup = int(p.hparams.get("warmup_epochs", 0) or 0)

@@ -11,34 +11,41 @@ from bayesagg.benchmarks.registry import Benchmark, Protocol
 
 _ENERGY = 1000.0  # eV -> meV for HOMO, LUMO, ZPVE, U0, U, H, G (PROTOCOLS.md)
 
+# Nash-MTL's QM9 trainer (the paper follows it, App. B): one Adam group, no weight decay, no
+# clipping. BayesAgg-MTL: 50 LS epochs and s from the grid {0.75, 0.85, 0.95} (paper App. B);
+# gamma is not published for QM9: 5e-3 is this project's choice (docs/benchmarks.md).
+_PAPER = Protocol(
+    name="paper",
+    epochs=300,
+    batch_size=120,
+    scheduler="plateau",
+    plateau_factor=0.7,
+    plateau_patience=5,
+    min_lr=1e-5,
+    bayesagg={
+        "warmup_epochs": 50,
+        "s_regression": 0.85,
+        "gamma": 5e-3,
+        "regression_bias": False,
+    },
+    data_options={"complete_graph": True},
+    note=(
+        "published recipe; BayesAgg s = 0.85 from the paper's grid {0.75, 0.85, 0.95}, "
+        "gamma 5e-3 (not published for QM9)"
+    ),
+)
+
 SPEC = Benchmark(
     name="qm9",
     package="qm9",
     description="QM9, 11 regression targets, MPNN (Nash-MTL protocol)",
     protocols={
-        "paper": Protocol(
-            name="paper",
-            epochs=300,
-            batch_size=120,
-            scheduler="plateau",
-            plateau_factor=0.7,
-            plateau_patience=5,
-            min_lr=1e-5,
-            bayesagg={"warmup_epochs": 50, "s_regression": 0.85},
-            data_options={"complete_graph": True},
-            note="published recipe; BayesAgg s = 0.85 from the paper's grid {0.75, 0.85, 0.95}",
-        ),
-        "quick": Protocol(
-            name="quick",
+        "paper": _PAPER,
+        "quick": _PAPER.derive(
+            "quick",
             epochs=30,
-            batch_size=120,
-            scheduler="plateau",
-            plateau_factor=0.7,
-            plateau_patience=5,
-            min_lr=1e-5,
             train_limit=10_000,
             eval_limit=2_000,
-            bayesagg={"warmup_epochs": 5, "s_regression": 0.85},
             data_options={"complete_graph": False},
             note=(
                 "paper recipe on a CPU budget: 10,000 training molecules (2,000 val/test), "
@@ -46,13 +53,13 @@ SPEC = Benchmark(
                 "complete graph"
             ),
         ),
-        "smoke": Protocol(
-            name="smoke",
+        "smoke": _PAPER.derive(
+            "smoke",
             epochs=2,
             batch_size=32,
             train_limit=128,
             eval_limit=48,
-            bayesagg={"warmup_epochs": 1, "s_regression": 0.85},
+            bayesagg={"warmup_epochs": 1},
             data_options={"complete_graph": False},
             model_options={"dim": 32},
             note="pipeline check only: 128 molecules, 2 epochs (BayesAgg warm-up 1), width 32, bond graph",
