@@ -175,7 +175,16 @@ def finished_result(config: RunConfig, task: str | None = None) -> dict[str, Any
         return None
     if data.get("schema") != SCHEMA or data.get("config") != _normalised(config.identity()):
         return None
+    # A protocol whose recipe changed since (clipping, task groups, ...) is another run.
+    protocol = effective_protocol(_benchmark(config.benchmark), config)
+    if data.get("protocol_settings") != _normalised(_settings(protocol)):
+        return None
     return data
+
+
+def _settings(protocol: Protocol) -> dict[str, Any]:
+    """Return the protocol's fields as written to ``result.json`` (``protocol_settings``)."""
+    return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in protocol.__dict__.items()}
 
 
 # The last data set loaded, keyed by everything that shapes it: consecutive runs of a compare
@@ -346,7 +355,7 @@ def _document(
 ) -> dict[str, Any]:
     config, spec, protocol = p.config, p.spec, p.protocol
     refs = p.references
-    proto = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in protocol.__dict__.items()}
+    proto = _settings(protocol)
     delta = None
     if refs is not None:
         delta = {
