@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import hand_reference as hand
 from bayesagg import BayesAgg, Binary, Multiclass, Regression, moments, posterior
 from bayesagg.aggregation import weights
 from bayesagg.tasks import task_losses
@@ -202,15 +203,15 @@ def test_end_epoch_sets_regression_heads_to_the_full_data_posterior_mean(bias):
     features = torch.cat([h for h, _ in batches])
     y = torch.cat([t[0] for _, t in batches])
     p = D + int(bias)
-    expected = posterior.regression(
-        features,
+    expected, _ = hand.linear_regression(
+        hand.with_bias(features, bias),
         y,
-        *posterior.isotropic_prior("regression", 2, p, 0.3, dtype=torch.float64),
-        bias=bias,
+        torch.zeros(2, p, dtype=torch.float64),
+        torch.eye(p, dtype=torch.float64) / 0.3,
     )
-    torch.testing.assert_close(heads[0].weight.detach(), expected.mean[:, :D])
+    torch.testing.assert_close(heads[0].weight.detach(), expected[:, :D])
     if bias:
-        torch.testing.assert_close(heads[0].bias.detach(), expected.mean[:, D])
+        torch.testing.assert_close(heads[0].bias.detach(), expected[:, D])
     assert "epoch 1" in agg.regression_fit_source
 
 
@@ -224,15 +225,15 @@ def test_refit_mode_leaves_heads_to_fit_regression_heads():
     torch.testing.assert_close(heads[0].weight.detach(), before)
     halves = [(h[:4], [targets[0][:4], None, None]), (h[4:], [targets[0][4:], None, None])]
     fitted = agg.fit_regression_heads(heads, halves)
-    expected = posterior.regression(
-        h,
+    expected, _ = hand.linear_regression(
+        hand.with_bias(h),
         targets[0],
-        *posterior.isotropic_prior("regression", 2, D + 1, 0.3, dtype=torch.float64),
-        bias=True,
+        torch.zeros(2, D + 1, dtype=torch.float64),
+        torch.eye(D + 1, dtype=torch.float64) / 0.3,
     )
-    torch.testing.assert_close(fitted["reg"].mean, expected.mean)
-    torch.testing.assert_close(heads[0].weight.detach(), expected.mean[:, :D])
-    torch.testing.assert_close(heads[0].bias.detach(), expected.mean[:, D])
+    torch.testing.assert_close(fitted["reg"].mean, expected)
+    torch.testing.assert_close(heads[0].weight.detach(), expected[:, :D])
+    torch.testing.assert_close(heads[0].bias.detach(), expected[:, D])
     assert agg.regression_fit_source.startswith("refit on 9 examples")
 
 
@@ -248,13 +249,14 @@ def test_second_epoch_uses_the_full_data_posterior_as_prior():
     agg.backward(h, heads[:1], t[:1])
     features = torch.cat([b[0] for b in batches])
     y = torch.cat([b[1][0] for b in batches])
-    full = posterior.regression(
-        features, y, *posterior.isotropic_prior("regression", 2, D, 0.4, dtype=torch.float64)
+    # By hand: the epoch's closed-form fit is the prior of the next batch's posterior.
+    eye = torch.eye(D, dtype=torch.float64)
+    full_mean, full_precision = hand.linear_regression(
+        features, y, torch.zeros(2, D, dtype=torch.float64), eye / 0.4
     )
-    batch = posterior.regression(h.detach(), t[0], full.mean, full.precision)
-    mu, var = moments.regression(h.detach(), t[0], batch.mean, batch.covariance())
-    alpha = weights(var, 1.0)
-    torch.testing.assert_close(h.grad, (alpha * mu).sum(1) / 5)
+    mean, precision = hand.linear_regression(h.detach(), t[0], full_mean, full_precision)
+    expected = hand.regression_gradient(h.detach(), t[0], mean, torch.linalg.inv(precision), 1.0)
+    torch.testing.assert_close(h.grad, expected / 5)
 
 
 def test_batch_of_one_works():
