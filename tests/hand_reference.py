@@ -91,3 +91,42 @@ def regression_gradient(h: Tensor, y: Tensor, mean: Tensor, cov: Tensor, s: floa
         alpha = lam**s / (lam**s).sum(0)
         out[i] = (alpha * mu).sum(0)
     return out
+
+
+def sampled_moments(
+    h: Tensor,
+    y: Tensor,
+    kind: str,
+    mean: Tensor,
+    precision: Tensor,
+    samples: int = 100_000,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Return (mu, var) [B, tasks, D] of the loss gradient w.r.t. h by brute-force Monte Carlo.
+
+    Weights w ~ N(mean, precision^-1) with ``mean`` [O or C, D+1] (bias last) and
+    ``precision`` [O, D+1, D+1] (binary, per task) or [C(D+1), C(D+1)] (multiclass); the
+    explicit per-sample gradients of METHOD.md sec. 1: binary w_o (sigmoid(a_o) - y_o),
+    multiclass W^T (softmax(a) - e_y).
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = with_bias(h)
+    d = h.shape[1]
+    if kind == "binary":
+        out_mu, out_var = [], []
+        for o in range(mean.shape[0]):
+            chol = torch.linalg.cholesky(torch.linalg.inv(precision[o]))
+            w = mean[o] + torch.randn(samples, d + 1, generator=g, dtype=h.dtype) @ chol.T
+            r = torch.sigmoid(w @ x.T) - y[:, o]  # [S, B]
+            draws = w[:, None, :d] * r[:, :, None]  # [S, B, D]
+            out_mu.append(draws.mean(0))
+            out_var.append(draws.var(0))
+        return torch.stack(out_mu, 1), torch.stack(out_var, 1)
+    c = mean.shape[0]
+    chol = torch.linalg.cholesky(torch.linalg.inv(precision))
+    flat = mean.reshape(-1) + torch.randn(samples, c * (d + 1), generator=g, dtype=h.dtype) @ chol.T
+    w = flat.reshape(samples, c, d + 1)
+    prob = torch.softmax(torch.einsum("scp,bp->sbc", w, x), -1)
+    residual = prob - torch.nn.functional.one_hot(y, c).to(h.dtype)  # [S, B, C]
+    draws = torch.einsum("sbc,scd->sbd", residual, w[:, :, :d])
+    return draws.mean(0)[:, None], draws.var(0)[:, None]
