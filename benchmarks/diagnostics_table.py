@@ -5,7 +5,7 @@
 Columns: epoch, whether it was a warm-up epoch, cos(BayesAgg, LS) of the encoder gradient, and
 per classification group the batch posterior mean's and the prior mean's distance to the live
 head (relative to ||live head||), and the training loss at the live head, the batch posterior
-mean and the prior mean; then the validation metrics of the run's criterion per task.
+mean and the prior mean; then the run's validation criterion (and, for up to 3 tasks, each task's accuracy).
 See ``bayesagg.diagnostics`` for the definitions.
 """
 
@@ -24,9 +24,12 @@ def table(rows: list[dict[str, str]]) -> str:
     """Return the markdown table of the diagnostics of ``rows`` (epochs.csv rows)."""
     header = list(rows[0])
     groups = _groups(header)
-    val = [
-        k for k in header if k.startswith("val/") and k.endswith("/accuracy") and k.count("/") == 2
-    ]
+    # The run's validation criterion (the fifth column of epochs.csv), then, for a few tasks,
+    # each task's validation accuracy.
+    val = [header[4]]
+    tasks = [k for k in header if k.startswith("val/") and k.endswith("/accuracy") and k != val[0]]
+    if len(tasks) <= 3:
+        val += tasks
     cols = ["epoch", "warm-up", "cos(agg, LS)"]
     for g in groups:
         cols += [
