@@ -41,7 +41,7 @@ def _batches(spec: Any, protocol: Any, count: int, seed: int, data_dir: str | No
         data_dir, seed=seed, limit=protocol.batch_size * count, **dict(protocol.data_options)
     )
     loader = make_loader(spec, splits.train, protocol.batch_size, shuffle=True, seed=seed)
-    groups = spec.groups
+    groups = spec.groups_for(protocol)
     out = []
     for batch in loader:
         x, targets = split_batch(spec, groups, batch, torch.device("cpu"))
@@ -60,9 +60,9 @@ def time_method(
     spec: Any, protocol: Any, name: str, batches: list[Any], warmup: int, seed: int
 ) -> list[float]:
     """Return the seconds of each timed training step of method ``name``."""
-    groups = spec.groups
+    groups = spec.groups_for(protocol)
     torch.manual_seed(seed)
-    model = spec.build_model(**dict(protocol.model_options))
+    model = spec.build_model(groups, **dict(protocol.model_options))
     kwargs: dict[str, Any] = {}
     if name == "bayesagg":
         kwargs = protocol_hparams("bayesagg", protocol.bayesagg)

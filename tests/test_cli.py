@@ -36,7 +36,7 @@ def _error(capsys, argv: list[str]) -> str:
         ),
         (
             ["run", "-b", "fake", "-m", "bayesagg", "--hp", "gammma=0.1"],
-            "method 'bayesagg' has no hyper-parameter 'gammma'; accepted: eps, gamma",
+            "method 'bayesagg' has no hyper-parameter 'gammma'; accepted: classification_heads, eps, gamma",
         ),
         (["run", "-b", "fake", "-m", "stl", "--task", "zz"], "no task 'zz'; tasks: r[0], r[1]"),
         (["run", "-b", "fake", "-m", "ls", "--task", "c"], "--task is only for --method stl"),

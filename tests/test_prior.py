@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from bayesagg import Binary, Multiclass, Regression, posterior
+import hand_reference as hand
+from bayesagg import Binary, Multiclass, Regression
 from bayesagg.prior import EpochPrior, RegressionStatistics
 
 D = 5
@@ -47,16 +48,17 @@ def test_streamed_regression_prior_equals_fit_on_stored_features(bias):
     features = torch.cat([h for h, _ in batches])
     y = torch.cat([t[0] for _, t in batches])
     p = D + int(bias)
-    stored = posterior.regression(
-        features,
+    # Closed form on the stored features (tests/hand_reference.py), prior N(0, 0.2 I).
+    mean, precision = hand.linear_regression(
+        hand.with_bias(features, bias),
         y,
-        *posterior.isotropic_prior("regression", 3, p, 0.2, dtype=torch.float64),
+        torch.zeros(3, p, dtype=torch.float64),
+        torch.eye(p, dtype=torch.float64) / 0.2,
         noise_var=0.5,
-        bias=bias,
     )
     fitted = prior.posteriors[0]
-    torch.testing.assert_close(fitted.mean, stored.mean, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(fitted.precision, stored.precision, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fitted.mean, mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fitted.precision, precision, rtol=1e-12, atol=1e-12)
     assert prior.num_examples == 0  # buffers cleared
 
 
@@ -79,18 +81,21 @@ def test_classification_prior_is_the_newton_step_on_the_whole_epoch():
     heads = _heads()
     prior.refit(heads)
     features = torch.cat([h for h, _ in batches])
-    for i, kind, size in ((1, "binary", 2), (2, "multiclass", 3)):
-        y = torch.cat([t[i] for _, t in batches])
-        fit = posterior.binary if kind == "binary" else posterior.multiclass
-        expected = fit(
-            features,
-            y,
-            heads[i].weight.detach(),
-            heads[i].bias.detach(),
-            *posterior.isotropic_prior(kind, size, D + 1, 0.3, dtype=torch.float64),
-        )
-        torch.testing.assert_close(prior.posteriors[i].mean, expected.mean)
-        torch.testing.assert_close(prior.posteriors[i].precision, expected.precision)
+    # One Newton step written example by example (tests/hand_reference.py), prior N(0, 0.3 I).
+    eye = torch.eye(D + 1, dtype=torch.float64) / 0.3
+    y = torch.cat([t[1] for _, t in batches])
+    w, b = heads[1].weight.detach(), heads[1].bias.detach()
+    mean0 = torch.zeros(2, D + 1, dtype=torch.float64)
+    mean, precision = hand.newton_binary(features, y, w, b, mean0, eye.expand(2, -1, -1))
+    torch.testing.assert_close(prior.posteriors[1].mean, mean)
+    torch.testing.assert_close(prior.posteriors[1].precision, precision)
+    y = torch.cat([t[2] for _, t in batches])
+    w, b = heads[2].weight.detach(), heads[2].bias.detach()
+    mean0 = torch.zeros(3, D + 1, dtype=torch.float64)
+    big = torch.eye(3 * (D + 1), dtype=torch.float64) / 0.3
+    mean, precision = hand.newton_multiclass(features, y, w, b, mean0, big)
+    torch.testing.assert_close(prior.posteriors[2].mean, mean)
+    torch.testing.assert_close(prior.posteriors[2].precision, precision)
 
 
 def test_before_the_first_refit_the_prior_is_isotropic_and_after_it_the_fit():

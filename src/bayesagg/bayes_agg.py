@@ -45,6 +45,7 @@ from bayesagg import moments as gradient_moments
 from bayesagg import posterior
 from bayesagg.aggregation import weights as aggregation_weights
 from bayesagg.linalg import NumericalError
+from bayesagg.newton import check_newton, newton_posterior
 from bayesagg.posterior import Gaussian
 from bayesagg.prior import EpochPrior, RegressionStatistics
 from bayesagg.tasks import (
@@ -59,10 +60,12 @@ from bayesagg.tasks import (
     task_names,
 )
 
-__all__ = ["BayesAgg", "MomentMethod", "RegressionFit"]
+__all__ = ["BayesAgg", "ClassificationHeads", "MomentMethod", "PriorMean", "RegressionFit"]
 
 MomentMethod = Literal["rao_blackwell", "monte_carlo"]
 RegressionFit = Literal["epoch", "refit"]
+ClassificationHeads = Literal["trained", "posterior_mean"]
+PriorMean = Literal["full_data", "live_head"]
 
 
 class BayesAgg:
@@ -101,6 +104,29 @@ class BayesAgg:
             ``torch.distributed`` group's processes, i.e. those of the global batch; moments and
             weights stay per example. ``None`` (default): torch.distributed's default group when
             it is initialised, else single-process; ``False``: never communicate.
+        regression_bias: whether the regression posterior has a bias when the head has one.
+            ``False`` is the authors' code (their regression posterior has none; predictions
+            are ``h @ mean_w^T``): the head's bias is left out of every regression posterior
+            and the fits write zero into it. Default ``True`` (the head decides).
+
+    Options beyond the paper (issue 7; each default is the paper's behaviour):
+
+    Args:
+        classification_heads: ``"trained"`` (paper): classification heads are only trained by
+            the optimiser; ``"posterior_mean"``: from the last warm-up epoch on,
+            :meth:`end_epoch` writes the full-data posterior mean into them (as the regression
+            heads get theirs), so predictions use it and the next epoch trains on from it.
+        prior_mean: ``"full_data"`` (paper): the batch posteriors' prior is last epoch's
+            full-data posterior; ``"live_head"``: its precision, centred at the live head
+            (the classification groups; before the first refit, N(live head, gamma I)).
+        newton_steps, newton_damping: the classification fits (full-data and batch) take
+            ``newton_steps`` Newton steps of size ``newton_damping`` (:mod:`bayesagg.newton`);
+            the paper's is one undamped step (1, 1.0).
+        scale_by_tasks: send ``K * g / B`` into the encoder instead of ``g / B`` (the weights
+            sum to one over the K tasks, so ``g`` is about 1/K of the LS gradient).
+        reset_encoder_optimizer: a runner-level option read by the training loop
+            (:mod:`bayesagg.runner.train`): reset the encoder's optimiser state (Adam's
+            moments) when the warm-up ends. ``BayesAgg`` itself does nothing with it.
     """
 
     def __init__(
@@ -119,6 +145,13 @@ class BayesAgg:
         generator: torch.Generator | None = None,
         regression_fit: RegressionFit = "epoch",
         process_group: Any = None,
+        regression_bias: bool = True,
+        classification_heads: ClassificationHeads = "trained",
+        prior_mean: PriorMean = "full_data",
+        newton_steps: int = 1,
+        newton_damping: float = 1.0,
+        scale_by_tasks: bool = False,
+        reset_encoder_optimizer: bool = False,
     ) -> None:
         check_groups(groups)
         for name, value in (("s_regression", s_regression), ("s_classification", s_classification)):
@@ -146,6 +179,13 @@ class BayesAgg:
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator)}")
         if regression_fit not in ("epoch", "refit"):
             raise ValueError(f"regression_fit must be 'epoch' or 'refit', got {regression_fit!r}")
+        for name, value, allowed in (
+            ("classification_heads", classification_heads, ("trained", "posterior_mean")),
+            ("prior_mean", prior_mean, ("full_data", "live_head")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        check_newton(newton_steps, newton_damping)
         self.groups: tuple[TaskGroup, ...] = tuple(groups)
         self.s_regression = float(s_regression)
         self.s_classification = float(s_classification)
@@ -159,6 +199,13 @@ class BayesAgg:
         self.generator = generator
         self.regression_fit: RegressionFit = regression_fit
         self.process_group = process_group
+        self.regression_bias = bool(regression_bias)
+        self.classification_heads: ClassificationHeads = classification_heads
+        self.prior_mean: PriorMean = prior_mean
+        self.newton_steps = int(newton_steps)
+        self.newton_damping = float(newton_damping)
+        self.scale_by_tasks = bool(scale_by_tasks)
+        self.reset_encoder_optimizer = bool(reset_encoder_optimizer)
         self.reset()
 
     # ------------------------------------------------------------------ state and inspection
@@ -170,7 +217,13 @@ class BayesAgg:
         #: Steps completed (number of :meth:`backward` calls), warm-up included.
         self.step = 0
         #: The epoch-level prior and the current epoch's buffers.
-        self.prior = EpochPrior(self.groups, gamma=self.gamma, noise_var=self.noise_var)
+        self.prior = EpochPrior(
+            self.groups,
+            gamma=self.gamma,
+            noise_var=self.noise_var,
+            newton_steps=self.newton_steps,
+            newton_damping=self.newton_damping,
+        )
         #: Task weights of the last BayesAgg step, alpha averaged over batch and dimensions [K]
         #: (paper Fig. 3); ``None`` before the first step after the warm-up.
         self.last_weights: Tensor | None = None
@@ -209,6 +262,13 @@ class BayesAgg:
             "nodes": self.nodes,
             "eps": self.eps,
             "regression_fit": self.regression_fit,
+            "regression_bias": self.regression_bias,
+            "classification_heads": self.classification_heads,
+            "prior_mean": self.prior_mean,
+            "newton_steps": self.newton_steps,
+            "newton_damping": self.newton_damping,
+            "scale_by_tasks": self.scale_by_tasks,
+            "reset_encoder_optimizer": self.reset_encoder_optimizer,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -331,7 +391,7 @@ class BayesAgg:
                 if loss.requires_grad:
                     trained.append(loss.sum())
         outputs = [h]
-        grads = [(g / h.shape[0]).to(h.dtype)]
+        grads = [(g * self._gradient_scale() / h.shape[0]).to(h.dtype)]
         if trained:
             total = torch.stack(trained).sum()
             outputs.append(total)
@@ -350,6 +410,8 @@ class BayesAgg:
         """
         num_params = h.shape[1] + int(bias)
         mean0, precision0 = self.prior.prior(index, num_params, dtype=h.dtype, device=h.device)
+        if self.prior_mean == "live_head" and not isinstance(group, Regression):
+            mean0 = torch.cat([head.weight.detach(), head.bias.detach()[:, None]], 1).to(h.dtype)
         try:
             if isinstance(group, Regression):
                 post = posterior.regression(
@@ -366,9 +428,7 @@ class BayesAgg:
             weight = head.weight.detach().to(h.dtype)
             offset = head.bias.detach().to(h.dtype)
             if isinstance(group, Binary):
-                post = posterior.binary(
-                    h, y, weight, offset, mean0, precision0, check=False, reduce=self.prior.reduce
-                )
+                post = self._newton("binary", h, y, weight, offset, mean0, precision0)
                 return gradient_moments.binary(
                     h,
                     y,
@@ -380,9 +440,7 @@ class BayesAgg:
                     nodes=self.nodes,
                     check=False,
                 )
-            post = posterior.multiclass(
-                h, y, weight, offset, mean0, precision0, check=False, reduce=self.prior.reduce
-            )
+            post = self._newton("multiclass", h, y, weight, offset, mean0, precision0)
             return gradient_moments.multiclass(
                 h,
                 y,
@@ -404,6 +462,53 @@ class BayesAgg:
         if group is None:
             return None
         return lambda t: all_reduce_sum(t, group)
+
+    def _newton(self, kind: Literal["binary", "multiclass"], *args: Tensor) -> Gaussian:
+        """Return a batch posterior of a classification group (:func:`newton_posterior`)."""
+        return newton_posterior(
+            kind,
+            *args,
+            steps=self.newton_steps,
+            damping=self.newton_damping,
+            check=False,
+            reduce=self.prior.reduce,
+        )
+
+    def _gradient_scale(self) -> float:
+        """Return the factor on the aggregated gradient: K with ``scale_by_tasks``, else 1."""
+        return float(self.num_tasks) if self.scale_by_tasks else 1.0
+
+    def _posterior_bias(self, heads: Sequence[nn.Linear]) -> list[bool]:
+        """Return whether each group's posterior has a bias (``regression_bias``)."""
+        return [
+            head.bias is not None and (self.regression_bias or not isinstance(g, Regression))
+            for g, head in zip(self.groups, heads, strict=True)
+        ]
+
+    def representation_gradient(
+        self, h: Tensor, heads: Sequence[nn.Linear], targets: Sequence[Tensor]
+    ) -> Tensor:
+        """Return the aggregated per-example gradients g [B, D] a BayesAgg step would use.
+
+        The same computation as a step after the warm-up (paper Algorithm 1; times K with
+        ``scale_by_tasks``), without its effects: no backward, no prior accumulation, no
+        counters or weights updated. For diagnostics (:mod:`bayesagg.diagnostics`).
+        """
+        heads, targets, bias = self._check_step(h, heads, targets)
+        dtype = torch.promote_types(h.dtype, torch.float32)
+        features = h.detach().to(dtype)
+        with torch.no_grad():
+            moments = [
+                self._group_moments(i, group, head, features, y, bias[i])
+                for i, (group, head, y) in enumerate(zip(self.groups, heads, targets, strict=True))
+            ]
+            mu = torch.cat([m for m, _ in moments], dim=1)
+            alpha = aggregation_weights(
+                torch.cat([v for _, v in moments], dim=1),
+                self._powers_for(dtype, h.device),
+                self.eps,
+            )
+        return (alpha * mu).sum(dim=1) * self._gradient_scale()
 
     def _powers_for(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         """Return the per-task powers s [K] (s_regression or s_classification by task kind)."""
@@ -451,6 +556,20 @@ class BayesAgg:
                         f"full-data posterior mean of epoch {self.epoch} "
                         f"({examples} training examples, train-mode features)"
                     )
+            if (
+                self.classification_heads == "posterior_mean"
+                and self.epoch + 1 >= self.warmup_epochs
+            ):
+                _write_regression_heads(
+                    heads,
+                    {
+                        i: p
+                        for i, (g, p) in enumerate(
+                            zip(self.groups, self.prior.posteriors, strict=True)
+                        )
+                        if not isinstance(g, Regression) and p is not None
+                    },
+                )
         else:
             self.prior.clear()
         self.epoch += 1
@@ -493,7 +612,7 @@ class BayesAgg:
                         "infinite values"
                     )
                 features = h.detach()
-                if heads[i].bias is not None:
+                if self._posterior_bias(heads)[i]:
                     features = torch.cat([features, torch.ones_like(features[:, :1])], dim=1)
                 if i not in statistics:
                     statistics[i] = RegressionStatistics(
@@ -637,21 +756,23 @@ class BayesAgg:
         for (error, message, flag), ok in zip(checks, flags, strict=True):
             if not ok and (not isinstance(flag, _Finite) or not bool(flag.exact())):
                 raise error(message)
-        bias = [head.bias is not None for head in heads]
+        bias = self._posterior_bias(heads)
         self.prior.check_bias(bias)
         return heads, targets, bias
 
 
 def _write_regression_heads(heads: Sequence[nn.Linear], fitted: dict[int, Gaussian]) -> None:
-    """Set regression heads to posterior means [O, P] (last column the bias when P = D + 1)."""
+    """Set heads to posterior means [O, P] (last column the bias when P = D + 1, else bias 0)."""
     with torch.no_grad():
         for i, gaussian in fitted.items():
             head = heads[i]
             mean = gaussian.mean
             dim = head.in_features
             head.weight.copy_(mean[:, :dim].to(head.weight))
-            if head.bias is not None:
+            if head.bias is not None and mean.shape[1] > dim:
                 head.bias.copy_(mean[:, dim].to(head.bias))
+            elif head.bias is not None:
+                head.bias.zero_()  # a bias-free posterior (regression_bias=False)
 
 
 class _Finite:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from bayesagg import posterior
 from bayesagg.linalg import augment, cholesky
+from bayesagg.newton import check_newton, newton_posterior
 from bayesagg.posterior import Gaussian
 from bayesagg.tasks import Binary, Multiclass, Regression, TaskGroup, check_groups
 
@@ -109,6 +110,8 @@ class EpochPrior:
         gamma: float,
         noise_var: float = 1.0,
         fit_dtype: torch.dtype = torch.float64,
+        newton_steps: int = 1,
+        newton_damping: float = 1.0,
     ) -> None:
         check_groups(groups)
         if not gamma > 0:
@@ -119,6 +122,11 @@ class EpochPrior:
         self.gamma = float(gamma)
         self.noise_var = float(noise_var)
         self.fit_dtype = fit_dtype
+        #: Newton steps and step size of the classification fits (:mod:`bayesagg.newton`;
+        #: the paper's is one undamped step).
+        check_newton(newton_steps, newton_damping)
+        self.newton_steps = int(newton_steps)
+        self.newton_damping = float(newton_damping)
         #: Whether each group's head has a bias (fixed by the first batch); None until then.
         self.bias: list[bool] | None = None
         #: The full-data posterior of each group from the last refit (None: isotropic prior).
@@ -236,21 +244,19 @@ class EpochPrior:
                 dtype=self.fit_dtype,
                 device=features.device,
             )
-            if isinstance(group, Binary):
-                fitted = posterior.binary(
-                    features,
-                    y.to(self.fit_dtype),
-                    weight,
-                    bias,
-                    mean0,
-                    precision0,
-                    reduce=self.reduce,
-                )
-            else:
-                assert isinstance(group, Multiclass)
-                fitted = posterior.multiclass(
-                    features, y, weight, bias, mean0, precision0, reduce=self.reduce
-                )
+            assert isinstance(group, (Binary, Multiclass))
+            fitted = newton_posterior(
+                group.kind,
+                features,
+                y.to(self.fit_dtype) if isinstance(group, Binary) else y,
+                weight,
+                bias,
+                mean0,
+                precision0,
+                steps=self.newton_steps,
+                damping=self.newton_damping,
+                reduce=self.reduce,
+            )
             new.append(fitted)
         self.posteriors = new
         self.refits += 1

@@ -77,7 +77,39 @@ class Protocol:
     model_options: Mapping[str, Any] = field(default_factory=_frozen)
     #: BayesAgg-MTL hyper-parameters of this protocol (keys of the method's constructor).
     bayesagg: Mapping[str, Any] = field(default_factory=_frozen)
+    #: Gradient-norm clipping, applied to every method of the protocol: the heads' gradient
+    #: (all heads jointly) at every step, and the shared parameters' gradient from the end of
+    #: the warm-up on (``torch.nn.utils.clip_grad_norm_``, as in the authors' trainers).
+    #: None: no clipping.
+    clip_heads: float | None = None
+    clip_shared: float | None = None
+    #: Drop the last, smaller training batch of every epoch (CIFAR-MTL's trainer).
+    drop_last: bool = False
+    #: Task groups of this recipe when they differ from the data module's ``GROUPS`` (UTKFace
+    #: ``paper``: gender as a 2-class multiclass group, as the authors' trainer); same names
+    #: and order, so the metric keys and the STL references stay the same.
+    groups: tuple[TaskGroup, ...] | None = None
     note: str = ""
+
+    def derive(
+        self,
+        name: str,
+        *,
+        epochs: int,
+        note: str,
+        bayesagg: Mapping[str, Any] | None = None,
+        **changes: Any,
+    ) -> Protocol:
+        """Return this recipe on another budget: same settings, warm-up scaled to ``epochs``.
+
+        ``quick`` and ``smoke`` are derived from ``paper`` so they keep its optimiser,
+        schedule, clipping, task groups and BayesAgg-MTL settings; ``changes`` are the budget
+        (batch size, example limits, model width, ...) and ``bayesagg`` overrides (e.g. fewer
+        Monte-Carlo samples in a smoke run).
+        """
+        derived = self.with_epochs(epochs)
+        hp = {**derived.bayesagg, **dict(bayesagg or {})}
+        return replace(derived, name=name, note=note, bayesagg=_frozen(hp), **changes)
 
     def with_epochs(self, epochs: int) -> Protocol:
         """Return this protocol with another epoch budget, warm-up scaled in proportion."""
@@ -148,6 +180,27 @@ class Benchmark:
         """Return the benchmark's task groups (from its data module's ``GROUPS``)."""
         return tuple(self._module("data").GROUPS)
 
+    def groups_for(self, protocol: Protocol) -> tuple[TaskGroup, ...]:
+        """Return the task groups a run of ``protocol`` trains (the protocol's, if it has some).
+
+        A protocol may declare a task as another kind (UTKFace's gender as a 2-class
+        multiclass group) but not rename, add or reorder tasks: the metric keys, the STL
+        references and the data's targets stay those of ``GROUPS``.
+        """
+        declared = self.groups
+        if protocol.groups is None:
+            return declared
+        mine = tuple(protocol.groups)
+        if [g.name for g in mine] != [g.name for g in declared] or [g.num_tasks for g in mine] != [
+            g.num_tasks for g in declared
+        ]:
+            raise ValueError(
+                f"{self.name} protocol {protocol.name!r}: its task groups "
+                f"{[g.name for g in mine]} must be the data's {[g.name for g in declared]} "
+                "with the same number of tasks each"
+            )
+        return mine
+
     def load(self, data_dir: str | None = None, *, seed: int = 0, **options: Any) -> Any:
         """Return the data module's ``Splits(train, val, test)``."""
         return self._module("data").load(data_dir, seed=seed, **options)
@@ -155,9 +208,16 @@ class Benchmark:
     def data_module(self) -> ModuleType:
         return self._module("data")
 
-    def build_model(self, **options: Any) -> MultiTaskModel:
-        """Return a freshly initialised model (encoder + one linear head per group)."""
-        return self._module("model").build_model(self.groups, **options)
+    def build_model(
+        self, groups: Sequence[TaskGroup] | None = None, **options: Any
+    ) -> MultiTaskModel:
+        """Return a freshly initialised model (encoder + one linear head per group).
+
+        ``groups``: the task groups of the run (:meth:`groups_for`); default ``GROUPS``.
+        """
+        return self._module("model").build_model(
+            self.groups if groups is None else tuple(groups), **options
+        )
 
     def protocol(self, name: str) -> Protocol:
         if name not in self.protocols:

@@ -149,7 +149,7 @@ def plan(config: RunConfig) -> Plan:
     if config.method == "bayesagg":
         hparams.update(protocol_hparams("bayesagg", protocol.bayesagg))
     hparams.update(config.hparams)
-    groups = spec.groups
+    groups = spec.groups_for(protocol)
     own = protocol_dir(config) / "references.json"
     references = None
     if config.method != "stl":
@@ -177,7 +177,16 @@ def finished_result(config: RunConfig, task: str | None = None) -> dict[str, Any
         return None
     if data.get("schema") != SCHEMA or data.get("config") != _normalised(config.identity()):
         return None
+    # A protocol whose recipe changed since (clipping, task groups, ...) is another run.
+    protocol = effective_protocol(_benchmark(config.benchmark), config)
+    if data.get("protocol_settings") != _normalised(_settings(protocol)):
+        return None
     return data
+
+
+def _settings(protocol: Protocol) -> dict[str, Any]:
+    """Return the protocol's fields as written to ``result.json`` (``protocol_settings``)."""
+    return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in protocol.__dict__.items()}
 
 
 # The last data set loaded, keyed by everything that shapes it: consecutive runs of a compare
@@ -300,7 +309,7 @@ def _train_one(
     wall = time.perf_counter()
     with deterministic():
         seed_everything(config.seed)
-        model = spec.build_model(**dict(protocol.model_options))
+        model = spec.build_model(p.groups, **dict(protocol.model_options))
         method = p.create_method(task)
         criterion = make_criterion(spec, p.groups, p.references, stl_metric)
         warmup = int(p.hparams.get("warmup_epochs", 0) or 0)
@@ -352,7 +361,7 @@ def _document(
 ) -> dict[str, Any]:
     config, spec, protocol = p.config, p.spec, p.protocol
     refs = p.references
-    proto = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in protocol.__dict__.items()}
+    proto = _settings(protocol)
     delta = None
     if refs is not None:
         delta = {

@@ -23,8 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from bayesagg.benchmarks.registry import Benchmark, MultiTaskModel, Protocol, References
+from bayesagg.diagnostics import TrainingDiagnostics
 from bayesagg.methods.base import Method
 from bayesagg.metrics import delta_m, evaluate, higher_is_better
+from bayesagg.runner.clipping import GradientClipping, reset_optimizer_state, warmup_epochs
 from bayesagg.runner.results import EpochLog, flatten
 from bayesagg.tasks import Multiclass, Regression, TaskGroup, task_losses, task_names
 
@@ -158,7 +160,13 @@ class TrainResult:
 
 # -- batches ----------------------------------------------------------------------------------
 def make_loader(
-    spec: Benchmark, dataset: Any, batch_size: int, *, shuffle: bool, seed: int
+    spec: Benchmark,
+    dataset: Any,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    drop_last: bool = False,
 ) -> torch.utils.data.DataLoader:
     """Return a single-process loader whose shuffling is seeded (same seed, same order)."""
     if spec.graph:
@@ -167,7 +175,12 @@ def make_loader(
         from torch.utils.data import DataLoader
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=0,
+        drop_last=drop_last,
     )
 
 
@@ -305,12 +318,14 @@ def training_step(
     x: Any,
     targets: Sequence[Tensor],
     sync: Callable[[], None] | None = None,
+    clip: Callable[[MultiTaskModel], None] | None = None,
 ) -> Tensor:
     """Run one whole training step; return the K task losses (detached).
 
     Forward, the task losses, ``method.backward`` (which fills the encoder's and heads'
-    gradients), ``optimizer.step()``, and FAMO's ``after_step`` on the same batch. ``sync``:
-    called after ``method.backward`` (multi-process runs average the gradients there).
+    gradients), ``sync`` (called after ``method.backward``: multi-process runs average the
+    gradients there), the protocol's gradient clipping (``clip``, on the global gradient),
+    ``optimizer.step()``, and FAMO's ``after_step`` on the same batch.
     """
     h, outputs = model(x)
     losses = task_losses(groups, outputs, targets)
@@ -325,6 +340,8 @@ def training_step(
     )
     if sync is not None:
         sync()
+    if clip is not None:
+        clip(model)
     optimizer.step()
     if method.needs_after_step:
         with torch.no_grad():
@@ -336,9 +353,17 @@ def training_step(
 def make_optimizer(
     model: MultiTaskModel, method: Method, protocol: Protocol
 ) -> torch.optim.Optimizer:
-    """Return Adam over the model (weight decay) and the method's own parameters (none)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups: list[dict[str, Any]] = [{"params": params, "weight_decay": protocol.weight_decay}]
+    """Return Adam over the model (weight decay) and the method's own parameters (none).
+
+    As the authors' trainers: two groups, shared (encoder) and task-specific (heads), at the
+    same learning rate with the same coupled (Adam, not AdamW) weight decay.
+    """
+    groups: list[dict[str, Any]] = [
+        {"params": [p for p in part.parameters() if p.requires_grad]}
+        for part in (model.encoder, model.heads)
+    ]
+    for group in groups:
+        group["weight_decay"] = protocol.weight_decay
     if method.parameters():
         # The method's own parameters (UW's log-variances, ...): same lr, no weight decay.
         groups.append({"params": list(method.parameters()), "weight_decay": 0.0})
@@ -407,17 +432,27 @@ def train(
     progress: bool = False,
     label: str = "",
     distributed: Any = None,
+    diagnostics: bool = True,
 ) -> TrainResult:
     """Train ``model`` with ``method`` under ``protocol``; return the selected epoch's metrics.
 
     ``timed_from_epoch``: the first epoch whose steps count in the time per step (BayesAgg-MTL's
     warm-up epochs are linear scalarisation and are left out). ``distributed``: this process's
     :class:`bayesagg.runner.distributed.Context` in a multi-process run (None: one process).
+    ``diagnostics``: BayesAgg-MTL runs add :mod:`bayesagg.diagnostics`'s per-epoch columns to
+    the epoch log.
     """
     from tqdm.auto import tqdm
 
     model.to(device)
-    train_loader = make_loader(spec, splits.train, protocol.batch_size, shuffle=True, seed=seed)
+    train_loader = make_loader(
+        spec,
+        splits.train,
+        protocol.batch_size,
+        shuffle=True,
+        seed=seed,
+        drop_last=protocol.drop_last,
+    )
     eval_size = max(protocol.batch_size, 256)
     val_loader = make_loader(spec, splits.val, eval_size, shuffle=False, seed=seed)
     test_loader = make_loader(spec, splits.test, eval_size, shuffle=False, seed=seed)
@@ -458,6 +493,9 @@ def train(
 
     optimizer = make_optimizer(model, method, protocol)
     scheduler, on_criterion = _scheduler(protocol, optimizer, criterion.mode)
+    warmup = warmup_epochs(method, int(protocol.bayesagg.get("warmup_epochs", 0) or 0))
+    clipping = GradientClipping(protocol.clip_heads, protocol.clip_shared, warmup)
+    probe = TrainingDiagnostics.for_method(method) if diagnostics else None
     names = task_names(groups)
 
     history: list[dict[str, Any]] = []
@@ -470,6 +508,11 @@ def train(
         model.train()
         if epoch == timed_from_epoch:
             timed_from_step = len(step_seconds)
+        if warmup > 0 and epoch == warmup and getattr(aggregator, "reset_encoder_optimizer", False):
+            reset_optimizer_state(optimizer, list(model.encoder.parameters()))
+        clip = clipping.for_epoch(epoch)
+        if probe is not None:
+            probe.start_epoch(len(train_loader))
         loss_sum = torch.zeros(len(names), dtype=torch.float64)
         weight_sum: Tensor | None = None
         weight_count = 0
@@ -480,9 +523,13 @@ def train(
             x, targets = split_batch(spec, groups, batch, device)
             if scaler is not None:
                 targets = scaler.forward(targets)
+            if probe is not None and probe.due(steps):
+                probe.measure(model, groups, x, targets)
             t0 = time.perf_counter()
             try:
-                losses = training_step(model, method, optimizer, groups, x, targets, sync)
+                losses = training_step(
+                    model, method, optimizer, groups, x, targets, sync=sync, clip=clip
+                )
             except FloatingPointError as err:
                 raise FloatingPointError(
                     f"{label or method.name}: training diverged at epoch {epoch + 1}, "
@@ -534,6 +581,8 @@ def train(
         row.update(flatten("test/", test))
         if weights is not None:
             row.update({f"weight/{n}": w for n, w in zip(names, weights, strict=True)})
+        if probe is not None:
+            row.update(probe.end_epoch())
         history.append(
             {
                 "epoch": epoch + 1,

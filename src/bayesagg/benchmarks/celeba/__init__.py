@@ -10,43 +10,50 @@ from __future__ import annotations
 
 from bayesagg.benchmarks.registry import Benchmark, Protocol
 
-_BAYESAGG = {"warmup_epochs": 10, "s_classification": 0.1, "gamma": 5e-3, "num_samples": 1024}
+# Not in the BayesAgg-MTL paper: 100 epochs, batch 256 (Sener & Koltun 2018); the rest is the
+# authors' UTKFace trainer (this project's choice, docs/benchmarks.md): Adam 1e-3, weight
+# decay 1e-4, x0.1 at 60 % and 80 %, heads clipped to 10 and shared parameters to 5 after the
+# warm-up, 10 % LS warm-up, s 0.1, gamma 5e-3, 1024 Monte-Carlo samples.
+_PAPER = Protocol(
+    name="paper",
+    epochs=100,
+    batch_size=256,
+    weight_decay=1e-4,
+    scheduler="multistep",
+    milestones=(0.6, 0.8),
+    clip_heads=10.0,
+    clip_shared=5.0,
+    bayesagg={"warmup_epochs": 10, "s_classification": 0.1, "gamma": 5e-3, "num_samples": 1024},
+    note=(
+        "100 epochs, batch 256 (Sener & Koltun 2018); the rest of the recipe (the authors' "
+        "UTKFace trainer: Adam 1e-3, wd 1e-4, x0.1 at 60/80 %, clipping 10/5, BayesAgg "
+        "settings) is this project's choice"
+    ),
+)
 
 SPEC = Benchmark(
     name="celeba",
     package="celeba",
     description="CelebA: 40 binary attributes, ResNet-18",
     protocols={
-        "paper": Protocol(
-            name="paper",
-            epochs=100,
-            batch_size=256,
-            scheduler="multistep",
-            milestones=(0.6, 0.8),
-            bayesagg=_BAYESAGG,
-            note=(
-                "100 epochs, batch 256 (Sener & Koltun 2018); Adam 1e-3 with x0.1 at 60/80 % "
-                "and UTKFace's BayesAgg settings are this project's choices"
-            ),
-        ),
-        "quick": Protocol(
-            name="quick",
+        "paper": _PAPER,
+        "quick": _PAPER.derive(
+            "quick",
             epochs=5,
             batch_size=128,
-            scheduler="multistep",
-            milestones=(0.6, 0.8),
             train_limit=5_000,
             eval_limit=1_000,
-            bayesagg={**_BAYESAGG, "warmup_epochs": 1},
+            # Scaled to 5 epochs the warm-up would round to none; one LS epoch is kept.
+            bayesagg={"warmup_epochs": 1},
             note="5,000 training faces (1,000 val/test), 5 epochs (BayesAgg warm-up 1)",
         ),
-        "smoke": Protocol(
-            name="smoke",
+        "smoke": _PAPER.derive(
+            "smoke",
             epochs=1,
             batch_size=16,
             train_limit=32,
             eval_limit=16,
-            bayesagg={**_BAYESAGG, "warmup_epochs": 0, "num_samples": 64},
+            bayesagg={"num_samples": 64},
             note="pipeline check only: 32 images, 1 epoch, no warm-up",
         ),
     },

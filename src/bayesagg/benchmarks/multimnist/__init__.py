@@ -9,45 +9,48 @@ from __future__ import annotations
 
 from bayesagg.benchmarks.registry import Benchmark, Protocol
 
-# Not published for this benchmark: UTKFace's classification settings, 10 % warm-up.
-_BAYESAGG = {"warmup_epochs": 10, "s_classification": 0.1, "gamma": 5e-3, "num_samples": 1024}
+# Not in the BayesAgg-MTL paper: 100 epochs as Sener & Koltun 2018; everything else is the
+# authors' UTKFace trainer (their classification settings with multiclass tasks; this
+# project's choice, docs/benchmarks.md): Adam 1e-3, weight decay 1e-4, x0.1 at 60 % and 80 %,
+# heads clipped to 10 and shared parameters to 5 after the warm-up, 10 % LS warm-up,
+# s 0.1, gamma 5e-3, 1024 Monte-Carlo samples.
+_PAPER = Protocol(
+    name="paper",
+    epochs=100,
+    batch_size=256,
+    weight_decay=1e-4,
+    scheduler="multistep",
+    milestones=(0.6, 0.8),
+    clip_heads=10.0,
+    clip_shared=5.0,
+    bayesagg={"warmup_epochs": 10, "s_classification": 0.1, "gamma": 5e-3, "num_samples": 1024},
+    note=(
+        "100 epochs as Sener & Koltun 2018; batch 256 and the rest of the recipe (the authors' "
+        "UTKFace trainer: Adam 1e-3, wd 1e-4, x0.1 at 60/80 %, clipping 10/5, BayesAgg "
+        "settings) are this project's choices, none being published for BayesAgg-MTL here"
+    ),
+)
 
 SPEC = Benchmark(
     name="multimnist",
     package="multimnist",
     description="MultiMNIST: left and right digit (2 x 10 classes), LeNet-style encoder",
     protocols={
-        "paper": Protocol(
-            name="paper",
-            epochs=100,
-            batch_size=256,
-            scheduler="multistep",
-            milestones=(0.6, 0.8),
-            bayesagg=_BAYESAGG,
-            note=(
-                "100 epochs as Sener & Koltun 2018; optimiser, schedule and BayesAgg settings "
-                "are this project's (Adam 1e-3, x0.1 at 60/80 %; UTKFace's classification "
-                "settings), none being published for BayesAgg-MTL here"
-            ),
-        ),
-        "quick": Protocol(
-            name="quick",
+        "paper": _PAPER,
+        "quick": _PAPER.derive(
+            "quick",
             epochs=10,
-            batch_size=256,
-            scheduler="multistep",
-            milestones=(0.6, 0.8),
             train_limit=10_000,
             eval_limit=2_000,
-            bayesagg={**_BAYESAGG, "warmup_epochs": 1},
             note="10,000 training images (2,000 val/test), 10 epochs (BayesAgg warm-up 1)",
         ),
-        "smoke": Protocol(
-            name="smoke",
+        "smoke": _PAPER.derive(
+            "smoke",
             epochs=1,
             batch_size=64,
             train_limit=512,
             eval_limit=128,
-            bayesagg={**_BAYESAGG, "warmup_epochs": 0, "num_samples": 64},
+            bayesagg={"num_samples": 64},
             note="pipeline check only: 512 training images, 1 epoch, no warm-up",
         ),
     },

@@ -1,0 +1,71 @@
+"""Damped and multi-step Newton fits of the classification posteriors (beyond the paper).
+
+The paper's classification posterior is *one* undamped Newton step of the summed loss plus the
+prior, taken around the head as it is (Sec. 3.2, Eqs. 8-10; :func:`bayesagg.posterior.binary`,
+:func:`bayesagg.posterior.multiclass`). On a whole epoch of data with a weak isotropic prior
+that one step can land far from the head (issue 7 measured 1.2-2.1 x ||theta|| on MultiMNIST).
+This module iterates the same step, optionally damped:
+
+    theta_{t+1} = theta_t + damping * (newton(theta_t) - theta_t),   t = 0 .. steps - 1,
+
+and returns N(theta_steps, P^-1) with P the precision of the last step (the curvature at
+theta_{steps-1}). ``steps=1, damping=1`` is exactly the paper's fit. Several undamped steps
+approach the MAP (a Laplace approximation at the mode); ``damping < 1`` shortens every step.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor
+
+from bayesagg import posterior
+from bayesagg.posterior import Gaussian, Reduce
+
+__all__ = ["check_newton", "newton_posterior"]
+
+
+def check_newton(steps: int, damping: float) -> None:
+    """Raise ``ValueError`` unless ``steps`` is a positive integer and ``damping`` in (0, 1]."""
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ValueError(f"newton_steps must be a positive integer, got {steps!r}")
+    if not 0.0 < damping <= 1.0:
+        raise ValueError(f"newton_damping must be in (0, 1], got {damping!r}")
+
+
+def newton_posterior(
+    kind: Literal["binary", "multiclass"],
+    h: Tensor,
+    y: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    prior_mean: Tensor,
+    prior_precision: Tensor,
+    *,
+    steps: int = 1,
+    damping: float = 1.0,
+    check: bool = True,
+    reduce: Reduce | None = None,
+) -> Gaussian:
+    """Return the classification posterior after ``steps`` Newton steps of size ``damping``.
+
+    Arguments as :func:`bayesagg.posterior.binary` / :func:`bayesagg.posterior.multiclass`
+    (``reduce``: the sum over processes of data parallelism, applied at every step); the mean
+    has their layout ([O or C, D + 1], bias last).
+    """
+    check_newton(steps, damping)
+    fit = posterior.binary if kind == "binary" else posterior.multiclass
+    if steps == 1 and damping == 1.0:
+        return fit(h, y, weight, bias, prior_mean, prior_precision, check=check, reduce=reduce)
+    d = weight.shape[1]
+    theta = None
+    post = None
+    for _ in range(int(steps)):
+        post = fit(h, y, weight, bias, prior_mean, prior_precision, check=check, reduce=reduce)
+        current = post.mean.new_zeros(post.mean.shape)
+        current[:, :d] = weight.to(post.mean)
+        current[:, d] = bias.to(post.mean)
+        theta = current + damping * (post.mean - current)
+        weight, bias = theta[:, :d], theta[:, d]
+    assert post is not None and theta is not None
+    return Gaussian(mean=theta, precision=post.precision, cholesky=post.cholesky)
