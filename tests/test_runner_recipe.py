@@ -65,7 +65,7 @@ def test_clipping_caps_heads_every_step_and_shared_after_warmup():
     method = create("ls", num_tasks=5)
     for epoch, shared_clipped in ((0, False), (1, False), (2, True), (7, True)):
         optimizer = Spy(model.parameters(), lr=0.0)
-        training_step(model, method, optimizer, GROUPS, x, targets, clipping.for_epoch(epoch))
+        training_step(model, method, optimizer, GROUPS, x, targets, clip=clipping.for_epoch(epoch))
         # Reference: the unclipped gradient norms of the same step.
         model.zero_grad()
         task_losses(GROUPS, model(x)[1], targets).sum().backward()

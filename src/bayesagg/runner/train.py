@@ -317,6 +317,7 @@ def training_step(
     groups: Sequence[TaskGroup],
     x: Any,
     targets: Sequence[Tensor],
+    *,
     sync: Callable[[], None] | None = None,
     clip: Callable[[MultiTaskModel], None] | None = None,
 ) -> Tensor:
