@@ -155,6 +155,14 @@ class EpochLog:
 
     def append(self, row: Mapping[str, Any]) -> None:
         self.rows.append(dict(row))
+        self._write()
+
+    def restore(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Start from the rows of a resumed run (its checkpoint's) and rewrite the file."""
+        self.rows = [dict(r) for r in rows]
+        self._write()
+
+    def _write(self) -> None:
         columns: list[str] = []
         for r in self.rows:
             columns.extend(k for k in r if k not in columns)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from bayesagg.benchmarks.registry import Benchmark, Protocol, References
+from bayesagg.runner.checkpoint import CHECKPOINT_FILE, Checkpoint
 from bayesagg.runner.config import ConfigError, RunConfig
 from bayesagg.runner.hparams import protocol_hparams, validate_hparams
 from bayesagg.runner.references import resolve_references, write_own_references
@@ -267,7 +268,7 @@ def run(
         sizes = _check_splits(p, splits)
         for t in todo:
             results.append(
-                _train_one(p, splits, sizes, t, progress, command, torch.device(device), say)
+                _train_one(p, splits, sizes, t, progress, command, torch.device(device), say, force)
             )
     if config.method == "stl":
         path = write_own_references(config.out, p.spec, protocol_dir(config).name)
@@ -284,13 +285,19 @@ def _train_one(
     command: str | None,
     device: torch.device,
     say: Callable[[str], None],
+    force: bool = False,
 ) -> dict[str, Any]:
     config, spec, protocol = p.config, p.spec, p.protocol
     names = task_names(p.groups)
     task_name = None if task is None else names[task]
     folder = run_dir(config, task_name)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / EPOCH_FILE).unlink(missing_ok=True)  # a partial run's log is started afresh
+    (folder / EPOCH_FILE).unlink(missing_ok=True)  # rewritten from the checkpoint's rows
+    refs = None if p.references is None else p.references.to_json()
+    identity = {"config": _normalised(config.identity()), "task": task_name, "references": refs}
+    checkpoint = Checkpoint(folder / CHECKPOINT_FILE, identity, say)
+    if force:
+        checkpoint.discard()
     stl_metric = None if task is None else spec.task_metrics(p.groups)[task]
     started = _dt.datetime.now(_dt.timezone.utc)
     wall = time.perf_counter()
@@ -315,9 +322,12 @@ def _train_one(
             timed_from_epoch=warmup if warmup < protocol.epochs else 0,
             progress=progress,
             label=f"{spec.name} {label} seed {config.seed}",
+            checkpoint=checkpoint,
         )
     document = _document(p, outcome, sizes, task, stl_metric, command, started, wall, model)
+    document["resumed_after_epoch"] = checkpoint.resumed_from
     write_json_atomic(folder / RESULT_FILE, document)
+    checkpoint.discard()  # result.json now holds everything the run is for
     say(f"wrote {folder / RESULT_FILE}")
     return document
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from bayesagg.benchmarks.registry import Benchmark, MultiTaskModel, Protocol, References
 from bayesagg.methods.base import Method
+from bayesagg.runner.checkpoint import Checkpoint, Progress
 from bayesagg.metrics import delta_m, evaluate, higher_is_better
 from bayesagg.runner.results import EpochLog, flatten
 from bayesagg.tasks import Multiclass, Regression, TaskGroup, task_losses, task_names
@@ -400,11 +401,13 @@ def train(
     timed_from_epoch: int = 0,
     progress: bool = False,
     label: str = "",
+    checkpoint: Checkpoint | None = None,
 ) -> TrainResult:
     """Train ``model`` with ``method`` under ``protocol``; return the selected epoch's metrics.
 
     ``timed_from_epoch``: the first epoch whose steps count in the time per step (BayesAgg-MTL's
-    warm-up epochs are linear scalarisation and are left out).
+    warm-up epochs are linear scalarisation and are left out). ``checkpoint``: resume from it
+    if it holds this run, and save it at the end of every epoch (runner/checkpoint.py).
     """
     from tqdm.auto import tqdm
 
@@ -444,12 +447,20 @@ def train(
     scheduler, on_criterion = _scheduler(protocol, optimizer, criterion.mode)
     names = task_names(groups)
 
-    history: list[dict[str, Any]] = []
-    step_seconds: list[float] = []
-    timed_from_step = 0
-    weights_per_epoch: list[list[float] | None] = []
-    best: tuple[int, float | None, dict, dict] | None = None
-    epochs = tqdm(range(protocol.epochs), desc=label or "epochs", disable=not progress, leave=False)
+    states = dict(
+        model=model, method=method, optimizer=optimizer, scheduler=scheduler, loader=train_loader
+    )
+    done = (checkpoint.load(**states) if checkpoint is not None else None) or Progress()
+    if epoch_log is not None and done.rows:
+        epoch_log.restore(done.rows)
+    history = done.history
+    step_seconds = done.step_seconds
+    timed_from_step = done.timed_from_step
+    weights_per_epoch = done.weights_per_epoch
+    best = done.best
+    epochs = tqdm(
+        range(done.epoch, protocol.epochs), desc=label or "epochs", disable=not progress, leave=False
+    )
     for epoch in epochs:
         model.train()
         if epoch == timed_from_epoch:
@@ -526,6 +537,12 @@ def train(
         )
         if epoch_log is not None:
             epoch_log.append(row)
+        if checkpoint is not None:
+            rows = [] if epoch_log is None else epoch_log.rows
+            done = Progress(
+                epoch + 1, history, step_seconds, timed_from_step, weights_per_epoch, best, rows
+            )
+            checkpoint.save(done, **states)
         epochs.set_postfix({criterion.name: "-" if value is None else f"{value:.4g}"})
 
     assert best is not None
