@@ -179,6 +179,15 @@ def finished_result(config: RunConfig, task: str | None = None) -> dict[str, Any
     return data
 
 
+def _say_if_unreadable(path: Path, say: Callable[[str], None]) -> None:
+    """Name a result file that exists but cannot be read: its run counts as unfinished."""
+    try:
+        if path.is_file():
+            read_json(path)
+    except (OSError, ValueError) as err:
+        say(f"unreadable result file {path} ({type(err).__name__}: {err}): run again")
+
+
 # The last data set loaded, keyed by everything that shapes it: consecutive runs of a compare
 # (or of the STL tasks) on the same data reuse it instead of loading it again.
 _LAST_SPLITS: dict[tuple[Any, ...], Any] = {}
@@ -258,6 +267,8 @@ def run(
     for t in tasks:
         label = None if t is None else names[t]
         done = None if force else finished_result(config, label)
+        if done is None and not force:
+            _say_if_unreadable(run_dir(config, label) / RESULT_FILE, say)
         if done is not None:
             say(f"skip (finished): {run_dir(config, label)}")
             results.append(done)
