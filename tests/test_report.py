@@ -73,7 +73,7 @@ def test_summary_and_empty_folder(results, tmp_path_factory):
 
 
 def test_truncated_result_file_is_named_and_treated_as_unfinished(results, capsys):
-    root, ls = results
+    root, _ = results
     bad = root / "fake" / "quick" / "rlw" / "seed1" / "result.json"
     bad.write_text(bad.read_text()[:200])  # a copy cut short
     text = protocol_report(root / "fake" / "quick", methods=["ls", "rlw"])

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from bayesagg.benchmarks.registry import Benchmark, MultiTaskModel, Protocol, References
 from bayesagg.methods.base import Method
-from bayesagg.runner.checkpoint import Checkpoint, Progress
 from bayesagg.metrics import delta_m, evaluate, higher_is_better
+from bayesagg.runner.checkpoint import Checkpoint, Progress
 from bayesagg.runner.results import EpochLog, flatten
 from bayesagg.tasks import Multiclass, Regression, TaskGroup, task_losses, task_names
 
@@ -459,7 +459,10 @@ def train(
     weights_per_epoch = done.weights_per_epoch
     best = done.best
     epochs = tqdm(
-        range(done.epoch, protocol.epochs), desc=label or "epochs", disable=not progress, leave=False
+        range(done.epoch, protocol.epochs),
+        desc=label or "epochs",
+        disable=not progress,
+        leave=False,
     )
     for epoch in epochs:
         model.train()
