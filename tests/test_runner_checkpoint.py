@@ -204,9 +204,7 @@ def test_force_discards_the_checkpoint(install_fake, tmp_path, monkeypatch):  # 
     assert result["resumed_after_epoch"] is None
 
 
-def test_compare_resumes_interrupted_runs_from_their_checkpoint(
-    install_fake, tmp_path, monkeypatch
-):  # noqa: F811
+def test_compare_resumes_from_checkpoints(install_fake, tmp_path, monkeypatch):  # noqa: F811
     base = _config(tmp_path, "ls")
     with monkeypatch.context() as m:
         _interrupt_after_epoch(m, 2)

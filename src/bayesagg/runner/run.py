@@ -20,7 +20,7 @@ import torch
 
 from bayesagg.benchmarks.registry import Benchmark, Protocol, References
 from bayesagg.runner.checkpoint import CHECKPOINT_FILE, Checkpoint
-from bayesagg.runner.config import ConfigError, RunConfig
+from bayesagg.runner.config import ConfigError, RunConfig, check_device
 from bayesagg.runner.hparams import protocol_hparams, validate_hparams
 from bayesagg.runner.references import resolve_references, write_own_references
 from bayesagg.runner.results import (
@@ -259,6 +259,7 @@ def run(
     """
     p = plan(config)
     config = p.config
+    check_device(device)
     say = echo or (lambda _msg: None)
     tasks: list[int | None] = p.stl_tasks() if config.method == "stl" else [None]
     names = task_names(p.groups)
