@@ -1,4 +1,4 @@
-"""The ``bayesagg`` command: demo, run, compare, report, list.
+"""The ``bayesagg`` command: demo, run, compare, sweep, report, list.
 
 Every error a user can cause (unknown benchmark or method, missing data, bad hyper-parameters)
 ends in one line naming what is wrong and how to fix it, and exit code 2; no traceback.
@@ -131,6 +131,26 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     cmp_.set_defaults(func=_compare)
 
+    swp = sub.add_parser(
+        "sweep",
+        help="hyper-parameter search over a method's published grid (Optuna); resumable",
+        description="Train the points of the method's grid (methods/search_spaces.py) as "
+        "ordinary runs until the study has N complete trials; the objective is the "
+        "protocol's validation criterion. Run it again to continue; several processes may "
+        "share one --storage.",
+    )
+    _common(swp)
+    swp.add_argument("--method", "-m", required=True, help="a method with a search space")
+    swp.add_argument("--trials", type=int, required=True, help="complete trials wanted")
+    swp.add_argument("--study", metavar="NAME", help="default BENCHMARK-PROTOCOL-METHOD")
+    swp.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna database URL (default sqlite:///OUT/sweeps.db)",
+    )
+    swp.add_argument("--seeds", "--seed", default="0", help="comma-separated seeds (default 0)")
+    swp.set_defaults(func=_sweep)
+
     report = sub.add_parser(
         "report",
         help="paper-style tables and plots from a results folder",
@@ -222,6 +242,25 @@ def _compare(args: argparse.Namespace) -> int:
         echo=_echo,
     )
     print(protocol_report(folder, references=args.references, methods=methods))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from bayesagg.runner.sweep import sweep, sweeps_report
+
+    seeds = _split_list(args.seeds, "seeds", int)
+    sweep(
+        _config(args, args.method.lower(), seeds[0] if seeds else 0),
+        trials=args.trials,
+        seeds=seeds,
+        study_name=args.study,
+        storage=args.storage,
+        progress=not args.no_progress,
+        command=args.command_line,
+        device=args.device,
+        echo=_echo,
+    )
+    print(sweeps_report(args.out))
     return 0
 
 

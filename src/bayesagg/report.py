@@ -312,6 +312,9 @@ def write_report(
             "](validation.png", f"]({rel}/validation.png"
         )
         parts.append(text)
+    from bayesagg.runner.sweep import sweeps_report
+
+    parts.append(sweeps_report(root))
     parts.append(_unreadable_note(unreadable))
     path = Path(output) if output else root / "report.md"
     path.write_text("\n".join(parts))
