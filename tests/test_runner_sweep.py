@@ -188,3 +188,27 @@ def test_two_processes_sharing_a_storage_never_run_a_trial_twice(tmp_path):
     # Every run folder was trained (result written) by exactly one process, once.
     wrote = Counter(m for log in logs for m in re.findall(r"wrote (\S+result\.json)", log))
     assert len(wrote) == 4 and set(wrote.values()) == {1}
+
+
+def test_interrupted_sweep_resumes_its_run_from_the_checkpoint(install_fake, tmp_path, monkeypatch):  # noqa: F811
+    from bayesagg.runner.checkpoint import Checkpoint
+    from bayesagg.runner.sweep import sweep
+
+    base = RunConfig(benchmark="fake", method="cagrad", epochs=3, out=str(tmp_path))
+    real_save = Checkpoint.save
+
+    def save_then_stop(self, progress, **states):
+        real_save(self, progress, **states)
+        if progress.epoch == 1:
+            raise KeyboardInterrupt  # Ctrl-C during the first trial's second epoch
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoint, "save", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            sweep(base, trials=1)
+    summary = sweep(base, trials=1)
+    states = [t["state"] for t in summary["trials"]]
+    assert states == ["FAIL", "COMPLETE"]  # Optuna failed the cut trial; its point ran again
+    [folder] = summary["trials"][1]["runs"]
+    result = json.loads((Path(folder) / "result.json").read_text())
+    assert result["resumed_after_epoch"] == 1 and result["hparams"] == {"c": 0.2}

@@ -1,8 +1,8 @@
 """Many runs, then the table: methods x seeds on one benchmark and protocol, resumable.
 
 Each run's ``result.json`` is written atomically when the run ends, so an interrupted compare
-restarts only the unfinished runs (their partial CSV logs are started afresh) and never
-recomputes a finished one unless ``force``.
+continues only the unfinished runs (each from its ``checkpoint.pt``, runner/checkpoint.py) and
+never recomputes a finished one unless ``force``.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 ``run`` checks everything it can before loading data (benchmark, protocol, method,
 hyper-parameters, references), skips a run whose ``result.json`` already holds the same
-config (unless ``force``), and for ``method="stl"`` trains one model per task and refreshes
-this project's STL references file.
+config (unless ``force``), resumes an interrupted one from its ``checkpoint.pt``, and for
+``method="stl"`` trains one model per task and refreshes this project's STL references file.
 """
 
 from __future__ import annotations

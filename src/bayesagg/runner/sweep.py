@@ -189,6 +189,13 @@ def sweep(
         return value
 
     points = space.points()
+    summary_file = Path(base.out) / SUMMARY_DIR / f"{_slug(name)}.json"
+
+    def write_summary() -> dict[str, Any]:
+        summary = _summary(study, url, space, criterion.name, direction, trials)
+        write_json_atomic(summary_file, summary)
+        return summary
+
     while True:
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -205,10 +212,11 @@ def sweep(
             break
         sampler.point = free[0]
         say(f"study {name}: trial {len(done) + 1} of {trials}: {free[0]}")
-        study.optimize(objective, n_trials=1)
-    summary = _summary(study, url, space, criterion.name, direction, trials)
-    write_json_atomic(Path(base.out) / SUMMARY_DIR / f"{_slug(name)}.json", summary)
-    return summary
+        try:
+            study.optimize(objective, n_trials=1)
+        finally:
+            write_summary()  # after every trial, also one cut short
+    return write_summary()
 
 
 def _open_study(optuna: Any, url: str, name: str, direction: str, sampler: Any) -> Any:
