@@ -32,8 +32,10 @@ def test_demo_prints_a_narrow_table_against_stl_of_the_same_budget(tmp_path, cap
     stl = sorted(p.parent.name for p in tmp_path.glob("qm9/*/stl/seed0/*/result.json"))
     assert len(stl) == 11
     assert "Per-task metrics:" in out and (tmp_path / "report.md").is_file()
-    assert lines[-1].endswith("not evidence of which method is better.")
-    assert lines[-3].startswith("The table shows that")  # one sentence, wrapped at 100
+    # It ends with one sentence (wrapped at 100 columns) saying what the table shows.
+    last = out.rstrip().split("\n\n")[-1].replace("\n", " ")
+    assert last.startswith("The table shows that") and last.count(". ") == 0
+    assert last.endswith("not evidence of which method is better.")
     # Run again: nothing is recomputed.
     assert main(argv) == 0
     assert capsys.readouterr().err.count("finished, skipped") == 3
@@ -78,3 +80,28 @@ def test_device_without_gpu_is_a_one_line_error(capsys):
     code = main(["run", "-b", "qm9", "-m", "ls", "--device", "gpu"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "is not a torch device" in err
+
+
+def test_default_demo_uses_the_committed_references_and_trains_no_stl(tmp_path, monkeypatch):
+    import json
+
+    import bayesagg.runner.demo as demo_module
+
+    calls = []
+
+    def fake_compare(config, methods, seeds, **kwargs):
+        calls.append((config, tuple(methods), list(seeds)))
+        raise KeyboardInterrupt  # stop before training: only the plan is checked here
+
+    monkeypatch.setattr(demo_module, "compare", fake_compare)
+    with pytest.raises(KeyboardInterrupt):
+        demo_module.demo(out=str(tmp_path), progress=False)
+    [(config, methods, seeds)] = calls
+    assert methods == demo_module.DEMO_METHODS and "stl" not in methods
+    assert config.references == "own" and seeds == [DEMO_SEED]
+    own = json.loads(next(tmp_path.rglob("references.json")).read_text())
+    assert own["values"] == committed_references()["values"]
+    with pytest.raises(KeyboardInterrupt):
+        demo_module.demo(out=str(tmp_path / "other"), epochs=2, progress=False)
+    assert calls[1][1] == ("stl", *demo_module.DEMO_METHODS)
+    assert not list((tmp_path / "other").rglob("references.json"))
