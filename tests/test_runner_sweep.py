@@ -212,3 +212,65 @@ def test_interrupted_sweep_resumes_its_run_from_the_checkpoint(install_fake, tmp
     [folder] = summary["trials"][1]["runs"]
     result = json.loads((Path(folder) / "result.json").read_text())
     assert result["resumed_after_epoch"] == 1 and result["hparams"] == {"c": 0.2}
+
+
+_KILLED = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_runner_fake import register_fake
+register_fake()
+from bayesagg.runner import RunConfig
+from bayesagg.runner.checkpoint import Checkpoint
+from bayesagg.runner.sweep import sweep
+real_save = Checkpoint.save
+def save(self, progress, **states):
+    real_save(self, progress, **states)
+    print("READY", flush=True)
+    time.sleep(600)  # killed here, after the first checkpoint
+Checkpoint.save = save
+sweep(RunConfig(benchmark="fake", method="cagrad", epochs=3, out={out!r}), trials=1)
+"""
+
+
+@pytest.mark.slow
+def test_trial_of_a_killed_process_is_freed_and_its_run_resumed(tmp_path, monkeypatch):
+    import signal
+    import time
+
+    import bayesagg.runner.sweep as sweep_module
+    from test_runner_fake import register_fake
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(TESTS)])}
+    script = _KILLED.format(tests=str(TESTS), out=str(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = proc.stdout.readline().strip()
+        assert line == "READY", proc.stderr.read()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    register_fake(lambda name, module: monkeypatch.setitem(sys.modules, name, module))
+    try:
+        # A short grace period, so that the dead trial's heartbeat is stale after 2 seconds.
+        monkeypatch.setattr(sweep_module, "GRACE_SECONDS", 1)
+        time.sleep(2)
+        base = RunConfig(benchmark="fake", method="cagrad", epochs=3, out=str(tmp_path))
+        summary = sweep_module.sweep(base, trials=1)
+    finally:
+        from bayesagg.benchmarks import registry
+
+        registry.unregister("fake")
+    assert [t["state"] for t in summary["trials"]] == ["FAIL", "COMPLETE"]
+    assert summary["trials"][0]["params"] == summary["trials"][1]["params"] == {"c": 0.2}
+    [folder] = summary["trials"][1]["runs"]
+    result = json.loads((Path(folder) / "result.json").read_text())
+    assert result["resumed_after_epoch"] == 1

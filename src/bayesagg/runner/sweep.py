@@ -197,6 +197,10 @@ def sweep(
         return summary
 
     while True:
+        # Trials of killed processes (no heartbeat for GRACE_SECONDS) fail, freeing their points.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if len(done) >= trials:
