@@ -70,3 +70,27 @@ def test_summary_and_empty_folder(results, tmp_path_factory):
     assert "selected epoch" in text and "Δm" in text and "time per step" in text
     with pytest.raises(ConfigError, match="no finished runs"):
         write_report(tmp_path_factory.mktemp("empty"))
+
+
+def test_truncated_result_file_is_named_and_treated_as_unfinished(results, capsys):
+    root, _ = results
+    bad = root / "fake" / "quick" / "rlw" / "seed1" / "result.json"
+    bad.write_text(bad.read_text()[:200])  # a copy cut short
+    text = protocol_report(root / "fake" / "quick", methods=["ls", "rlw"])
+    assert f"- `{bad}`: JSONDecodeError" in text
+    rlw_row = text.split("| rlw |")[1].splitlines()[0]
+    ls_row = text.split("| ls |")[1].splitlines()[0]
+    assert "0,1" in ls_row and "0,1" not in rlw_row  # RLW's seed 1 is left out
+    path = write_report(root)
+    assert f"`{bad}`" in path.read_text()
+    # The command line prints the report, naming the file, instead of a traceback.
+    from bayesagg.cli import main
+
+    assert main(["report", str(root)]) == 0
+    assert f"`{bad}`: JSONDecodeError" in capsys.readouterr().out
+    # run() names it and trains that run again.
+    messages: list[str] = []
+    config = RunConfig(benchmark="fake", method="rlw", seed=1, out=str(root))
+    [again] = run(config, echo=messages.append)
+    assert any(m.startswith(f"unreadable result file {bad} (JSONDecodeError") for m in messages)
+    assert json.loads(bad.read_text())["test"] == again["test"]

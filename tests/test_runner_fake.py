@@ -90,24 +90,29 @@ def fake_spec(**changes) -> Benchmark:
     return Benchmark(**fields)
 
 
-@pytest.fixture
-def install_fake(monkeypatch) -> Iterator[Benchmark]:
-    """Register the synthetic benchmark ``fake`` for one test."""
+def register_fake(setitem=sys.modules.__setitem__) -> Benchmark:
+    """Register the synthetic benchmark ``fake`` (also usable in a subprocess, without pytest)."""
     root = types.ModuleType("_bayesagg_tests")
     root.__path__ = []
     pkg = types.ModuleType(FAKE)
     pkg.__path__ = []  # a package, so FAKE.data / FAKE.model resolve from sys.modules
-    monkeypatch.setitem(sys.modules, "_bayesagg_tests", root)
+    setitem("_bayesagg_tests", root)
     data = types.ModuleType(f"{FAKE}.data")
     data.GROUPS = GROUPS
     data.load = _load
     model = types.ModuleType(f"{FAKE}.model")
     model.build_model = _build_model
     for name, module in ((FAKE, pkg), (f"{FAKE}.data", data), (f"{FAKE}.model", model)):
-        monkeypatch.setitem(sys.modules, name, module)
+        setitem(name, module)
     spec = fake_spec()
     registry.register(spec)
-    yield spec
+    return spec
+
+
+@pytest.fixture
+def install_fake(monkeypatch) -> Iterator[Benchmark]:
+    """Register the synthetic benchmark ``fake`` for one test."""
+    yield register_fake(lambda name, module: monkeypatch.setitem(sys.modules, name, module))
     registry.unregister("fake")
 
 

@@ -37,10 +37,26 @@ def _fmt(values: Sequence[float], digits: int = 4) -> str:
     return text
 
 
-def _load(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def _load(
+    root: str | os.PathLike[str], unreadable: list[tuple[Path, str]] | None = None
+) -> list[dict[str, Any]]:
     from bayesagg.runner.results import find_results
 
-    return [data for _, data in find_results(root)]
+    return [data for _, data in find_results(root, unreadable)]
+
+
+def _unreadable_note(unreadable: Sequence[tuple[Path, str]]) -> str:
+    """Return the lines naming result files that could not be read (their runs unfinished)."""
+    if not unreadable:
+        return ""
+    lines = [
+        "",
+        "Unreadable result files, left out above and treated as unfinished (run the same "
+        "command again to redo them):",
+        "",
+    ]
+    lines += [f"- `{path}`: {reason}" for path, reason in unreadable]
+    return "\n".join(lines) + "\n"
 
 
 def _references(spec: Any, choice: str, folder: Path) -> Any:
@@ -83,10 +99,11 @@ def protocol_report(
 ) -> str:
     """Return the markdown table of every run in ``<out>/<benchmark>/<protocol>``."""
     folder = Path(folder)
-    runs = _load(folder)
+    unreadable: list[tuple[Path, str]] = []
+    runs = _load(folder, unreadable)
     if not runs:
-        return f"no finished runs under {folder}"
-    return _table(folder, runs, references, methods, plots)
+        return f"no finished runs under {folder}" + _unreadable_note(unreadable)
+    return _table(folder, runs, references, methods, plots) + _unreadable_note(unreadable)
 
 
 def _table(
@@ -277,11 +294,15 @@ def write_report(
     groups: dict[Path, list[dict[str, Any]]] = defaultdict(list)
     from bayesagg.runner.results import find_results
 
-    for path, data in find_results(root):
+    unreadable: list[tuple[Path, str]] = []
+    for path, data in find_results(root, unreadable):
         folder = _protocol_folder(path, data)
         groups[folder].append(data)
     if not groups:
-        raise ConfigError(f"no finished runs (result.json) under {root}")
+        raise ConfigError(
+            f"no finished runs (result.json) under {root}"
+            + "".join(f"; unreadable: {p} ({why})" for p, why in unreadable)
+        )
     parts = ["# Results", ""]
     for folder in sorted(groups):
         text = _table(folder, groups[folder], references, None, plots=True)
@@ -291,6 +312,10 @@ def write_report(
             "](validation.png", f"]({rel}/validation.png"
         )
         parts.append(text)
+    from bayesagg.runner.sweep import sweeps_report
+
+    parts.append(sweeps_report(root))
+    parts.append(_unreadable_note(unreadable))
     path = Path(output) if output else root / "report.md"
     path.write_text("\n".join(parts))
     return path

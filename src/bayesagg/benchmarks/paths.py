@@ -1,4 +1,8 @@
-"""Where the benchmarks' data lives: ``--data-dir``, else ``$BAYESAGG_DATA_DIR``, else ``../shared/data``."""
+"""Where the benchmarks' data lives: ``--data-dir``, else ``$BAYESAGG_DATA_DIR``, else ``../shared/data``.
+
+The last is resolved from the project's root (the folder holding ``pyproject.toml``, for a
+source checkout), never from the current directory, so a command finds it from anywhere.
+"""
 
 from __future__ import annotations
 
@@ -18,15 +22,24 @@ def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path | None:
     """Return the data root to use, or None when none is given and no default exists.
 
     Order: the explicit ``data_dir``, then ``$BAYESAGG_DATA_DIR``, then ``../shared/data``
-    relative to the current directory (this project's machines keep the real data there).
+    relative to the project's root (this project's machines keep the real data there).
     """
     if data_dir is not None:
         return Path(data_dir).expanduser()
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env).expanduser()
-    default = Path("..") / "shared" / "data"
+    default = _project_root()
+    if default is None:
+        return None
+    default = default.parent / "shared" / "data"
     return default.resolve() if default.is_dir() else None
+
+
+def _project_root() -> Path | None:
+    """Return the source checkout's root (src/bayesagg/benchmarks/ -> 3 up), None if installed."""
+    root = Path(__file__).resolve().parents[3]
+    return root if (root / "pyproject.toml").is_file() else None
 
 
 def dataset_dir(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:

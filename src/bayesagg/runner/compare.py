@@ -1,8 +1,8 @@
 """Many runs, then the table: methods x seeds on one benchmark and protocol, resumable.
 
 Each run's ``result.json`` is written atomically when the run ends, so an interrupted compare
-restarts only the unfinished runs (their partial CSV logs are started afresh) and never
-recomputes a finished one unless ``force``.
+continues only the unfinished runs (each from its ``checkpoint.pt``, runner/checkpoint.py) and
+never recomputes a finished one unless ``force``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bayesagg.runner.config import ConfigError, RunConfig
+from bayesagg.runner.config import ConfigError, RunConfig, check_device
 from bayesagg.runner.hparams import constructor_parameters
 from bayesagg.runner.results import protocol_dir
 from bayesagg.runner.run import finished_result, plan, run
@@ -72,6 +72,7 @@ def compare(
         raise ConfigError("--methods is empty: give e.g. --methods ls,mgda-ub,bayesagg")
     if not seeds:
         raise ConfigError("--seeds is empty: give e.g. --seeds 0,1,2")
+    check_device(device)
     say = echo or (lambda _msg: None)
     # STL first: its references then exist for the Delta_m of the other methods.
     methods = sorted(methods, key=lambda m: m != "stl")

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-__all__ = ["ConfigError", "RunConfig"]
+__all__ = ["ConfigError", "RunConfig", "check_device"]
 
 
 class ConfigError(ValueError):
@@ -55,3 +55,31 @@ class RunConfig:
 
     def with_(self, **changes: Any) -> RunConfig:
         return replace(self, **changes)
+
+
+def check_device(name: str) -> None:
+    """Raise ConfigError unless torch can run on device ``name`` here (before any data loads)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(
+            f"--device {name!r} is not a torch device ({err}); use cpu or cuda"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device {name}: no CUDA GPU is available on this machine; use --device cpu"
+        )
+    if (
+        device.type == "cuda"
+        and device.index is not None
+        and device.index >= torch.cuda.device_count()
+    ):
+        raise ConfigError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            f"--device {name}: MPS is not available on this machine; use --device cpu"
+        )

@@ -18,6 +18,7 @@ import os
 import platform
 import re
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -115,10 +116,30 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
         return json.load(f)
 
 
-def find_results(root: str | os.PathLike[str]) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Yield (path, content) of every finished run's result JSON under ``root``."""
+def find_results(
+    root: str | os.PathLike[str], unreadable: list[tuple[Path, str]] | None = None
+) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Yield (path, content) of every finished run's result JSON under ``root``.
+
+    A result file that cannot be read or parsed (truncated, edited by hand) belongs to no
+    finished run: it is skipped and named, in ``unreadable`` as (path, reason) when given,
+    else in a warning. ``run`` and ``compare`` treat such a run as unfinished and redo it.
+    """
     for path in sorted(Path(root).rglob(RESULT_FILE)):
-        data = read_json(path)
+        try:
+            data = read_json(path)
+            if not isinstance(data, dict):
+                raise ValueError(f"a JSON {type(data).__name__}, not an object")
+        except (OSError, ValueError) as err:
+            reason = f"{type(err).__name__}: {err}"
+            if unreadable is None:
+                warnings.warn(
+                    f"unreadable result file {path} ({reason}): treated as unfinished",
+                    stacklevel=2,
+                )
+            else:
+                unreadable.append((path, reason))
+            continue
         if data.get("schema") == SCHEMA:
             yield path, data
 
@@ -155,6 +176,14 @@ class EpochLog:
 
     def append(self, row: Mapping[str, Any]) -> None:
         self.rows.append(dict(row))
+        self._write()
+
+    def restore(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Start from the rows of a resumed run (its checkpoint's) and rewrite the file."""
+        self.rows = [dict(r) for r in rows]
+        self._write()
+
+    def _write(self) -> None:
         columns: list[str] = []
         for r in self.rows:
             columns.extend(k for k in r if k not in columns)

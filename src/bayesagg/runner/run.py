@@ -2,8 +2,8 @@
 
 ``run`` checks everything it can before loading data (benchmark, protocol, method,
 hyper-parameters, references), skips a run whose ``result.json`` already holds the same
-config (unless ``force``), and for ``method="stl"`` trains one model per task and refreshes
-this project's STL references file.
+config (unless ``force``), resumes an interrupted one from its ``checkpoint.pt``, and for
+``method="stl"`` trains one model per task and refreshes this project's STL references file.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from bayesagg.benchmarks.registry import Benchmark, Protocol, References
-from bayesagg.runner.config import ConfigError, RunConfig
+from bayesagg.runner.checkpoint import CHECKPOINT_FILE, Checkpoint
+from bayesagg.runner.config import ConfigError, RunConfig, check_device
 from bayesagg.runner.distributed import context as distributed_context
 from bayesagg.runner.distributed import distributed_fields, is_main
 from bayesagg.runner.hparams import protocol_hparams, validate_hparams
@@ -189,6 +190,15 @@ def _settings(protocol: Protocol) -> dict[str, Any]:
     return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in protocol.__dict__.items()}
 
 
+def _say_if_unreadable(path: Path, say: Callable[[str], None]) -> None:
+    """Name a result file that exists but cannot be read: its run counts as unfinished."""
+    try:
+        if path.is_file():
+            read_json(path)
+    except (OSError, ValueError) as err:
+        say(f"unreadable result file {path} ({type(err).__name__}: {err}): run again")
+
+
 # The last data set loaded, keyed by everything that shapes it: consecutive runs of a compare
 # (or of the STL tasks) on the same data reuse it instead of loading it again.
 _LAST_SPLITS: dict[tuple[Any, ...], Any] = {}
@@ -260,6 +270,7 @@ def run(
     """
     p = plan(config)
     config = p.config
+    check_device(device)
     say = echo or (lambda _msg: None)
     tasks: list[int | None] = p.stl_tasks() if config.method == "stl" else [None]
     names = task_names(p.groups)
@@ -268,6 +279,8 @@ def run(
     for t in tasks:
         label = None if t is None else names[t]
         done = None if force else finished_result(config, label)
+        if done is None and not force:
+            _say_if_unreadable(run_dir(config, label) / RESULT_FILE, say)
         if done is not None:
             say(f"skip (finished): {run_dir(config, label)}")
             results.append(done)
@@ -279,7 +292,7 @@ def run(
         ctx = distributed_context()
         where = torch.device(device) if ctx is None else ctx.device(device)
         for t in todo:
-            results.append(_train_one(p, splits, sizes, t, progress, command, where, say))
+            results.append(_train_one(p, splits, sizes, t, progress, command, where, say, force))
     if config.method == "stl" and is_main():
         path = write_own_references(config.out, p.spec, protocol_dir(config).name)
         say(f"STL references: {path}")
@@ -295,6 +308,7 @@ def _train_one(
     command: str | None,
     device: torch.device,
     say: Callable[[str], None],
+    force: bool = False,
 ) -> dict[str, Any]:
     config, spec, protocol = p.config, p.spec, p.protocol
     names = task_names(p.groups)
@@ -303,7 +317,17 @@ def _train_one(
     ctx = distributed_context()  # multi-process runs: only rank 0 writes
     if is_main():
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / EPOCH_FILE).unlink(missing_ok=True)  # a partial run's log is started afresh
+        (folder / EPOCH_FILE).unlink(missing_ok=True)  # rewritten from the checkpoint's rows
+    refs = None if p.references is None else p.references.to_json()
+    identity = {"config": _normalised(config.identity()), "task": task_name, "references": refs}
+    # Every process resumes from rank 0's checkpoint; only rank 0 writes or deletes it. After
+    # --force no process reads it (rank 0 deletes it, the others might still see it).
+    checkpoint: Checkpoint | None = Checkpoint(folder / CHECKPOINT_FILE, identity, say)
+    if force:
+        if is_main():
+            checkpoint.discard()
+        else:
+            checkpoint = None
     stl_metric = None if task is None else spec.task_metrics(p.groups)[task]
     started = _dt.datetime.now(_dt.timezone.utc)
     wall = time.perf_counter()
@@ -329,10 +353,14 @@ def _train_one(
             progress=progress and is_main(),
             label=f"{spec.name} {label} seed {config.seed}",
             distributed=ctx,
+            checkpoint=checkpoint,
         )
     document = _document(p, outcome, sizes, task, stl_metric, command, started, wall, model)
+    document["resumed_after_epoch"] = None if checkpoint is None else checkpoint.resumed_from
     if is_main():
         write_json_atomic(folder / RESULT_FILE, document)
+        if checkpoint is not None:
+            checkpoint.discard()  # result.json now holds everything the run is for
         say(f"wrote {folder / RESULT_FILE}")
     return document
 

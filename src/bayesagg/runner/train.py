@@ -26,6 +26,7 @@ from bayesagg.benchmarks.registry import Benchmark, MultiTaskModel, Protocol, Re
 from bayesagg.diagnostics import TrainingDiagnostics
 from bayesagg.methods.base import Method
 from bayesagg.metrics import delta_m, evaluate, higher_is_better
+from bayesagg.runner.checkpoint import Checkpoint, Progress
 from bayesagg.runner.clipping import GradientClipping, reset_optimizer_state, warmup_epochs
 from bayesagg.runner.results import EpochLog, flatten
 from bayesagg.tasks import Multiclass, Regression, TaskGroup, task_losses, task_names
@@ -434,6 +435,7 @@ def train(
     label: str = "",
     distributed: Any = None,
     diagnostics: bool = True,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainResult:
     """Train ``model`` with ``method`` under ``protocol``; return the selected epoch's metrics.
 
@@ -441,7 +443,8 @@ def train(
     warm-up epochs are linear scalarisation and are left out). ``distributed``: this process's
     :class:`bayesagg.runner.distributed.Context` in a multi-process run (None: one process).
     ``diagnostics``: BayesAgg-MTL runs add :mod:`bayesagg.diagnostics`'s per-epoch columns to
-    the epoch log.
+    the epoch log. ``checkpoint``: resume from it if it holds this run, and save it at the end
+    of every epoch (runner/checkpoint.py; in a multi-process run only rank 0 saves).
     """
     from tqdm.auto import tqdm
 
@@ -499,12 +502,23 @@ def train(
     probe = TrainingDiagnostics.for_method(method) if diagnostics else None
     names = task_names(groups)
 
-    history: list[dict[str, Any]] = []
-    step_seconds: list[float] = []
-    timed_from_step = 0
-    weights_per_epoch: list[list[float] | None] = []
-    best: tuple[int, float | None, dict, dict] | None = None
-    epochs = tqdm(range(protocol.epochs), desc=label or "epochs", disable=not progress, leave=False)
+    states = dict(
+        model=model, method=method, optimizer=optimizer, scheduler=scheduler, loader=train_loader
+    )
+    done = (checkpoint.load(**states) if checkpoint is not None else None) or Progress()
+    if epoch_log is not None and done.rows:
+        epoch_log.restore(done.rows)
+    history = done.history
+    step_seconds = done.step_seconds
+    timed_from_step = done.timed_from_step
+    weights_per_epoch = done.weights_per_epoch
+    best = done.best
+    epochs = tqdm(
+        range(done.epoch, protocol.epochs),
+        desc=label or "epochs",
+        disable=not progress,
+        leave=False,
+    )
     for epoch in epochs:
         model.train()
         if epoch == timed_from_epoch:
@@ -595,6 +609,12 @@ def train(
         )
         if epoch_log is not None:
             epoch_log.append(row)
+        if checkpoint is not None and (distributed is None or distributed.rank == 0):
+            rows = [] if epoch_log is None else epoch_log.rows
+            done = Progress(
+                epoch + 1, history, step_seconds, timed_from_step, weights_per_epoch, best, rows
+            )
+            checkpoint.save(done, **states)
         epochs.set_postfix({criterion.name: "-" if value is None else f"{value:.4g}"})
 
     assert best is not None

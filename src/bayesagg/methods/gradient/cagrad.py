@@ -96,7 +96,9 @@ class CAGrad(Aggregator):
         dual["linear"].value = b
         w = None
         try:
-            dual["problem"].solve(solver=cp.CLARABEL)
+            # No warm start: Clarabel's would carry the previous step's solve into this one
+            # (weights differ by ~1e-5), so a resumed run would not repeat an uninterrupted one.
+            dual["problem"].solve(solver=cp.CLARABEL, warm_start=False)
             w = dual["w"].value
             if w is None or not np.all(np.isfinite(w)):
                 raise cp.SolverError(f"no finite solution (status {dual['problem'].status})")
