@@ -143,7 +143,10 @@ def _ntkmtl_sr_direction(method: Any, jacobian: Tensor, group: Any) -> Tensor:
     n = world_size(group)
     total = n * b
     chunk_of = torch.cat(
-        [torch.full((c.numel(),), i) for i, c in enumerate(torch.chunk(torch.arange(total), method.num_chunks))]
+        [
+            torch.full((c.numel(),), i)
+            for i, c in enumerate(torch.chunk(torch.arange(total), method.num_chunks))
+        ]
     )
     sizes = torch.bincount(chunk_of).double()
     mine = chunk_of[rank(group) * b : (rank(group) + 1) * b]
