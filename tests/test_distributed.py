@@ -355,3 +355,21 @@ def test_all_gather_of_unequal_shards_in_rank_order(two_processes):
     want = torch.tensor([[0.0], [10.0], [11.0]], dtype=torch.float64)
     for results in two_processes:
         assert torch.equal(results["gathered"], want)
+
+
+def test_ntkmtl_sr_refuses_unequal_shares(monkeypatch):
+    """The chunks are placed on global indices r*b..: unequal shares would misplace them."""
+    from bayesagg.methods import _distributed
+
+    def other_holds_one_more(tensor, group):  # a 2-process sum where the other rank has b + 1
+        other = torch.zeros_like(tensor)
+        other[:, -1] = tensor[:, -1] + 1
+        return tensor + other
+
+    monkeypatch.setattr(_distributed, "world_size", lambda group: 2)
+    monkeypatch.setattr(_distributed, "rank", lambda group: 0)
+    monkeypatch.setattr(_distributed, "all_reduce_sum", other_holds_one_more)
+    method = methods.create("ntkmtl-sr", num_tasks=2)
+    jac = torch.randn(2, 3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="unequal parts of the batch"):
+        _distributed.representation_direction(method, jac, torch.ones(2), torch.randn(3, 4), 1)
