@@ -10,8 +10,9 @@ all-reduced sums against the one-process fits on the whole data.
 
 BayesAgg-MTL is also run with a multiclass group (Rao-Blackwell logit samples) and with the
 Monte Carlo estimators: their draws are shared by the batch's examples, hence exact as well.
-No registry method is inexact under data parallelism; what is (dropout, CPU batch norm, a cut
-last batch) is in docs/distributed.md.
+No registry method is inexact under data parallelism (``NO_EXACT_FORM`` would list those that
+must refuse instead); what is (dropout, CPU batch norm, a cut last batch) is in
+docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -44,7 +45,21 @@ OPTIONS = {
     "famo-clip": ("famo", {"max_norm": 0.01}),  # the clip needs the global gradient's norm
     "mgda-loss+": ("mgda", {"normalization": "loss+"}),  # parameter space, global losses
     "aligned-mtl-ub-scaled": ("aligned-mtl-ub", {"scale_task_gradients": True}),
+    # STCH: step 1 warm-up, step 2 the nadir epoch, step 3 the Tchebycheff objective
+    "stch-nadir": ("stch", {"warmup_epochs": 1}),
+    # 3 chunks of the global batch of 8 (3, 3, 2): the middle one spans both processes
+    "ntkmtl-sr-3-chunks": ("ntkmtl-sr", {"num_chunks": 3}),
+    # active clips: the clipped norm is the global direction's (sqrt(w G w^T) on the root)
+    "fairgrad-ub-clip": ("fairgrad-ub", {"max_norm": 1e-3}),
+    "ntkmtl-ub-clip": ("ntkmtl-ub", {"max_norm": 1e-3}),
+    # steps 1 and 3 solve on the Gramian's root, step 2 clips sum alpha_i dL_i/dh by its global
+    # norm (one all-reduced scalar)
+    "nash-mtl-ub-clip": ("nash-mtl-ub", {"update_weights_every": 2, "max_norm": 1e-3}),
 }
+#: Registry methods with no exact data-parallel form, with the reason: they must raise
+#: NotImplementedError under a process group of more than one process (none at present: the
+#: representation-level ones are Gramian-based, GradDrop or NTKMTL-SR, docs/distributed.md).
+NO_EXACT_FORM: dict[str, str] = {}
 
 
 def _method(name: str) -> methods.Method:
@@ -60,7 +75,7 @@ def _method(name: str) -> methods.Method:
         return methods.create(
             "bayesagg", num_tasks=K, groups=groups, moments=moments, num_samples=64
         )
-    if name == "nash-mtl":  # steps 1 and 3 solve, step 2 reuses the weights (both branches)
+    if name in ("nash-mtl", "nash-mtl-ub"):  # steps 1 and 3 solve, step 2 reuses the weights
         return methods.create(name, num_tasks=K, update_weights_every=2)
     return methods.create(name, num_tasks=K)
 
@@ -170,7 +185,12 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         group = resolve_group(None)
-        results = {name: run_method(name, group, rank, world) for name in methods.names()}
+        results = {}
+        for name in methods.names():
+            try:
+                results[name] = run_method(name, group, rank, world)
+            except NotImplementedError as err:  # must be one of NO_EXACT_FORM (checked)
+                results[name] = str(err)  # type: ignore[assignment]
         results["posteriors"] = _posterior_checks(group, rank, world)  # type: ignore[assignment]
         for name in [*VARIANTS, *OPTIONS]:
             results[name] = run_method(name, group, rank, world)
@@ -206,11 +226,21 @@ def _assert_same(name: str, got: list, want: list) -> None:
 
 @pytest.mark.parametrize("name", methods.names())
 def test_one_step_of_every_method_is_exact(two_processes, name):
-    """2 processes x B/2 give the one-process gradients of B, step by step, to 1e-6."""
-    reference = run_method(name, None, 0, 1)
+    """2 processes x B/2 give the one-process gradients of B, step by step, to 1e-6.
+
+    Or, for the methods of ``NO_EXACT_FORM``, refuse with ``NotImplementedError``.
+    """
     for rank, results in enumerate(two_processes):
         assert name in results, f"rank {rank} ran no {name}"
-        _assert_same(f"{name} (rank {rank})", results[name], reference)
+        if name in NO_EXACT_FORM:
+            assert isinstance(results[name], str), f"{name} ran under a process group"
+            assert "no exact data-parallel form" in results[name], results[name]
+        else:
+            assert not isinstance(results[name], str), f"{name} refused: {results[name]}"
+    if name not in NO_EXACT_FORM:
+        reference = run_method(name, None, 0, 1)
+        for rank, results in enumerate(two_processes):
+            _assert_same(f"{name} (rank {rank})", results[name], reference)
 
 
 def test_posteriors_and_prior_refit_from_all_reduced_sums(two_processes):
@@ -230,19 +260,79 @@ def test_resolve_group_without_torch_distributed():
 
 
 def test_no_exact_form_is_an_error_not_a_silent_fallback(tmp_path: Path):
-    """A representation-level method without a Gramian form refuses under a process group."""
+    """A representation-level method without a Gramian form refuses under a process group.
+
+    ExcessMTL (per-coordinate state) and a subclass of a Gramian method that changes its rule
+    (here: coordinate-wise clipping, which is not rotation-invariant) are not on the list.
+    """
     from bayesagg.methods._distributed import representation_direction
+    from bayesagg.methods.gradient.excess_mtl import ExcessMTL
     from bayesagg.methods.gradient.upgrad import UPGrad
 
-    method = UPGrad(2)
+    class ClippedUPGrad(UPGrad):
+        def aggregate(self, jacobian):
+            return super().aggregate(jacobian).clamp(-1e-3, 1e-3)
+
     jac = torch.randn(2, 3, 4)
-    with pytest.raises(NotImplementedError, match="no exact data-parallel form"):
-        representation_direction(method, jac, torch.ones(2), torch.randn(3, 4), object())
+    for method in (ClippedUPGrad(2), ExcessMTL(2)):
+        with pytest.raises(NotImplementedError, match="no exact data-parallel form"):
+            representation_direction(method, jac, torch.ones(2), torch.randn(3, 4), object())
+
+
+def test_every_representation_method_has_a_data_parallel_form_or_is_listed():
+    """Each representation-space registry method is on the Gramian list, GradDrop or NTKMTL-SR.
+
+    With no process group the data-parallel form is the one-process rule through the Gramian's
+    square root: the same direction as the method on the whole Jacobian (the square-root trick
+    on its own, without communication), two steps so that the state carries over.
+    """
+    from bayesagg.methods._distributed import representation_direction
+
+    g = torch.Generator().manual_seed(3)
+    checked = []
+    for name in methods.names():
+        if name in NO_EXACT_FORM or name == "bayesagg":
+            continue
+        torch.manual_seed(0)  # the same private generators (PCGrad, GradVac, GradDrop)
+        method = _method(name)
+        if method.space != "representation":
+            continue
+        torch.manual_seed(0)
+        twin = _method(name)
+        for _ in range(2):
+            jac = torch.randn(K, 5, 4, generator=g, dtype=torch.float64)
+            h = torch.randn(5, 4, generator=g, dtype=torch.float64)
+            losses = torch.rand(K, generator=g, dtype=torch.float64) + 0.5
+            got = representation_direction(method, jac, losses, h, None)
+            want = twin.direction(jac, losses=losses, representation=h)
+            torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-10, msg=name)
+        checked.append(name)
+    assert {"mgda-ub", "graddrop", "ntkmtl-sr", "config-ub", "ntkmtl-ub"} <= set(checked)
+
+
+def test_weights_inconsistent_with_the_direction_are_an_error():
+    """The square-root path reads last_weights: a method whose weights do not give its
+    direction would be silently wrong, so it is checked (here a patched ConFIG)."""
+    from bayesagg.methods._distributed import representation_direction
+
+    method = methods.create("config-ub", num_tasks=2)
+    rule = method.aggregate
+
+    def wrong(jacobian):
+        out = rule(jacobian)
+        method.last_weights = method.last_weights * 1.01
+        return out
+
+    method.aggregate = wrong  # type: ignore[method-assign]
+    jac = torch.randn(2, 3, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="last_weights do not reproduce"):
+        representation_direction(method, jac, torch.ones(2), torch.randn(3, 4), None)
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))
 def test_hyper_parameter_dependent_paths_are_exact(two_processes, name):
-    """FAMO's gradient clip, MGDA's loss normalisation, Aligned-MTL's scaled task gradients."""
+    """FAMO's gradient clip, MGDA's loss normalisation, Aligned-MTL's scaled task gradients,
+    STCH's nadir and Tchebycheff epochs, NTKMTL-SR's chunks across processes, active clips."""
     reference = run_method(name, None, 0, 1)
     for rank, results in enumerate(two_processes):
         _assert_same(f"{name} (rank {rank})", results[name], reference)
@@ -265,3 +355,21 @@ def test_all_gather_of_unequal_shards_in_rank_order(two_processes):
     want = torch.tensor([[0.0], [10.0], [11.0]], dtype=torch.float64)
     for results in two_processes:
         assert torch.equal(results["gathered"], want)
+
+
+def test_ntkmtl_sr_refuses_unequal_shares(monkeypatch):
+    """The chunks are placed on global indices r*b..: unequal shares would misplace them."""
+    from bayesagg.methods import _distributed
+
+    def other_holds_one_more(tensor, group):  # a 2-process sum where the other rank has b + 1
+        other = torch.zeros_like(tensor)
+        other[:, -1] = tensor[:, -1] + 1
+        return tensor + other
+
+    monkeypatch.setattr(_distributed, "world_size", lambda group: 2)
+    monkeypatch.setattr(_distributed, "rank", lambda group: 0)
+    monkeypatch.setattr(_distributed, "all_reduce_sum", other_holds_one_more)
+    method = methods.create("ntkmtl-sr", num_tasks=2)
+    jac = torch.randn(2, 3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="unequal parts of the batch"):
+        _distributed.representation_direction(method, jac, torch.ones(2), torch.randn(3, 4), 1)

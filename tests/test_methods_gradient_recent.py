@@ -66,6 +66,23 @@ def test_config_equal_positive_cosines_and_projection_length(shape) -> None:
     torch.testing.assert_close(d.norm(), (jac @ (d / d.norm())).sum())
 
 
+@pytest.mark.parametrize("angle", [0.3, 1e-9])
+def test_config_weights_give_its_direction_even_near_rank_deficiency(angle) -> None:
+    """``last_weights @ J`` is the direction (the data-parallel form reads the weights).
+
+    Two nearly opposite gradients (angle ``pi - angle``): the unit rows' smallest singular value
+    ~ angle is kept by ``pinv(U)`` but, squared, falls below the cut of a pseudo-inverse of the
+    unit rows' Gramian, which gave weights unrelated to the direction.
+    """
+    t = torch.tensor(angle, dtype=torch.float64)
+    jac = torch.zeros(3, 6, dtype=torch.float64)
+    jac[0, 0], jac[1, 0], jac[1, 1], jac[2, 2] = 2.0, -3.0 * t.cos(), 3.0 * t.sin(), 0.5
+    method = create("config", num_tasks=3)
+    d = method.aggregate(jac)
+    assert d.norm() > 0
+    torch.testing.assert_close(method.last_weights @ jac, d, rtol=1e-6, atol=1e-6 * d.norm())
+
+
 @pytest.mark.parametrize("shape", [(3, 10), (6, 40), (9, 5)])
 def test_dualproj_is_the_closest_non_conflicting_update(shape) -> None:
     """Against a conic solver: argmin |x - mean g|^2 subject to J x >= 0."""

@@ -5,17 +5,26 @@ the global representation [B, D] has, on the rows of process r's examples, the l
 J_r (of the local mean losses over B/N examples) divided by N. So
 
 - the Gramian of the global Jacobian is ``G = sum_r J_r J_r^T / N^2``: one K x K all-reduce;
-- a method whose direction is ``w(G) @ J`` (MGDA-UB, IMTL-G-UB, Aligned-MTL-UB: the weights
-  depend on the Jacobian only through its Gramian, and on the global losses) gives on process
-  r's examples ``w @ J_r / N``; each process pushes ``w @ J_r`` through the encoder and the mean
-  over processes of the encoder gradients (DDP's, or :func:`bayesagg.distributed.average_gradients`)
-  is the one-process gradient of the global batch;
+- a method whose direction is ``w(G) @ J`` (the weights depend on the Jacobian only through
+  its Gramian, and on the global losses: :data:`GRAMIAN_METHODS`) gives on process r's
+  examples ``w @ J_r / N``; each process pushes ``w @ J_r`` through the encoder and the mean
+  over processes of the encoder gradients (DDP's, or
+  :func:`bayesagg.distributed.average_gradients`) is the one-process gradient of the global
+  batch;
 - GradDrop's sign purity uses the batch sum of ``sign(h) * grad_h L_k`` [K, D]: one K x D
-  all-reduce, the masks are then the same on every process (same generator state).
+  all-reduce, the masks are then the same on every process (same generator state);
+- NTKMTL-SR's NTK eigenvalues are, per task, the largest squared norm of a chunk's rows of the
+  global Jacobian (the chunks of the global batch, ``torch.chunk`` of its B indices); each
+  process adds its rows' squared norms into the chunks they belong to: one K x C all-reduce
+  (C chunks).
 
-The weights are obtained from the method itself by applying it to a K x K square root S of the
-all-reduced Gramian (``S S^T = G``): its ``last_weights`` are the w of ``w @ S``, i.e. the
-weights it would give the global Jacobian, computed identically on every process.
+The weights of a Gramian method are obtained from the method itself by applying it to a K x K
+square root S of the all-reduced Gramian (``S S^T = G``): its ``last_weights`` are the w of
+``w @ S``, i.e. the weights it would give the global Jacobian, computed identically on every
+process. That holds when the method is invariant under ``J -> J Q`` for any Q with orthonormal
+rows (``J = S Q`` for some such Q): its coefficients are functions of ``J J^T`` only, and it
+does not look at single coordinates (ExcessMTL's per-coordinate sums, GradDrop's per-coordinate
+signs are not). Checked here on every call: the direction on S must be ``last_weights @ S``.
 """
 
 from __future__ import annotations
@@ -25,10 +34,34 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bayesagg.distributed import all_reduce_mean, all_reduce_sum, world_size
+from bayesagg.distributed import all_reduce_mean, all_reduce_sum, rank, world_size
 from bayesagg.methods.base import Aggregator
 
-__all__ = ["gramian_square_root", "representation_direction"]
+__all__ = ["GRAMIAN_METHODS", "gramian_square_root", "representation_direction"]
+
+#: Aggregators (module, class) whose direction is ``w(J J^T, losses) @ J`` with ``last_weights``
+#: = w: rotation-invariant, so exact under data parallelism through the Gramian's square root.
+#: Why each qualifies: MGDA (Frank-Wolfe on G), IMTL-G, Aligned-MTL (eigen-decomposition of G),
+#: PCGrad and GradVac (projections and cosines from G; the random orders have the shape K,
+#: whatever J), CAGrad, Nash-MTL, UPGrad, DualProj, FairGrad, MoDo, SDMGrad (solvers on G; the
+#: norms clipped by Nash-MTL and FairGrad are sqrt(w G w^T)), ConFIG (the unit rows' Gramian is
+#: D G D with D the inverse row norms; U^+ 1 = U^T (U U^T)^+ 1), NTKMTL (diag G).
+GRAMIAN_METHODS: tuple[tuple[str, str], ...] = (
+    ("mgda", "MGDA"),
+    ("imtl", "IMTLG"),
+    ("aligned_mtl", "AlignedMTL"),
+    ("pcgrad", "PCGrad"),
+    ("cagrad", "CAGrad"),
+    ("nash_mtl", "NashMTL"),
+    ("upgrad", "UPGrad"),
+    ("gradvac", "GradVac"),
+    ("fairgrad", "FairGrad"),
+    ("config", "ConFIG"),
+    ("dualproj", "DualProj"),
+    ("modo", "MoDo"),
+    ("sdmgrad", "SDMGrad"),
+    ("ntkmtl", "NTKMTL"),
+)
 
 
 def gramian_square_root(gramian: Tensor) -> Tensor:
@@ -37,12 +70,23 @@ def gramian_square_root(gramian: Tensor) -> Tensor:
     return vec * lam.clamp(min=0).sqrt()
 
 
-def _gramian_methods() -> tuple[type[Aggregator], ...]:
-    from bayesagg.methods.gradient.aligned_mtl import AlignedMTL
-    from bayesagg.methods.gradient.imtl import IMTLG
-    from bayesagg.methods.gradient.mgda import MGDA
+def _is_gramian_method(method: Aggregator) -> bool:
+    """Whether ``method`` is one of :data:`GRAMIAN_METHODS` (or its ``-ub`` variant).
 
-    return (MGDA, IMTLG, AlignedMTL)
+    A subclass that overrides ``aggregate`` or ``direction`` is not: its rule may look at the
+    coordinates, so it must be added here explicitly after checking.
+    """
+    import importlib
+
+    for module, name in GRAMIAN_METHODS:
+        cls = getattr(importlib.import_module(f"bayesagg.methods.gradient.{module}"), name)
+        if (
+            isinstance(method, cls)
+            and type(method).aggregate is cls.aggregate
+            and type(method).direction is cls.direction
+        ):
+            return True
+    return False
 
 
 def representation_direction(
@@ -54,12 +98,15 @@ def representation_direction(
     Raises ``NotImplementedError`` for a representation-level method with no exact form.
     """
     from bayesagg.methods.gradient.graddrop import GradDrop
+    from bayesagg.methods.gradient.ntkmtl import NTKMTLSR
 
     k = jacobian.shape[0]
-    if isinstance(method, GradDrop):
+    if isinstance(method, GradDrop) and type(method).direction is GradDrop.direction:
         signed = (torch.sign(representation.detach()) * jacobian).sum(dim=1)
         return method._masked_sum(all_reduce_sum(signed, group), jacobian)
-    if not isinstance(method, _gramian_methods()):
+    if isinstance(method, NTKMTLSR) and type(method).direction is NTKMTLSR.direction:
+        return _ntkmtl_sr_direction(method, jacobian, group)
+    if not _is_gramian_method(method):
         raise NotImplementedError(
             f"{method.name or type(method).__name__} in representation space has no exact "
             "data-parallel form (its direction is not w(J J^T) @ J); run it on one process"
@@ -68,10 +115,50 @@ def representation_direction(
     n = world_size(group)
     gramian = all_reduce_sum(flat.double() @ flat.double().mT, group) / n**2
     square_root = gramian_square_root(gramian).to(flat.dtype)
-    method.direction(
+    on_root = method.direction(
         square_root, losses=all_reduce_mean(losses.detach(), group), representation=None
     )
     if method.last_weights is None:
         raise RuntimeError(f"{method.name}: no weights recorded by the Gramian-based direction")
     weights = method.last_weights.to(dtype=flat.dtype, device=flat.device)
+    # the weights must be those of the direction, or w @ J_r would not be the method's update
+    expected = (weights @ square_root).reshape(on_root.shape)
+    tol = torch.finfo(flat.dtype).eps ** 0.5 * (float(weights.norm() * square_root.norm()) + 1e-30)
+    if float((on_root - expected).norm()) > tol:
+        raise RuntimeError(
+            f"{method.name}: last_weights do not reproduce its direction (|d - w S| = "
+            f"{float((on_root - expected).norm()):.3g}); the data-parallel form needs them"
+        )
     return (weights @ flat).view(jacobian.shape[1:])
+
+
+def _ntkmtl_sr_direction(method: Any, jacobian: Tensor, group: Any) -> Tensor:
+    """NTKMTL-SR's weights from the chunks of the global batch (``torch.chunk`` of B indices).
+
+    Process r holds the global rows ``r b .. (r+1) b - 1`` (equal shares b = B/N, checked with
+    the same all-reduce), and its Jacobian rows are N times the global ones. Each chunk's
+    squared norm is the sum of its rows' squared norms over the processes.
+    """
+    k, b = jacobian.shape[:2]
+    n = world_size(group)
+    total = n * b
+    chunk_of = torch.cat(
+        [
+            torch.full((c.numel(),), i)
+            for i, c in enumerate(torch.chunk(torch.arange(total), method.num_chunks))
+        ]
+    )
+    sizes = torch.bincount(chunk_of).double()
+    mine = chunk_of[rank(group) * b : (rank(group) + 1) * b]
+    row_norms = (jacobian.detach().reshape(k, b, -1).double() ** 2).sum(dim=2).cpu() / n**2
+    sums = torch.zeros(k, sizes.numel() + 1, dtype=torch.float64)
+    sums[:, :-1].index_add_(1, mine, row_norms)
+    sums[:, -1] = b
+    sums = all_reduce_sum(sums.to(jacobian.device), group).cpu()
+    if not torch.all(sums[:, -1] == total):
+        raise ValueError(
+            f"{method.name}: the processes hold unequal parts of the batch (this one {b}, "
+            f"{int(sums[0, -1])} in all over {n}); data parallelism needs equal shares"
+        )
+    eigenvalues = ((total / sizes) ** 2 * sums[:, :-1]).max(dim=1).values
+    return method._weighted(eigenvalues, jacobian)

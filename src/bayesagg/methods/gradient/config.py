@@ -22,9 +22,8 @@ class ConFIG(Aggregator):
     so rank-deficient Jacobians are handled as in the paper's least-squares form. A zero task
     gradient gives a zero row of ``U`` (no constraint), as the official code's ``nan_to_num``;
     a zero Jacobian gives a zero direction. The direction is on the scale of the sum of the
-    losses (their length model), as the official code and torchjd. ``last_weights`` (for plots)
-    are the coefficients ``c`` with ``d = J^T c``, from the pseudo-inverse of the unit rows'
-    Gramian (the same as the direction's whenever ``U`` has full row rank).
+    losses (their length model), as the official code and torchjd. ``last_weights`` are the
+    coefficients ``c`` with ``d = J^T c`` (at any rank: ``U^T (U^+)^T U^+ 1 = U^+ 1``).
 
     Not included: the momentum variant M-ConFIG and the preference weights (the official
     ``weight_model``; equal weights here, the paper's default).
@@ -42,16 +41,17 @@ class ConFIG(Aggregator):
         units = jacobian * inv[:, None]
         ones = torch.ones(jacobian.shape[0], dtype=jacobian.dtype, device=jacobian.device)
         # U^+ 1 = U^T (U U^T)^+ 1: its coefficients on the unit rows, via pinv of the rows
-        best = torch.linalg.pinv(units) @ ones
+        pinv = torch.linalg.pinv(units)
+        best = pinv @ ones
         length = best.norm()
         if not length > 0:
             self.last_weights = torch.zeros(jacobian.shape[0], dtype=jacobian.dtype)
             return torch.zeros_like(jacobian[0])
         unit = best / length
         scale = (jacobian @ unit).sum()
-        # for plots: the coefficients c with d ~ J^T c, from the unit rows' Gramian
-        gram_pinv = torch.linalg.pinv(units @ units.T, hermitian=True)
-        self.last_weights = (scale / length * inv * (gram_pinv @ ones)).detach().cpu()
+        # the coefficients a with U^T a = U^+ 1 (a = (U^+)^T U^+ 1, as U^+ U U^+ = U^+), so
+        # d = J^T c exactly, at any rank: plots, and the data-parallel form (docs/distributed.md)
+        self.last_weights = (scale / length * inv * (pinv.mT @ best)).detach().cpu()
         return scale * unit
 
     def __repr__(self) -> str:

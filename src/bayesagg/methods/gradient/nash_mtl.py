@@ -204,7 +204,7 @@ class NashMTL(Aggregator):
                 representation=representation,
             )
             return
-        from bayesagg.distributed import all_reduce_mean, resolve_group
+        from bayesagg.distributed import all_reduce_mean, all_reduce_sum, resolve_group, world_size
         from bayesagg.methods._jacobian import accumulate_grad, check_inputs
         from bayesagg.methods.base import check_losses
 
@@ -218,7 +218,12 @@ class NashMTL(Aggregator):
             (grad_h,) = torch.autograd.grad(
                 (weights * losses).sum(), [representation], retain_graph=True
             )
-            factor = self._clip_factor(grad_h.norm())
+            norm = grad_h.norm()
+            group = resolve_group(self.process_group)
+            if group is not None:  # data parallelism: the global direction's norm, whose rows
+                # are this process's rows / N (docs/distributed.md)
+                norm = all_reduce_sum(norm.square(), group).sqrt() / world_size(group)
+            factor = self._clip_factor(norm)
             self.step += 1
             self.last_weights = (weights * factor).detach().cpu()
             if task:

@@ -100,6 +100,9 @@ class NTKMTLSR(Aggregator):
     official one averages the chunk means, which differs when B is not a multiple of
     ``num_chunks`` (unequal last chunk). :meth:`aggregate` on a plain K x P Jacobian (no batch
     axis) uses one chunk: ``lambda_i = |g_i|^2``.
+
+    Data parallelism: the chunks are those of the global batch, their squared norms summed over
+    the processes (``bayesagg.methods._distributed``; docs/distributed.md).
     """
 
     name = "ntkmtl-sr"

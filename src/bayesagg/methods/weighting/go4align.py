@@ -99,9 +99,14 @@ class GO4Align(Method):
         targets: Sequence[Tensor] | None = None,
     ) -> None:
         """Accumulate the gradient of ``sum_i w_i L_i`` into the shared and task parameters."""
+        from bayesagg.distributed import all_reduce_mean, resolve_group
+
         check_losses(losses, self.num_tasks)
         check_positive(losses, self.name)
-        weights = self.group_weights(self.indicators(losses))
+        # data parallelism: the indicators (and p's update) from the global batch's losses, so
+        # every process clusters the same values; the weighted sum's gradient is then averaged
+        values = all_reduce_mean(losses.detach(), resolve_group(self.process_group))
+        weights = self.group_weights(self.indicators(values))
         self.last_weights = weights
         objective = (weights.to(losses) * losses).sum()
         backward_objective(objective, self.name, shared_parameters, task_parameters)

@@ -100,7 +100,15 @@ class SmoothTchebycheff(Method):
         heads: Sequence[nn.Module] | None = None,
         targets: Sequence[Tensor] | None = None,
     ) -> None:
-        """Accumulate the gradient of :meth:`objective` into the shared and task parameters."""
+        """Accumulate the gradient of :meth:`objective` into the shared and task parameters.
+
+        Under data parallelism the objective (and the nadir point) takes the global batch's
+        losses with this process's gradient (:func:`bayesagg.distributed.global_losses`).
+        """
+        from bayesagg.distributed import global_losses, resolve_group
+
+        check_losses(losses, self.num_tasks)
+        losses = global_losses(losses, resolve_group(self.process_group))
         backward_objective(self.objective(losses), self.name, shared_parameters, task_parameters)
 
     def state_dict(self) -> dict[str, Any]:
