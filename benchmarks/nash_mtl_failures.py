@@ -100,6 +100,7 @@ def main() -> None:
     rows = []
     for r in records:
         g = r["gramian"].numpy()
+        g = 0.5 * (g + g.T)  # formed as J J^T in float32: symmetric up to ~1e-6 relative
         scale = float(r["scale"])
         gn = g / scale
         a = r["alpha_t"].numpy()
