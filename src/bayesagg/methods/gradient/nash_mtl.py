@@ -117,9 +117,20 @@ class NashMTL(Aggregator):
     """Multi-task learning as a bargaining game (Navon et al. 2022, ICML, Algorithm 1).
 
     The Nash bargaining solution is ``d = J^T alpha`` with ``alpha_i (G alpha)_i = 1`` for all i
-    (their Eq. 3-4, ``G = J J^T``). As in the paper (Sec. 5.1) and the official code it is found
-    by a sequence of convex problems (concave part of ``phi(alpha) = sum_i log alpha_i +
-    log (G alpha)_i`` linearised at the previous iterate):
+    (their Eq. 3-4, ``G = J J^T``; Algorithm 1: "solve for alpha").
+
+    ``solver="exact"`` (default) solves that system exactly with
+    :func:`nash_bargaining_weights` (Newton's method on the convex problem whose stationarity
+    condition it is), on ``G_n = G / |G|_F`` warm-started from the last weights, and maps the
+    result back to ``G``'s solution, which is where the official iterates stop when they
+    succeed. Deviation from the official code: its sub-problem below is linearised at the
+    previous weights, and when the new batch's Gramian has ``(G alpha_prev)_i <= 0`` for some
+    task that sub-problem is unbounded (10 of the first 17 steps of the QM9 demo; diagnosis in
+    docs/methods_gradient.md), so the official code (and torchjd) keep the previous weights.
+
+    ``solver="ccp"`` is the official code's solver (the paper's Sec. 5.1): a sequence of convex
+    problems (concave part of ``phi(alpha) = sum_i log alpha_i + log (G alpha)_i`` linearised
+    at the previous iterate):
 
         min_alpha  1^T G_n alpha + phi'(alpha_prev)^T alpha / s
         s.t.       -log(alpha_i s) - log((G_n alpha)_i) <= 0,  alpha >= 0,
@@ -127,7 +138,9 @@ class NashMTL(Aggregator):
     with ``G_n = G / s``, ``s = |G|_F``, solved with cvxpy / ECOS (``max_iters=100``), at most
     ``optim_niter`` times per update, warm-started from the last weights, stopping when
     ``|G_n alpha - 1/alpha| < 1e-3`` or alpha moves less than 1e-6 (official criteria; as there,
-    the weights kept are those of the iterate at which the test fires). The weights are
+    the weights kept are those of the iterate at which the test fires).
+
+    With either solver the weights are
     recomputed every ``update_weights_every`` steps (in between, :meth:`backward` needs only
     the gradient of ``sum_i alpha_i L_i``, no Jacobian), and the direction is rescaled to norm
     ``max_norm`` when longer (the official ``clip_grad_norm_``; 0 disables it).
@@ -137,11 +150,13 @@ class NashMTL(Aggregator):
     official statement, which cvxpy recompiles at every solve.
 
     Solver failures are never silent: the official code (and torchjd) swallow an exception and
-    keep the previous iterate. Here every failure (exception, or no finite solution) increments
+    keep the previous iterate. Here every failure (exception, no finite solution, no Newton
+    convergence, a zero task gradient) increments
     :attr:`solver_failures` and is logged as a warning, keeping the previous iterate
     (``on_solver_failure="warn"``, default), or raises :class:`NashMTLSolverError`
     (``"raise"``). The weights start at ones, so a failure at the very first solve leaves the
-    equal weights of that start, and is counted as such.
+    equal weights of that start, and is counted as such. Debug: ``dump_failures=FILE`` writes
+    every failed solve (Gramian, previous weights, status) to FILE (:meth:`_dump`).
 
     Task-specific parameters receive the gradient of the plain sum of losses (the project's
     contract); the official code weights them by alpha too.
