@@ -17,7 +17,9 @@ For each benchmark (the ``paper`` protocol's model and batch size; real data), e
 Each then takes an Adam step. The variants run interleaved, round by round (``ls``, ``ours``,
 ``autojac``, ``autogram``, ``ls``, ...), each round timing ``--steps`` steps after one untimed
 step; the ratio of a variant to LS is taken within a round, and the table gives the median
-ratio over ``--rounds`` rounds with its min-max, and the median ms. Each variant keeps its own
+ratio over ``--rounds`` rounds with its min-max, and the median ms over rounds of LS (timed
+again for every method) and of the variant (medians of different rounds, so their quotient
+need not equal the median ratio on a machine whose load varies). Each variant keeps its own
 model and optimiser (same initial weights) across rounds.
 
     nice -n 10 .venv/bin/python benchmarks/torchjd_step.py --rounds 5 --steps 3 --threads 1
@@ -221,15 +223,15 @@ def main(argv: list[str] | None = None) -> int:
         f"x {args.steps} timed steps; ratio = variant / LS within a round, median [min-max]\n"
     )
     notes: list[str] = []
-    print("| benchmark | K | batch | method | variant | ms (median) | x LS | min-max |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| benchmark | K | batch | method | LS ms | variant | ms | x LS | min-max |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for bench in args.benchmarks.split(","):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 rows = run_benchmark(bench, args.methods.split(","), args)
         except (MissingDataError, ImportError) as err:
-            print(f"| {bench} | | | | skipped ({err}) | | | |")
+            print(f"| {bench} | | | | | skipped ({err}) | | | |")
             continue
         spec = registry.get(bench)
         model = spec.build_model(**dict(spec.protocol(args.protocol).model_options))
@@ -243,12 +245,15 @@ def main(argv: list[str] | None = None) -> int:
             "Gramian engine could save"
         )
         for r in rows:
-            if r["variant"] == "ls" and r["method"] != rows[0]["method"]:
-                continue  # LS is re-timed per method; print its first block only
+            if r["variant"] == "ls":
+                continue
+            ls_ms = next(
+                q["ms"] for q in rows if q["method"] == r["method"] and q["variant"] == "ls"
+            )
             print(
-                f"| {r['benchmark']} | {r['K']} | {r['batch']} | "
-                f"{'-' if r['variant'] == 'ls' else r['method']} | {r['variant']} | "
-                f"{r['ms']:.1f} | {r['ratio']:.2f} | {r['ratio_min']:.2f}-{r['ratio_max']:.2f} |"
+                f"| {r['benchmark']} | {r['K']} | {r['batch']} | {r['method']} | {ls_ms:.1f} "
+                f"| {r['variant']} | {r['ms']:.1f} | {r['ratio']:.2f} "
+                f"| {r['ratio_min']:.2f}-{r['ratio_max']:.2f} |"
             )
         sys.stdout.flush()
     print()
