@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         side = jacobian_side_ms(k, p)
         notes.append(
             f"{bench}: K x P = {k} x {p}; J J^T + w @ J take {side:.2f} ms, "
-            f"{100 * side / ours:.1f} % of our median step ({ours:.1f} ms): the most a "
+            f"{100 * side / ours:.2g} % of our median step ({ours:.1f} ms): the most a "
             "Gramian engine could save"
         )
         for r in rows:
