@@ -44,7 +44,7 @@ def ccp_objective(gn: np.ndarray, scale: float, a: np.ndarray) -> np.ndarray:
 
 
 def unbounded_ray(gn: np.ndarray, c: np.ndarray) -> float:
-    """``min c^T d`` over ``d >= 0, G_n d >= 0, sum d = 1`` (negative: the sub-problem is unbounded)."""
+    """``min c^T d`` over ``d >= 0, G_n d >= 0, sum d = 1`` (< 0: the sub-problem is unbounded)."""
     from scipy.optimize import linprog
 
     k = len(c)

@@ -44,8 +44,9 @@ def nash_bargaining_weights(
 ) -> np.ndarray:
     """The Nash bargaining weights: ``alpha > 0`` with ``alpha_i (G alpha)_i = 1`` for all i.
 
-    Navon et al. 2022 (Algorithm 1, "solve for alpha: G^T G alpha = 1/alpha"; their Eq. 3-4)
-    define the Nash-MTL direction by this system. It is exactly the stationarity condition of
+    Navon et al. 2022 define the Nash-MTL direction by this system (their Eq. 3-4; Algorithm 1
+    solves it for alpha at every step; their ``G^T G`` is our ``G``). It is exactly the
+    stationarity condition of
 
         f(alpha) = 1/2 alpha^T G alpha - sum_i log alpha_i,   alpha > 0,
 
@@ -55,8 +56,9 @@ def nash_bargaining_weights(
     ``1 / (1 + lambda)`` (lambda the Newton decrement; Nesterov 2004, Sec. 4.1.5) as the
     shortest step of a backtracking line search (Boyd & Vandenberghe 2004, Sec. 9.5-9.6)
     reaches it from any ``alpha > 0``, each step staying inside ``alpha > 0`` (the Dikin
-    ellipsoid), quadratically once close. No point outside the domain can arise, unlike the linearisation of the
-    official code's sequence of convex problems, which needs ``G alpha_prev > 0``.
+    ellipsoid), quadratically once close. No point outside the domain can arise, unlike the
+    linearisation of the official code's sequence of convex problems, which needs
+    ``G alpha_prev > 0``.
 
     The start (default ones; the previous weights in training) is first rescaled along its ray
     to the best multiple, ``alpha^T G alpha = K``, which every solution satisfies. A solution
@@ -117,7 +119,7 @@ class NashMTL(Aggregator):
     """Multi-task learning as a bargaining game (Navon et al. 2022, ICML, Algorithm 1).
 
     The Nash bargaining solution is ``d = J^T alpha`` with ``alpha_i (G alpha)_i = 1`` for all i
-    (their Eq. 3-4, ``G = J J^T``; Algorithm 1: "solve for alpha").
+    (their Eq. 3-4, ``G = J J^T``; Algorithm 1 solves for it at every weight update).
 
     ``solver="exact"`` (default) solves that system exactly with
     :func:`nash_bargaining_weights` (Newton's method on the convex problem whose stationarity
