@@ -163,7 +163,7 @@ def test_nash_mtl_solver_failure_is_counted_and_logged(monkeypatch, caplog) -> N
         raise cp.SolverError("injected failure")
 
     monkeypatch.setattr(cp.Problem, "solve", fail)
-    method = make("nash-mtl")
+    method = make("nash-mtl", solver="ccp")  # the official solver (cvxpy)
     with caplog.at_level(logging.WARNING):
         d = method.aggregate(conflicting_jacobian())
     assert method.solver_failures == 1
@@ -181,7 +181,7 @@ def test_nash_mtl_repeated_failures_are_all_counted_but_logged_sparsely(
         raise cp.SolverError("injected failure")
 
     monkeypatch.setattr(cp.Problem, "solve", fail)
-    method = make("nash-mtl")
+    method = make("nash-mtl", solver="ccp")
     with caplog.at_level(logging.DEBUG, logger="bayesagg.methods.gradient.nash_mtl"):
         for _ in range(12):
             method.aggregate(conflicting_jacobian())
@@ -197,7 +197,7 @@ def test_nash_mtl_solver_failure_can_raise(monkeypatch) -> None:
 
     monkeypatch.setattr(cp.Problem, "solve", lambda self, *a, **k: None)  # no solution
     with pytest.raises(NashMTLSolverError, match="no finite solution"):
-        make("nash-mtl", on_solver_failure="raise").aggregate(conflicting_jacobian())
+        make("nash-mtl", solver="ccp", on_solver_failure="raise").aggregate(conflicting_jacobian())
 
 
 def test_nash_mtl_zero_task_gradient_is_a_counted_failure(caplog) -> None:

@@ -123,10 +123,12 @@ def test_gradvac_same_seed_over_steps(shape) -> None:
         assert (a - b).norm() <= 1e-6 * b.norm()
 
 
+@pytest.mark.parametrize("solver", ["ccp", "exact"])
 @pytest.mark.parametrize("shape", [(2, 5), (5, 20), (11, 64)])
-def test_nash_mtl_over_steps(shape) -> None:
-    """Stateful (warm start); same problem and stopping rules, DPP form vs official form."""
-    ours = create("nash-mtl", num_tasks=shape[0], max_norm=0.0)
+def test_nash_mtl_over_steps(shape, solver) -> None:
+    """Stateful (warm start). "ccp": same problem and stopping rules, DPP form vs official form;
+    "exact" (default): the Nash point the official iterates reach, by Newton's method."""
+    ours = create("nash-mtl", num_tasks=shape[0], max_norm=0.0, solver=solver)
     ref = tja.NashMTL(n_tasks=shape[0], max_norm=0.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchjd's problem is not DPP (cvxpy warns)
