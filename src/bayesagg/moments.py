@@ -36,11 +36,11 @@ logger = logging.getLogger("bayesagg")
 _CHUNK_ELEMENTS = 2**24
 #: Samples per call when ``num_samples`` is not given (see :func:`multiclass`).
 DEFAULT_SAMPLES = {"monte_carlo": 1024, "rao_blackwell": 256}
-#: Multiclass ``"qmc"`` rule sizes: (largest logit-contrast standard deviation, nodes per
-#: class-count unit). An example whose widest contrast sd is below a level's bound gets that
-#: level's node count, max(64, 4 C) times 1, 4 or 16 (rounded up to a power of 2); the
-#: bounds come from the accuracy sweep of ``benchmarks/step_time.py --accuracy``.
-QMC_LEVELS = ((0.6, 1), (1.5, 4), (math.inf, 16))
+#: Multiclass ``"qmc"`` rule sizes: (width bound, factor). An example whose width, the largest
+#: standard deviation of a logit difference sd(a_i - a_j) / sqrt(2), is below a level's bound
+#: gets that level's node count: the base size (:func:`_qmc_base`) times the factor.
+#: The bounds come from the accuracy sweep of ``benchmarks/multiclass_moments.py``.
+QMC_LEVELS = ((0.4, 1), (1.2, 4), (math.inf, 16))
 
 
 def _check_common(h: Tensor, mean: Tensor, name: str) -> tuple[int, int, int, bool]:
@@ -297,8 +297,9 @@ def multiclass(
     Per example and node, f_d = E[g_d | a_n] = m_d^T r_n + vec(K_d L^-T)^T vec(r_n z_n^T), and
         mu_d = mean_n f_d,   var_d = mean_n (f_d - mu_d)^2 + <S_d - K_d V^-1 K_d^T, mean_n r_n r_n^T>,
     one batched [D, C + C^2] x [C + C^2, N] product per example. Each example's node count
-    follows its widest logit contrast sd_k = sd(a_k - mean(a)) (:data:`QMC_LEVELS`: max(64, 4C)
-    nodes while every contrast sd < 0.6, 4x that below 1.5, 16x beyond), unless
+    follows its width, max_ij sd(a_i - a_j) / sqrt(2) (:data:`QMC_LEVELS`: a base size of
+    max(64, 4C, 640 / C) rounded up to a power of 2 below 0.4, 4x that below 1.2, 16x beyond),
+    unless
     ``num_samples`` fixes it (even, >= 2C). O(B C^2 P^2 + sum_i N_i C^2 D) work.
     Same inputs, same outputs; ``generator`` is unused.
 
@@ -464,8 +465,15 @@ def _multiclass_rao_blackwell(
 
 
 def _qmc_base(classes: int) -> int:
-    """Return the smallest ``"qmc"`` rule size for C classes: max(64, 4C), a power of 2."""
-    return 1 << max(6, (4 * classes - 1).bit_length())
+    """Return the smallest ``"qmc"`` rule size for C classes: max(64, 4C, 640 / C), rounded up
+    to a power of 2 (512 nodes for C = 2, 128 for 5, 64 for 10, 256 for 40).
+
+    At least 4C nodes keep the moment matching well conditioned; few classes get more nodes
+    (they are cheap: the cost grows as nodes x C^2), since a low-dimensional point set of 64
+    nodes misses the Gaussian's tails (its fourth moments are 20 % low for C = 2), which made
+    single variances of confident examples 10 % wrong in the tests.
+    """
+    return 1 << (max(64, 4 * classes, -(-640 // classes)) - 1).bit_length()
 
 
 @functools.lru_cache(maxsize=32)
@@ -498,14 +506,12 @@ def qmc_nodes(
 
 def _qmc_counts(logit_cov: Tensor, classes: int) -> Tensor:
     """Return each example's ``"qmc"`` node count from its logit covariance V [n, C, C]."""
-    # Var(a_k - mean(a)) = V_kk - 2 mean_j V_kj + mean(V): the softmax ignores shifts of all
-    # logits together, so the width that matters is that of the contrasts.
-    contrast = (
-        logit_cov.diagonal(dim1=-2, dim2=-1)
-        - 2 * logit_cov.mean(dim=-1)
-        + logit_cov.mean(dim=(-2, -1))[:, None]
-    )
-    widest = contrast.clamp_min(0).amax(dim=-1).sqrt()
+    # The softmax ignores shifts of all logits together, so the width that matters is that of
+    # the differences: Var(a_i - a_j) = V_ii + V_jj - 2 V_ij, halved so that independent
+    # logits of standard deviation s have width s whatever C.
+    diagonal = logit_cov.diagonal(dim1=-2, dim2=-1)
+    differences = diagonal[:, :, None] + diagonal[:, None, :] - 2 * logit_cov
+    widest = (differences.amax(dim=(-2, -1)).clamp_min(0) / 2).sqrt()
     base = _qmc_base(classes)
     counts = torch.full_like(widest, base * QMC_LEVELS[-1][1], dtype=torch.long)
     for bound, factor in reversed(QMC_LEVELS[:-1]):
