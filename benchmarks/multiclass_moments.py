@@ -136,7 +136,9 @@ def with_rule(h, y, mean, cov, rule) -> tuple[Tensor, Tensor]:
 def estimators(classes: int) -> dict[str, object]:
     out: dict[str, object] = {
         "qmc": lambda h, y, m, c: moments.multiclass(h, y, m, c),
-        "qmc-64": lambda h, y, m, c: moments.multiclass(h, y, m, c, num_samples=max(64, 4 * classes)),
+        "qmc-64": lambda h, y, m, c: moments.multiclass(
+            h, y, m, c, num_samples=max(64, 4 * classes)
+        ),
         "qmc-256": lambda h, y, m, c: moments.multiclass(h, y, m, c, num_samples=256),
         "qmc-1024": lambda h, y, m, c: moments.multiclass(h, y, m, c, num_samples=1024),
         "sigma": lambda h, y, m, c: with_rule(h, y, m, c, sigma_points(classes)),
@@ -181,7 +183,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
     parser.add_argument("--widths", default="0.1,0.3,1,3")
     parser.add_argument("--examples", type=int, default=12)
     parser.add_argument("--dim", type=int, default=8)
-    parser.add_argument("--rules", default="qmc,qmc-64,qmc-256,qmc-1024,sigma,degree5,rao_blackwell,monte_carlo")
+    parser.add_argument(
+        "--rules", default="qmc,qmc-64,qmc-256,qmc-1024,sigma,degree5,rao_blackwell,monte_carlo"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -199,7 +203,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
             )
             began = time.perf_counter()
             ref = reference(h, y, mean, cov, args.samples)
-            floor = (relative(ref["mu"] + ref["se_mu"], ref["mu"]), relative(ref["var"] + ref["se_var"], ref["var"]))
+            floor = (
+                relative(ref["mu"] + ref["se_mu"], ref["mu"]),
+                relative(ref["var"] + ref["se_var"], ref["var"]),
+            )
             print(
                 f"| {classes} | {width:g} | reference (noise floor) | {args.samples} | "
                 f"{100 * floor[0]:.2f} % | {100 * floor[1]:.2f} % |",
@@ -215,7 +222,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
                     flush=True,
                 )
                 rows.append(
-                    {"classes": classes, "width": width, "rule": name, "mean": errors[0], "var": errors[1]}
+                    {
+                        "classes": classes,
+                        "width": width,
+                        "rule": name,
+                        "mean": errors[0],
+                        "var": errors[1],
+                    }
                 )
             del began
     return rows
