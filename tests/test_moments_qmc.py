@@ -222,3 +222,24 @@ def test_more_nodes_converge_to_the_same_moments() -> None:
     assert ((mu - mu_big).abs() / scale).max() < 0.02
     assert ((var - var_big).abs() / var_big).max() < math.inf
     assert ((var - var_big).abs() / var_big).median() < 0.01
+
+
+def test_bayesagg_defaults_to_the_deterministic_rule() -> None:
+    """BayesAgg's default multiclass moments are qmc: the same batch gives the same gradient."""
+    from torch import nn
+
+    from bayesagg import BayesAgg, Multiclass
+
+    torch.manual_seed(0)
+    heads = nn.ModuleList([nn.Linear(6, 4)])
+    h = torch.randn(16, 6)
+    y = torch.randint(0, 4, (16,))
+    agg = BayesAgg([Multiclass("digit", classes=4)])
+    assert agg.moments == "qmc"
+    grads = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)  # the global RNG must not matter
+        leaf = h.clone().requires_grad_(True)
+        agg.backward(leaf, heads, [y])
+        grads.append(leaf.grad)
+    assert torch.equal(grads[0], grads[1])
