@@ -270,7 +270,9 @@ def test_multiclass_rao_blackwell_matches_brute_force() -> None:
     # Many logit draws (cheap: C-dimensional) make the bound tight enough to catch a 10% error
     # in the integrated conditional-covariance term.
     samples = 50_000
-    mu, var = moments.multiclass(h, y, mean, cov, num_samples=samples, generator=_gen(14))
+    mu, var = moments.multiclass(
+        h, y, mean, cov, method="rao_blackwell", num_samples=samples, generator=_gen(14)
+    )
     assert mu.shape == var.shape == (3, 1, 3)
     # A Rao-Blackwellised estimate has at most the plain Monte-Carlo error at the same S.
     _assert_within(mu, var, _multiclass_reference(h, y, mean, cov), estimator_samples=samples)
@@ -280,9 +282,13 @@ def test_multiclass_without_bias_matches_brute_force() -> None:
     h, y, mean, cov = _multiclass_problem(23, b=2, d=3, c=3)
     keep = torch.tensor([i for i in range(12) if i % 4 != 3])  # drop each class's bias weight
     mean, cov = mean[:, :3], cov[keep][:, keep]
-    mu, var = moments.multiclass(h, y, mean, cov, num_samples=20_000, generator=_gen(24))
+    mu, var = moments.multiclass(
+        h, y, mean, cov, method="rao_blackwell", num_samples=20_000, generator=_gen(24)
+    )
     assert mu.shape == (2, 1, 3)
-    _assert_within(mu, var, _multiclass_reference(h, y, mean, cov), estimator_samples=20_000)
+    reference = _multiclass_reference(h, y, mean, cov)
+    _assert_within(mu, var, reference, estimator_samples=20_000)
+    _assert_within(*moments.multiclass(h, y, mean, cov), reference)  # the default, qmc
 
 
 def test_multiclass_rao_blackwell_beats_monte_carlo() -> None:
@@ -314,18 +320,19 @@ def test_multiclass_monte_carlo_matches_brute_force() -> None:
 
 def test_multiclass_chunks_batch_of_one_and_float32(monkeypatch: pytest.MonkeyPatch) -> None:
     h, y, mean, cov = _multiclass_problem(18, b=5)
-    mu, var = moments.multiclass(h, y, mean, cov, num_samples=300, generator=_gen(19))
+    rb = {"method": "rao_blackwell", "num_samples": 300}
+    mu, var = moments.multiclass(h, y, mean, cov, **rb, generator=_gen(19))
     # Tiny budget: examples and samples both chunked, the same shared draws.
     monkeypatch.setattr(moments, "_CHUNK_ELEMENTS", 64)
-    mu_c, var_c = moments.multiclass(h, y, mean, cov, num_samples=300, generator=_gen(19))
+    mu_c, var_c = moments.multiclass(h, y, mean, cov, **rb, generator=_gen(19))
     torch.testing.assert_close(mu_c, mu)
     torch.testing.assert_close(var_c, var)
     monkeypatch.undo()
-    mu1, _ = moments.multiclass(h[:1], y[:1], mean, cov, num_samples=300, generator=_gen(19))
+    mu1, _ = moments.multiclass(h[:1], y[:1], mean, cov, **rb, generator=_gen(19))
     torch.testing.assert_close(mu1, mu[:1])
     # float32 draws differ from float64 ones: compare with the reference within the error.
     mu32, var32 = moments.multiclass(
-        h.float(), y, mean.float(), cov.float(), num_samples=300, generator=_gen(19)
+        h.float(), y, mean.float(), cov.float(), **rb, generator=_gen(19)
     )
     assert mu32.dtype == var32.dtype == torch.float32
     reference = _multiclass_reference(h, y, mean, cov)
@@ -416,14 +423,13 @@ def test_multiclass_rao_blackwell_equals_per_draw_average(bias: bool) -> None:
     if not bias:
         keep = torch.tensor([i for i in range(16) if i % 4 != 3])
         mean, cov = mean[:, :3], cov[keep][:, keep]
-    mu, var = moments.multiclass(h, y, mean, cov, num_samples=257, generator=_gen(32))
+    rb = {"method": "rao_blackwell", "num_samples": 257}
+    mu, var = moments.multiclass(h, y, mean, cov, **rb, generator=_gen(32))
     mu_ref, var_ref = _multiclass_per_draw(h, y, mean, cov, 257, 32)
     torch.testing.assert_close(mu[:, 0], mu_ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(var[:, 0], var_ref.clamp_min(0), rtol=1e-10, atol=1e-12)
     # Chunks of draws combine exactly (pairwise mean/covariance update).
-    mu_c, var_c = moments.multiclass(
-        h, y, mean, cov, num_samples=257, generator=_gen(32), chunk_size=10
-    )
+    mu_c, var_c = moments.multiclass(h, y, mean, cov, **rb, generator=_gen(32), chunk_size=10)
     torch.testing.assert_close(mu_c, mu, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(var_c, var, rtol=1e-12, atol=1e-14)
 
@@ -458,17 +464,16 @@ def test_binary_rao_blackwell_variance_expansion_equals_second_moment_form() -> 
 def test_check_false_gives_the_same_moments_and_skips_value_checks() -> None:
     h, y, mean, cov = _multiclass_problem(34)
     for check in (True, False):
-        out = moments.multiclass(h, y, mean, cov, num_samples=50, generator=_gen(1), check=check)
-        torch.testing.assert_close(
-            out[0], moments.multiclass(h, y, mean, cov, num_samples=50, generator=_gen(1))[0]
-        )
+        out = moments.multiclass(h, y, mean, cov, check=check)
+        torch.testing.assert_close(out[0], moments.multiclass(h, y, mean, cov)[0])
     bad = h.clone()
     bad[0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="h contains"):
-        moments.multiclass(bad, y, mean, cov, num_samples=5)
+        moments.multiclass(bad, y, mean, cov)
     # Unchecked, the NaN still fails loudly, later (the logit covariance cannot be factorised).
-    with pytest.raises(NumericalError, match="logit covariance"):
-        moments.multiclass(bad, y, mean, cov, num_samples=5, check=False)
+    for method in ("qmc", "rao_blackwell"):
+        with pytest.raises(NumericalError, match="logit covariance"):
+            moments.multiclass(bad, y, mean, cov, method=method, num_samples=6, check=False)
     hr, yr, mr, cr = _regression_problem(35)
     torch.testing.assert_close(
         moments.regression(hr, yr, mr, cr, check=False)[1], moments.regression(hr, yr, mr, cr)[1]

@@ -62,7 +62,7 @@ from bayesagg.tasks import (
 
 __all__ = ["BayesAgg", "ClassificationHeads", "MomentMethod", "PriorMean", "RegressionFit"]
 
-MomentMethod = Literal["rao_blackwell", "monte_carlo"]
+MomentMethod = Literal["qmc", "rao_blackwell", "monte_carlo"]
 RegressionFit = Literal["epoch", "refit"]
 ClassificationHeads = Literal["trained", "posterior_mean"]
 PriorMean = Literal["full_data", "live_head"]
@@ -85,14 +85,18 @@ class BayesAgg:
         noise_var: observation-noise variance sigma^2 of Bayesian linear regression (paper: 1).
         warmup_epochs: epochs of linear scalarisation before BayesAgg-MTL starts (paper: 50 QM9,
             3 CIFAR-MTL, 1 ChestX-ray14, 10 UTKFace). Default 0.
-        moments: estimator of the classification gradient moments: ``"rao_blackwell"``
-            (deterministic quadrature for binary tasks, logit sampling with the weights integrated
-            analytically for multiclass; METHOD.md sec. 3) or ``"monte_carlo"`` (the paper's
-            weight sampling, Eq. 11). Regression moments are always exact.
+        moments: estimator of the classification gradient moments (METHOD.md sec. 3):
+            ``"qmc"`` (default, deterministic: Gauss-Hermite quadrature for binary tasks; for
+            multiclass, a fixed quasi-Monte-Carlo rule over the logits with the weights
+            integrated analytically, :func:`bayesagg.moments.multiclass`),
+            ``"rao_blackwell"`` (the same binary quadrature; random logit draws for multiclass)
+            or ``"monte_carlo"`` (the paper's weight sampling, Eq. 11). Regression moments are
+            always exact.
         num_samples: samples of the Monte-Carlo estimators and logit samples of the multiclass
             Rao-Blackwell estimator; ``None`` (default) uses :data:`bayesagg.moments.DEFAULT_SAMPLES`
             (1024 for Monte Carlo, the paper's number; 256 for Rao-Blackwell). Unused by the
-            binary Rao-Blackwell estimator, which is deterministic.
+            deterministic estimators (``"qmc"``, binary Rao-Blackwell), whose rule sizes are
+            their own.
         nodes: Gauss-Hermite nodes of the binary Rao-Blackwell estimator.
         eps: floor on the gradient variances before taking precisions (paper: 1e-8).
         generator: random generator of the sampling estimators (on the features' device);
@@ -138,7 +142,7 @@ class BayesAgg:
         gamma: float = 5e-3,
         noise_var: float = 1.0,
         warmup_epochs: int = 0,
-        moments: MomentMethod = "rao_blackwell",
+        moments: MomentMethod = "qmc",
         num_samples: int | None = None,
         nodes: int = 32,
         eps: float = 1e-8,
@@ -167,8 +171,10 @@ class BayesAgg:
             or warmup_epochs < 0
         ):
             raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
-        if moments not in ("rao_blackwell", "monte_carlo"):
-            raise ValueError(f"moments must be 'rao_blackwell' or 'monte_carlo', got {moments!r}")
+        if moments not in ("qmc", "rao_blackwell", "monte_carlo"):
+            raise ValueError(
+                f"moments must be 'qmc', 'rao_blackwell' or 'monte_carlo', got {moments!r}"
+            )
         if num_samples is not None and (int(num_samples) != num_samples or num_samples < 1):
             raise ValueError(f"num_samples must be a positive integer or None, got {num_samples!r}")
         if int(nodes) != nodes or nodes < 1:
@@ -434,7 +440,8 @@ class BayesAgg:
                     y,
                     post.mean,
                     post.covariance(),
-                    method=self.moments,
+                    # Binary moments have one deterministic rule: "qmc" uses it too.
+                    method="monte_carlo" if self.moments == "monte_carlo" else "rao_blackwell",
                     num_samples=self.num_samples or gradient_moments.DEFAULT_SAMPLES["monte_carlo"],
                     generator=self.generator,
                     nodes=self.nodes,
@@ -447,7 +454,7 @@ class BayesAgg:
                 post.mean,
                 post.covariance(),
                 method=self.moments,
-                num_samples=self.num_samples,
+                num_samples=None if self.moments == "qmc" else self.num_samples,
                 generator=self.generator,
                 check=False,
             )

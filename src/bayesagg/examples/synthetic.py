@@ -118,13 +118,12 @@ def train(
     """Return test metrics, train losses per epoch and time per step of one training run.
 
     ``method="ls"``: the sum of the task losses. ``method="bayesagg"``: :class:`BayesAgg` with
-    its defaults (s = 0.85 / 0.1, gamma = 5e-3, Rao-Blackwellised moments), 1 warm-up epoch,
-    64 logit samples for the multiclass task, ``regression_fit="refit"``, updated by
-    ``bayesagg_options``.
+    its defaults (s = 0.85 / 0.1, gamma = 5e-3, deterministic ``"qmc"`` moments), 1 warm-up
+    epoch, ``regression_fit="refit"``, updated by ``bayesagg_options``.
     """
     encoder, heads = make_model(seed)
     optimizer = torch.optim.Adam([*encoder.parameters(), *heads.parameters()], lr=lr)
-    options = {"warmup_epochs": 1, "regression_fit": "refit", "num_samples": 64}
+    options = {"warmup_epochs": 1, "regression_fit": "refit"}
     options |= bayesagg_options or {}
     agg = BayesAgg(GROUPS, **options) if method == "bayesagg" else None
     order = torch.Generator().manual_seed(seed)
@@ -222,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         f"{args.train} training / {args.test} test examples, {args.epochs} epochs, batch "
         f"{args.batch_size}, Adam 1e-3, seed {args.seed}; same initialisation and batches.\n"
         "BayesAgg-MTL: 1 warm-up epoch of linear scalarisation, s = 0.85 (regression) / 0.1 "
-        "(classification), gamma = 5e-3, Rao-Blackwellised moments (64 logit samples).\n"
+        "(classification), gamma = 5e-3, deterministic (qmc) moments.\n"
         f"BayesAgg-MTL regression heads: {results[1]['regression_fit']}.\n"
     )
     print(table(results))
