@@ -1,0 +1,68 @@
+"""Print the issue-7 ablation table: BayesAgg-MTL variants vs LS, mean +- std over seeds.
+
+    python benchmarks/ablation_table.py results/multimnist/quick results/fashion-mtl/quick --seeds 0,1,2
+
+For every method folder under each protocol folder (``ls``, ``bayesagg``, ``bayesagg_<hp>``...)
+it reads ``seed<N>/result.json`` and prints the validation criterion (what the choice is made
+on), the test criterion metrics and test Delta_m, as mean +- std over the seeds that exist, with
+how many there are. Validation decides; test is reported, never used to choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def _fmt(values: list[float], scale: float = 1.0) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values) * scale
+    std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def table(folder: Path, seeds: list[int]) -> str:
+    rows = []
+    for method_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if method_dir.name == "stl":
+            continue
+        docs = []
+        for seed in seeds:
+            path = method_dir / f"seed{seed}" / "result.json"
+            if path.is_file():
+                docs.append(json.loads(path.read_text()))
+        if not docs:
+            continue
+        criterion = docs[0]["selection"]["criterion"]
+        val = [d["selection"]["value"] for d in docs]
+        test_keys = [k for k in docs[0]["test"] if k.endswith("accuracy") or k.endswith("mae")]
+        tests = {k: [d["test"][k] for d in docs] for k in test_keys}
+        dm = [d["delta_m"]["test"] for d in docs if d.get("delta_m")]
+        rows.append((method_dir.name, criterion, val, tests, dm, len(docs)))
+    if not rows:
+        return f"{folder}: no results\n"
+    keys = list(rows[0][3])
+    pct = 100.0 if "accuracy" in rows[0][1] else 1.0
+    head = ["method", f"val {rows[0][1]}", *[f"test {k}" for k in keys], "test Δm %", "seeds"]
+    lines = [f"### {folder}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, _, val, tests, dm, n in rows:
+        cells = [name, _fmt(val, pct), *[_fmt(tests[k], pct) for k in keys], _fmt(dm), str(n)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--seeds", default="0,1,2")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for folder in args.folders:
+        print(table(folder, seeds))
+
+
+if __name__ == "__main__":
+    main()
