@@ -43,7 +43,7 @@ def _batch(b=7, seed=1, dtype=torch.float64):
 def test_regression_gradient_matches_hand_computation():
     """h.grad = (1/B) sum_k alpha_k mu_k with the posterior and moments written out by hand."""
     gamma, s, b, o = 0.5, 0.7, 4, 3
-    agg = BayesAgg([Regression("r", outputs=o)], s_regression=s, gamma=gamma)
+    agg = BayesAgg.paper([Regression("r", outputs=o)], s_regression=s, gamma=gamma)
     head = nn.Linear(D, o, bias=False).double()
     g = torch.Generator().manual_seed(3)
     h = torch.randn(b, D, generator=g, dtype=torch.float64, requires_grad=True)
@@ -130,7 +130,7 @@ def test_mixed_groups_gradient_is_the_composition_of_the_stages():
     heads = _heads()
     h, targets = _batch()
     h.requires_grad_(True)
-    agg = BayesAgg(
+    agg = BayesAgg.paper(
         GROUPS,
         s_regression=0.8,
         s_classification=0.3,
@@ -160,7 +160,7 @@ def test_classification_heads_get_their_ordinary_gradients():
     heads = _heads()
     reference_heads = copy.deepcopy(heads)
     h, targets = _batch()
-    agg = BayesAgg(GROUPS)
+    agg = BayesAgg.paper(GROUPS)
     agg.backward(h.clone().requires_grad_(True), heads, targets)
     losses = task_losses(GROUPS, [head(h) for head in reference_heads], targets)
     losses[2:].sum().backward()  # the binary and multiclass tasks
@@ -174,7 +174,7 @@ def test_regression_head_grad_is_cleared_at_bayesagg_steps():
     heads = _heads()
     heads[0].weight.grad = torch.ones_like(heads[0].weight)  # e.g. zero_grad(set_to_none=False)
     h, targets = _batch()
-    BayesAgg(GROUPS).backward(h.requires_grad_(True), heads, targets)
+    BayesAgg.paper(GROUPS).backward(h.requires_grad_(True), heads, targets)
     assert heads[0].weight.grad is None
 
 
@@ -185,7 +185,7 @@ def test_warmup_steps_are_linear_scalarisation():
     enc_ls, heads_ls = copy.deepcopy(encoder), copy.deepcopy(heads)
     x = torch.randn(6, 3, dtype=torch.float64)
     _, targets = _batch(6)
-    agg = BayesAgg(GROUPS, warmup_epochs=1)
+    agg = BayesAgg.paper(GROUPS, warmup_epochs=1)
     assert agg.in_warmup
     losses = agg.backward(encoder(x), heads, targets)
     h = enc_ls(x)
@@ -206,7 +206,7 @@ def test_warmup_steps_are_linear_scalarisation():
 @pytest.mark.parametrize("bias", [False, True])
 def test_end_epoch_sets_regression_heads_to_the_full_data_posterior_mean(bias):
     heads = _heads(regression_bias=bias)
-    agg = BayesAgg(GROUPS, gamma=0.3, warmup_epochs=2)
+    agg = BayesAgg.paper(GROUPS, gamma=0.3, warmup_epochs=2)
     batches = [_batch(5, seed) for seed in range(3)]
     for h, targets in batches:
         agg.backward(h.clone().requires_grad_(True), heads, targets)
@@ -234,7 +234,7 @@ def test_end_epoch_sets_regression_heads_to_the_full_data_posterior_mean(bias):
 
 def test_refit_mode_leaves_heads_to_fit_regression_heads():
     heads = _heads(regression_bias=True)
-    agg = BayesAgg(GROUPS, gamma=0.3, regression_fit="refit")
+    agg = BayesAgg.paper(GROUPS, gamma=0.3, regression_fit="refit")
     h, targets = _batch(9)
     agg.backward(h.clone().requires_grad_(True), heads, targets)
     before = heads[0].weight.detach().clone()
@@ -256,7 +256,7 @@ def test_refit_mode_leaves_heads_to_fit_regression_heads():
 
 def test_second_epoch_uses_the_full_data_posterior_as_prior():
     heads = _heads()
-    agg = BayesAgg([GROUPS[0]], gamma=0.4, s_regression=1.0)
+    agg = BayesAgg.paper([GROUPS[0]], gamma=0.4, s_regression=1.0)
     batches = [_batch(6, seed) for seed in range(2)]
     for h, t in batches:
         agg.backward(h.clone().requires_grad_(True), heads[:1], t[:1])
@@ -280,7 +280,9 @@ def test_batch_of_one_works():
     heads = _heads()
     h, targets = _batch(1)
     h.requires_grad_(True)
-    losses = BayesAgg(GROUPS, moments="monte_carlo", num_samples=32).backward(h, heads, targets)
+    losses = BayesAgg.paper(GROUPS, moments="monte_carlo", num_samples=32).backward(
+        h, heads, targets
+    )
     assert h.grad.shape == (1, D) and torch.isfinite(h.grad).all()
     assert losses.shape == (6,)
 
@@ -289,7 +291,7 @@ def test_float32_features_give_float32_gradients():
     heads = _heads(torch.float32)
     h, targets = _batch(8, dtype=torch.float32)
     h.requires_grad_(True)
-    BayesAgg(GROUPS).backward(h, heads, targets)
+    BayesAgg.paper(GROUPS).backward(h, heads, targets)
     assert h.grad.dtype == torch.float32 and torch.isfinite(h.grad).all()
 
 
@@ -312,7 +314,7 @@ def test_state_dict_round_trip_resumes_identically():
         for seed in range(4)
     ]
     options = dict(warmup_epochs=1, moments="monte_carlo", num_samples=16, s_classification=0.5)
-    agg = BayesAgg(GROUPS, generator=torch.Generator().manual_seed(1), **options)
+    agg = BayesAgg.paper(GROUPS, generator=torch.Generator().manual_seed(1), **options)
     _train_some(agg, encoder, heads, optimizer, batches)
     agg.end_epoch()
     _train_some(agg, encoder, heads, optimizer, batches[:2])  # mid-epoch checkpoint
@@ -344,7 +346,7 @@ def test_state_dict_round_trip_resumes_identically():
     encoder_b.load_state_dict(saved["encoder"])
     heads_b.load_state_dict(saved["heads"])
     optimizer_b.load_state_dict(saved["optimizer"])
-    agg_b = BayesAgg(GROUPS, generator=torch.Generator().manual_seed(999), **options)
+    agg_b = BayesAgg.paper(GROUPS, generator=torch.Generator().manual_seed(999), **options)
     agg_b.load_state_dict(saved["agg"])
     assert (agg_b.epoch, agg_b.step) == (1, 6)
     result_b = finish(agg_b, encoder_b, heads_b, optimizer_b)
@@ -354,16 +356,16 @@ def test_state_dict_round_trip_resumes_identically():
 
 
 def test_load_state_dict_rejects_another_configuration():
-    state = BayesAgg(GROUPS, gamma=0.1).state_dict()
+    state = BayesAgg.paper(GROUPS, gamma=0.1).state_dict()
     with pytest.raises(ValueError, match="gamma"):
-        BayesAgg(GROUPS, gamma=0.2).load_state_dict(state)
+        BayesAgg.paper(GROUPS, gamma=0.2).load_state_dict(state)
     with pytest.raises(ValueError, match="groups"):
-        BayesAgg(GROUPS[:2], gamma=0.1).load_state_dict(state)
+        BayesAgg.paper(GROUPS[:2], gamma=0.1).load_state_dict(state)
 
 
 def test_reset_forgets_everything():
     heads = _heads()
-    agg = BayesAgg(GROUPS)
+    agg = BayesAgg.paper(GROUPS)
     h, targets = _batch()
     agg.backward(h.requires_grad_(True), heads, targets)
     agg.end_epoch()
@@ -373,7 +375,7 @@ def test_reset_forgets_everything():
 
 
 def test_repr_shows_the_configuration():
-    text = repr(BayesAgg(GROUPS, s_regression=0.75, warmup_epochs=3))
+    text = repr(BayesAgg.paper(GROUPS, s_regression=0.75, warmup_epochs=3))
     assert "s_regression=0.75" in text and "warmup_epochs=3" in text and "Multiclass" in text
 
 
@@ -395,4 +397,4 @@ def test_repr_shows_the_configuration():
 )
 def test_bad_hyper_parameters_are_rejected(option, value):
     with pytest.raises(ValueError, match=option):
-        BayesAgg(GROUPS, **{option: value})
+        BayesAgg.paper(GROUPS, **{option: value})

@@ -76,7 +76,7 @@ def _problem(seed=0, b=7):
 
 
 def _grad(order, groups, heads, h, targets, **options):
-    agg = BayesAgg(
+    agg = BayesAgg.paper(
         [groups[n] for n in order], generator=torch.Generator().manual_seed(3), **options
     )
     x = h.clone().requires_grad_(True)

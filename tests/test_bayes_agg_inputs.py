@@ -17,7 +17,7 @@ def _setup(b=5):
     heads = nn.ModuleList([nn.Linear(D, 1), nn.Linear(D, 2), nn.Linear(D, 3)])
     h = torch.randn(b, D, requires_grad=True)
     targets = [torch.randn(b, 1), torch.randint(0, 2, (b, 2)).float(), torch.randint(0, 3, (b,))]
-    return BayesAgg(GROUPS), h, heads, targets
+    return BayesAgg.paper(GROUPS), h, heads, targets
 
 
 def test_valid_input_passes_and_counts_steps():
@@ -55,7 +55,7 @@ def test_inf_in_head_weights_names_the_group():
 
 def test_nan_during_warmup_is_caught_too():
     _, h, heads, targets = _setup()
-    agg = BayesAgg(GROUPS, warmup_epochs=1)
+    agg = BayesAgg.paper(GROUPS, warmup_epochs=1)
     with torch.no_grad():
         heads[0].bias.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match=r"'age'.*head bias"):
@@ -151,7 +151,7 @@ def test_end_epoch_without_heads_or_steps():
     agg.end_epoch()  # no data: nothing to refit, the epoch still counts
     assert agg.epoch == 1 and agg.prior.posteriors == [None, None, None]
     with pytest.raises(ValueError, match="no Regression task group"):
-        BayesAgg([Binary("b", 2)]).fit_regression_heads([nn.Linear(D, 2)], [])
+        BayesAgg.paper([Binary("b", 2)]).fit_regression_heads([nn.Linear(D, 2)], [])
     with pytest.raises(ValueError, match="no batch"):
         agg.fit_regression_heads([nn.Linear(D, 1), nn.Linear(D, 2), nn.Linear(D, 3)], [])
 

@@ -88,3 +88,17 @@ def test_end_epoch_state_dict_and_reset():
     )
     method.reset()
     assert method.aggregator.epoch == 0 and method.last_weights is None
+
+
+def test_library_defaults_and_the_published_variant():
+    """Issue 7: ``bayesagg`` = half-damped Newton fits and K-scaled gradient; ``bayesagg-paper``
+    = the paper (one undamped Newton step, unscaled gradient), overridable like any default."""
+    default = methods.create("bayesagg", num_tasks=5, groups=GROUPS).aggregator
+    paper = methods.create("bayesagg-paper", num_tasks=5, groups=GROUPS).aggregator
+    assert (default.newton_steps, default.newton_damping, default.scale_by_tasks) == (1, 0.5, True)
+    assert (paper.newton_steps, paper.newton_damping, paper.scale_by_tasks) == (1, 1.0, False)
+    assert (paper.prior_mean, paper.classification_heads) == ("full_data", "trained")
+    assert (default.prior_mean, default.classification_heads) == ("full_data", "trained")
+    tuned = methods.create("bayesagg-paper", num_tasks=5, groups=GROUPS, newton_damping=0.25)
+    assert tuned.aggregator.newton_damping == 0.25
+    assert BayesAgg.paper(GROUPS, scale_by_tasks=True).scale_by_tasks is True

@@ -82,7 +82,7 @@ def test_binary_batch_posterior_uses_the_refitted_epoch_prior():
     """
     gamma = 1.0
     theta = torch.tensor([0.4, -0.5, 0.2, 0.0], dtype=F64)
-    agg = BayesAgg([Binary("b", 1)], gamma=gamma, warmup_epochs=1)
+    agg = BayesAgg.paper([Binary("b", 1)], gamma=gamma, warmup_epochs=1)
     (h_all, y_all), (hb, yb), mu = _epoch_then_step(agg, _binary_head(theta))
 
     iso = torch.eye(D + 1, dtype=F64) / gamma
@@ -110,7 +110,7 @@ def test_multiclass_batch_posterior_uses_the_refitted_epoch_prior():
     true = torch.randn(c, D, generator=g, dtype=F64) * 2
     y_all = torch.distributions.Categorical(logits=h_all @ true.T).sample()
     head = nn.Linear(D, c).double()
-    agg = BayesAgg([Multiclass("m", c)], gamma=1.0, warmup_epochs=1, num_samples=4096)
+    agg = BayesAgg.paper([Multiclass("m", c)], gamma=1.0, warmup_epochs=1, num_samples=4096)
     for part in range(0, n, 100):
         agg.backward(
             h_all[part : part + 100].clone().requires_grad_(True),
@@ -141,7 +141,7 @@ def test_regression_bias_false_ignores_the_heads_bias_and_zeroes_it():
     h = torch.randn(40, D, generator=g, dtype=F64)
     y = torch.randn(40, 2, generator=g, dtype=F64) + 3.0
     head = nn.Linear(D, 2).double()
-    agg = BayesAgg([Regression("r", 2)], gamma=gamma, regression_bias=False)
+    agg = BayesAgg.paper([Regression("r", 2)], gamma=gamma, regression_bias=False)
     agg.fit_regression_heads([head], [(h, [y])])
     # Bayesian linear regression without bias, noise variance 1, prior N(0, gamma I).
     expected = torch.linalg.solve(h.T @ h + torch.eye(D, dtype=F64) / gamma, h.T @ y).T
@@ -159,13 +159,13 @@ def test_regression_bias_false_step_equals_a_bias_free_head():
     plain.weight.data.copy_(biased.weight.data)
     grads = []
     for head, option in ((biased, False), (plain, True)):
-        agg = BayesAgg([Regression("r", 1)], regression_bias=option)
+        agg = BayesAgg.paper([Regression("r", 1)], regression_bias=option)
         leaf = h.clone().requires_grad_(True)
         agg.backward(leaf, [head], [y])
         grads.append(leaf.grad)
     assert torch.allclose(grads[0], grads[1], atol=1e-14)
     # ... and differs from the posterior with a bias (the option does something).
-    agg = BayesAgg([Regression("r", 1)])
+    agg = BayesAgg.paper([Regression("r", 1)])
     leaf = h.clone().requires_grad_(True)
     agg.backward(leaf, [biased], [y])
     assert not torch.allclose(leaf.grad, grads[0], atol=1e-6)
@@ -179,7 +179,9 @@ def test_classification_heads_posterior_mean_writes_the_full_data_fit(option):
     gamma = 1.0
     theta = torch.tensor([0.4, -0.5, 0.2, 0.1], dtype=F64)
     head = _binary_head(theta)
-    agg = BayesAgg([Binary("b", 1)], gamma=gamma, warmup_epochs=1, classification_heads=option)
+    agg = BayesAgg.paper(
+        [Binary("b", 1)], gamma=gamma, warmup_epochs=1, classification_heads=option
+    )
     h_all, y_all = _logistic_data(300, seed=1)
     agg.backward(h_all.clone().requires_grad_(True), [head], [y_all[:, None]])
     agg.end_epoch([head])
@@ -195,7 +197,7 @@ def test_classification_heads_posterior_mean_writes_the_full_data_fit(option):
 def test_prior_mean_live_head_centres_the_prior_at_the_head_with_the_full_precision():
     gamma = 1.0
     theta = torch.tensor([0.4, -0.5, 0.2, 0.0], dtype=F64)
-    agg = BayesAgg([Binary("b", 1)], gamma=gamma, warmup_epochs=1, prior_mean="live_head")
+    agg = BayesAgg.paper([Binary("b", 1)], gamma=gamma, warmup_epochs=1, prior_mean="live_head")
     (h_all, y_all), (hb, yb), mu = _epoch_then_step(agg, _binary_head(theta))
     iso = torch.eye(D + 1, dtype=F64) / gamma
     _, p_full = _sigmoid_newton(h_all, y_all, theta, torch.zeros(D + 1, dtype=F64), iso)
@@ -246,7 +248,7 @@ def test_many_newton_steps_reach_the_map():
 
 def test_newton_options_reach_the_epoch_prior():
     theta = torch.tensor([0.4, -0.5, 0.2, 0.0], dtype=F64)
-    agg = BayesAgg([Binary("b", 1)], gamma=1.0, warmup_epochs=1, newton_steps=20)
+    agg = BayesAgg.paper([Binary("b", 1)], gamma=1.0, warmup_epochs=1, newton_steps=20)
     (h_all, y_all), _, _ = _epoch_then_step(agg, _binary_head(theta))
     m = agg.prior.posteriors[0].mean[0]
     ht = torch.cat([h_all, torch.ones(len(h_all), 1, dtype=F64)], 1)
@@ -257,7 +259,7 @@ def test_newton_options_reach_the_epoch_prior():
 @pytest.mark.parametrize("steps, damping", [(0, 1.0), (1, 0.0), (1, 1.5), (1.5, 1.0)])
 def test_newton_options_are_checked(steps, damping):
     with pytest.raises(ValueError, match="newton"):
-        BayesAgg([Binary("b", 1)], newton_steps=steps, newton_damping=damping)
+        BayesAgg.paper([Binary("b", 1)], newton_steps=steps, newton_damping=damping)
 
 
 # -- scale_by_tasks ---------------------------------------------------------------------------
@@ -275,7 +277,9 @@ def test_scale_by_tasks_multiplies_the_encoder_gradient_by_k_only():
     heads = nn.ModuleList([nn.Linear(D, 2), nn.Linear(D, 3)]).double()
     out = {}
     for scale in (False, True):
-        agg = BayesAgg(groups, scale_by_tasks=scale, generator=torch.Generator().manual_seed(1))
+        agg = BayesAgg.paper(
+            groups, scale_by_tasks=scale, generator=torch.Generator().manual_seed(1)
+        )
         mine = copy.deepcopy(heads)
         leaf = h.clone().requires_grad_(True)
         agg.backward(leaf, mine, targets)
@@ -286,12 +290,12 @@ def test_scale_by_tasks_multiplies_the_encoder_gradient_by_k_only():
 
 
 def test_options_are_part_of_the_configuration():
-    agg = BayesAgg([Binary("b", 1)], prior_mean="live_head", newton_steps=3)
+    agg = BayesAgg.paper([Binary("b", 1)], prior_mean="live_head", newton_steps=3)
     state = agg.state_dict()
     assert state["config"]["prior_mean"] == "live_head"
-    other = BayesAgg([Binary("b", 1)])
+    other = BayesAgg.paper([Binary("b", 1)])
     with pytest.raises(ValueError, match="prior_mean"):
         other.load_state_dict(state)
     for bad in ({"prior_mean": "zero"}, {"classification_heads": "frozen"}):
         with pytest.raises(ValueError):
-            BayesAgg([Binary("b", 1)], **bad)
+            BayesAgg.paper([Binary("b", 1)], **bad)

@@ -16,6 +16,7 @@ EXPECTED = [
     "aligned-mtl", "aligned-mtl-ub", "upgrad", "graddrop", "gradvac",
     "fairgrad", "config", "dualproj", "excess-mtl", "modo", "sdmgrad", "ntkmtl", "ntkmtl-sr",
     "bayesagg",
+    "bayesagg-paper",
     # representation-level variants (bayesagg.methods.representation)
     "pcgrad-ub", "cagrad-ub", "nash-mtl-ub", "upgrad-ub", "gradvac-ub",
     "fairgrad-ub", "config-ub", "dualproj-ub", "modo-ub", "sdmgrad-ub", "ntkmtl-ub",
@@ -28,12 +29,13 @@ PENDING_PREFIXES = ("gradient.", "bayesagg_mtl")
 REQUIRED_HPARAMS: dict[str, dict[str, object]] = {
     "stl": {"task": 0},
     "bayesagg": {"groups": [Regression("y", outputs=3)]},
+    "bayesagg-paper": {"groups": [Regression("y", outputs=3)]},
 }
 
 
 def test_names_lists_every_entry_in_order() -> None:
     assert names() == EXPECTED
-    assert len(names()) == len(set(names())) == 44
+    assert len(names()) == len(set(names())) == 45
     assert all(describe(n) for n in names())
 
 

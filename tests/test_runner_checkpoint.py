@@ -154,7 +154,9 @@ def test_every_method_resumes_exactly(install_fake, tmp_path, monkeypatch, name)
         pytest.skip(_available(name))
     extra = {"task": "b[1]"} if name == "stl" else {}
     [whole] = run(_config(tmp_path / "whole", name, **extra))
-    stop = 2 if name == "bayesagg" else 1  # BayesAgg-MTL: once after its first prior update
+    stop = (
+        2 if name.startswith("bayesagg") else 1
+    )  # BayesAgg-MTL: once after its first prior update
     with monkeypatch.context() as m:
         _interrupt_after_epoch(m, stop)
         with pytest.raises(KeyboardInterrupt):

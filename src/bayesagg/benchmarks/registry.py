@@ -103,12 +103,19 @@ class Protocol:
         """Return this recipe on another budget: same settings, warm-up scaled to ``epochs``.
 
         ``quick`` and ``smoke`` are derived from ``paper`` so they keep its optimiser,
-        schedule, clipping, task groups and BayesAgg-MTL settings; ``changes`` are the budget
+        schedule, clipping, task groups and BayesAgg-MTL settings (s, gamma, warm-up, ...),
+        except the paper's BayesAgg-MTL behaviour (``PAPER_BEHAVIOUR``, pinned by ``paper``
+        protocols): ``bayesagg`` runs the library's defaults there, ``bayesagg-paper`` the paper's; ``changes`` are the budget
         (batch size, example limits, model width, ...) and ``bayesagg`` overrides (e.g. fewer
         Monte-Carlo samples in a smoke run).
         """
+        from bayesagg.bayes_agg import PAPER_BEHAVIOUR
+
         derived = self.with_epochs(epochs)
-        hp = {**derived.bayesagg, **dict(bayesagg or {})}
+        # A derived recipe runs the library's BayesAgg-MTL (issue 7's sturdier defaults); the
+        # published one stays available there as the method ``bayesagg-paper``.
+        hp = {k: v for k, v in derived.bayesagg.items() if k not in PAPER_BEHAVIOUR}
+        hp.update(bayesagg or {})
         return replace(derived, name=name, note=note, bayesagg=_frozen(hp), **changes)
 
     def with_epochs(self, epochs: int) -> Protocol:

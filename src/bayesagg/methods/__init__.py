@@ -80,6 +80,11 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     ),
     # the method of this project
     "bayesagg": ("bayesagg_mtl", "BayesAggMTL", "BayesAgg-MTL (Achituve et al. 2024)"),
+    "bayesagg-paper": (
+        "bayesagg_mtl",
+        "BayesAggMTLPaper",
+        "BayesAgg-MTL exactly as published (undamped Newton fits, unscaled gradient)",
+    ),
 }
 
 # "<method>-ub" -> "<method>": the aggregator applied to the per-example gradients w.r.t. the

@@ -92,7 +92,7 @@ _FIXED = {
 
 def names() -> list[str]:
     """Return the methods that have a search space."""
-    return sorted(["bayesagg", *_FIXED])
+    return sorted(["bayesagg", "bayesagg-paper", *_FIXED])
 
 
 def search_space(method: str, task_kinds: Sequence[str]) -> SearchSpace:
@@ -100,8 +100,9 @@ def search_space(method: str, task_kinds: Sequence[str]) -> SearchSpace:
 
     Raises KeyError naming the methods that have one.
     """
-    if method == "bayesagg":
-        return _bayesagg(task_kinds)
+    if method in ("bayesagg", "bayesagg-paper"):
+        space = _bayesagg(task_kinds)
+        return SearchSpace(method, space.grid, space.source)
     if method in _FIXED:
         return _FIXED[method]
     raise KeyError(f"method {method!r} has no published search space; methods with one: {names()}")

@@ -66,7 +66,7 @@ def constructor_parameters(method: str) -> tuple[dict[str, inspect.Parameter], b
     params = dict(inspect.signature(cls.__init__).parameters)
     params.pop("self", None)
     var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if method == "bayesagg" and var_kw:
+    if method in ("bayesagg", "bayesagg-paper") and var_kw:
         # The registry's adapter forwards **hparams to bayesagg.BayesAgg: check against it.
         from bayesagg.bayes_agg import BayesAgg
 

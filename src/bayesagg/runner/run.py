@@ -49,7 +49,7 @@ from bayesagg.tasks import num_tasks, task_kinds, task_names
 __all__ = ["Plan", "finished_result", "plan", "run"]
 
 # Methods that read the representation, heads and targets, or need the task groups.
-_NEEDS_GROUPS = frozenset({"bayesagg"})
+_NEEDS_GROUPS = frozenset({"bayesagg", "bayesagg-paper"})
 
 
 @dataclass(frozen=True)
@@ -147,8 +147,8 @@ def plan(config: RunConfig) -> Plan:
         raise ConfigError("--task is only for --method stl (single-task learning)")
     validate_hparams(config.method, config.hparams)
     hparams: dict[str, Any] = {}
-    if config.method == "bayesagg":
-        hparams.update(protocol_hparams("bayesagg", protocol.bayesagg))
+    if config.method in _NEEDS_GROUPS:  # BayesAgg-MTL, as the library defaults it or as published
+        hparams.update(protocol_hparams(config.method, protocol.bayesagg))
     hparams.update(config.hparams)
     groups = spec.groups_for(protocol)
     own = protocol_dir(config) / "references.json"

@@ -8,6 +8,7 @@ machines; the loader reads the NIH layout.
 
 from __future__ import annotations
 
+from bayesagg.bayes_agg import PAPER_BEHAVIOUR
 from bayesagg.benchmarks.registry import Benchmark, Protocol
 
 # The authors' ChestX-ray14 trainer (PROTOCOLS.md; paper App. B): Adam 1e-3, no weight decay,
@@ -20,7 +21,13 @@ _PAPER = Protocol(
     scheduler="multistep",
     milestones=(0.6, 0.8),
     clip_heads=50.0,
-    bayesagg={"warmup_epochs": 1, "s_classification": 5e-4, "gamma": 5e-3, "num_samples": 1024},
+    bayesagg={
+        "warmup_epochs": 1,
+        "s_classification": 5e-4,
+        "gamma": 5e-3,
+        "num_samples": 1024,
+        **PAPER_BEHAVIOUR,
+    },
     note=(
         "published recipe, except that the encoder starts from scratch unless "
         "--model-option weights=IMAGENET1K_V1 (the paper uses ImageNet weights)"

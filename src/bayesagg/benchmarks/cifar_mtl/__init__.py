@@ -8,6 +8,7 @@ reads the official ``cifar-100-python`` files.
 
 from __future__ import annotations
 
+from bayesagg.bayes_agg import PAPER_BEHAVIOUR
 from bayesagg.benchmarks.registry import Benchmark, Protocol
 
 # The authors' CIFAR-MTL trainer (PROTOCOLS.md; paper App. B): Adam 1e-3, weight decay 1e-4,
@@ -22,7 +23,13 @@ _PAPER = Protocol(
     milestones=(0.6, 0.8),
     clip_heads=50.0,
     drop_last=True,
-    bayesagg={"warmup_epochs": 3, "s_classification": 5e-4, "gamma": 5e-4, "num_samples": 1024},
+    bayesagg={
+        "warmup_epochs": 3,
+        "s_classification": 5e-4,
+        "gamma": 5e-4,
+        "num_samples": 1024,
+        **PAPER_BEHAVIOUR,
+    },
     note="published recipe",
 )
 

@@ -8,6 +8,7 @@ selection on the validation 10-way accuracy (as CIFAR-MTL).
 
 from __future__ import annotations
 
+from bayesagg.bayes_agg import PAPER_BEHAVIOUR
 from bayesagg.benchmarks.registry import Benchmark, Protocol
 
 # CIFAR-MTL's recipe (the authors' CIFAR-MTL trainer, PROTOCOLS.md) at Fashion-MNIST scale:
@@ -22,7 +23,13 @@ _PAPER = Protocol(
     milestones=(0.6, 0.8),
     clip_heads=50.0,
     drop_last=True,
-    bayesagg={"warmup_epochs": 3, "s_classification": 5e-4, "gamma": 5e-4, "num_samples": 1024},
+    bayesagg={
+        "warmup_epochs": 3,
+        "s_classification": 5e-4,
+        "gamma": 5e-4,
+        "num_samples": 1024,
+        **PAPER_BEHAVIOUR,
+    },
     note="CIFAR-MTL's published recipe applied to Fashion-MNIST (not a published benchmark)",
 )
 

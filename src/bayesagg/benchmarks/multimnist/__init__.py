@@ -7,6 +7,7 @@ on the mean validation accuracy of the two tasks.
 
 from __future__ import annotations
 
+from bayesagg.bayes_agg import PAPER_BEHAVIOUR
 from bayesagg.benchmarks.registry import Benchmark, Protocol
 
 # Not in the BayesAgg-MTL paper: 100 epochs as Sener & Koltun 2018; everything else is the
@@ -23,7 +24,13 @@ _PAPER = Protocol(
     milestones=(0.6, 0.8),
     clip_heads=10.0,
     clip_shared=5.0,
-    bayesagg={"warmup_epochs": 10, "s_classification": 0.1, "gamma": 5e-3, "num_samples": 1024},
+    bayesagg={
+        "warmup_epochs": 10,
+        "s_classification": 0.1,
+        "gamma": 5e-3,
+        "num_samples": 1024,
+        **PAPER_BEHAVIOUR,
+    },
     note=(
         "100 epochs as Sener & Koltun 2018; batch 256 and the rest of the recipe (the authors' "
         "UTKFace trainer: Adam 1e-3, wd 1e-4, x0.1 at 60/80 %, clipping 10/5, BayesAgg "

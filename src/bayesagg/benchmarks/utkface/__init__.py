@@ -7,6 +7,7 @@ Brier score reported for the classification tasks (paper App. C.1).
 
 from __future__ import annotations
 
+from bayesagg.bayes_agg import PAPER_BEHAVIOUR
 from bayesagg.benchmarks.registry import Benchmark, Protocol
 from bayesagg.tasks import Multiclass, Regression
 
@@ -32,6 +33,7 @@ _PAPER = Protocol(
         "gamma": 5e-3,
         "num_samples": 1024,
         "regression_bias": False,
+        **PAPER_BEHAVIOUR,
     },
     note="published recipe (the authors' trainer: gender as a 2-class multiclass group)",
 )
