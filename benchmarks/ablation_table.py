@@ -1,11 +1,11 @@
 """Print the issue-7 ablation table: BayesAgg-MTL variants vs LS, mean +- std over seeds.
 
-    python benchmarks/ablation_table.py results/multimnist/quick results/fashion-mtl/quick --seeds 0,1,2
+    python benchmarks/ablation_table.py results/ablation/multimnist/quick results/multimnist/quick --seeds 0,1,2
 
-For every method folder under each protocol folder (``ls``, ``bayesagg``, ``bayesagg_<hp>``...)
-it reads ``seed<N>/result.json`` and prints the validation criterion (what the choice is made
+The folders given are merged into one table. For every method folder under them (``ls``,
+``bayesagg``, ``bayesagg_<hp>``...; ``stl`` is skipped) it reads ``seed<N>/result.json`` and prints the validation criterion (what the choice is made
 on), the test criterion metrics and test Delta_m, as mean +- std over the seeds that exist, with
-how many there are. Validation decides; test is reported, never used to choose.
+how many there are. Validation decides; test is reported, never used to choose. Accuracies in %.
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ def _fmt(values: list[float], scale: float = 1.0) -> str:
         return "-"
     mean = statistics.fmean(values) * scale
     std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-    return f"{mean:.2f} ± {std:.2f}"
+    return f"{mean:.3g} ± {std:.2g}" if abs(mean) < 1 else f"{mean:.2f} ± {std:.2f}"
 
 
-def table(folder: Path, seeds: list[int]) -> str:
+def table(folders: list[Path], seeds: list[int]) -> str:
     rows = []
-    for method_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+    method_dirs = sorted(
+        (p for folder in folders for p in folder.iterdir() if p.is_dir()), key=lambda p: p.name
+    )
+    for method_dir in method_dirs:
         if method_dir.name == "stl":
             continue
         docs = []
@@ -38,18 +41,37 @@ def table(folder: Path, seeds: list[int]) -> str:
             continue
         criterion = docs[0]["selection"]["criterion"]
         val = [d["selection"]["value"] for d in docs]
-        test_keys = [k for k in docs[0]["test"] if k.endswith("accuracy") or k.endswith("mae")]
-        tests = {k: [d["test"][k] for d in docs] for k in test_keys}
+        test_keys = [k for k in docs[0]["test"] if k.endswith(("accuracy", "mae", "mse"))]
+        if len(test_keys) > 4:  # many tasks (Fashion-MTL): the k-way accuracy and the task mean
+            tasks = [k for k in test_keys if not k.startswith("argmax/")]
+            tests = {
+                "mean task accuracy": [statistics.fmean(d["test"][k] for k in tasks) for d in docs]
+            }
+            if "argmax/accuracy" in docs[0]["test"]:
+                tests["argmax/accuracy"] = [d["test"]["argmax/accuracy"] for d in docs]
+        else:
+            tests = {k: [d["test"][k] for d in docs] for k in test_keys}
         dm = [d["delta_m"]["test"] for d in docs if d.get("delta_m")]
         rows.append((method_dir.name, criterion, val, tests, dm, len(docs)))
     if not rows:
-        return f"{folder}: no results\n"
+        return f"{', '.join(map(str, folders))}: no results\n"
     keys = list(rows[0][3])
     pct = 100.0 if "accuracy" in rows[0][1] else 1.0
     head = ["method", f"val {rows[0][1]}", *[f"test {k}" for k in keys], "test Δm %", "seeds"]
-    lines = [f"### {folder}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"### {' + '.join(map(str, folders))}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for name, _, val, tests, dm, n in rows:
-        cells = [name, _fmt(val, pct), *[_fmt(tests[k], pct) for k in keys], _fmt(dm), str(n)]
+        cells = [
+            name,
+            _fmt(val, pct),
+            *[_fmt(tests[k], 100.0 if "accuracy" in k else 1.0) for k in keys],
+            _fmt(dm),
+            str(n),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -60,8 +82,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    for folder in args.folders:
-        print(table(folder, seeds))
+    print(table(args.folders, seeds))
 
 
 if __name__ == "__main__":
