@@ -102,3 +102,24 @@ def test_library_defaults_and_the_published_variant():
     tuned = methods.create("bayesagg-paper", num_tasks=5, groups=GROUPS, newton_damping=0.25)
     assert tuned.aggregator.newton_damping == 0.25
     assert BayesAgg.paper(GROUPS, scale_by_tasks=True).scale_by_tasks is True
+
+
+def test_representation_gradient_is_what_a_step_sends_into_the_encoder():
+    """Diagnostics read ``representation_gradient``; it must be the step's own g (times K with
+    the default ``scale_by_tasks``), computed without a step's effects."""
+    torch.manual_seed(0)
+    b, d = 12, 4
+    agg = BayesAgg(GROUPS, gamma=1.0)
+    heads = [nn.Linear(d, g.outputs if hasattr(g, "outputs") else g.classes) for g in GROUPS]
+    heads[1] = nn.Linear(d, 2)
+    h = torch.randn(b, d, dtype=torch.float64, requires_grad=True)
+    heads = [head.double() for head in heads]
+    targets = [
+        torch.randn(b, 2).double(),
+        torch.randint(0, 2, (b, 2)).double(),
+        torch.randint(0, 3, (b,)),
+    ]
+    g = agg.representation_gradient(h, heads, targets)
+    assert h.grad is None and agg.step == 0
+    agg.backward(h, heads, targets)
+    torch.testing.assert_close(h.grad, g / b, rtol=1e-12, atol=1e-14)

@@ -384,19 +384,7 @@ class BayesAgg:
     def _bayesagg_step(
         self, h: Tensor, heads: Sequence[nn.Linear], targets: Sequence[Tensor], bias: list[bool]
     ) -> Tensor:
-        dtype = torch.promote_types(h.dtype, torch.float32)
-        features = h.detach().to(dtype)
-        mus, variances = [], []
-        with torch.no_grad():
-            for i, (group, head, y) in enumerate(zip(self.groups, heads, targets, strict=True)):
-                mu, var = self._group_moments(i, group, head, features, y, bias[i])
-                mus.append(mu)
-                variances.append(var)
-        mu = torch.cat(mus, dim=1)
-        alpha = aggregation_weights(
-            torch.cat(variances, dim=1), self._powers_for(dtype, h.device), self.eps
-        )
-        g = (alpha * mu).sum(dim=1)
+        features, g, alpha, mus, variances = self._aggregate(h, heads, targets, bias)
         # One check of the result (a non-finite entry makes the sum non-finite; the exact test
         # runs only then), and the cause located on failure.
         if not bool(g.sum().isfinite()) and not bool(g.isfinite().all()):
@@ -534,6 +522,13 @@ class BayesAgg:
         counters or weights updated. For diagnostics (:mod:`bayesagg.diagnostics`).
         """
         heads, targets, bias = self._check_step(h, heads, targets)
+        return self._aggregate(h, heads, targets, bias)[1] * self._gradient_scale()
+
+    def _aggregate(
+        self, h: Tensor, heads: Sequence[nn.Linear], targets: Sequence[Tensor], bias: list[bool]
+    ) -> tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]:
+        """Return (features, g, alpha, mus, variances): the aggregated gradients g [B, D] (paper
+        Eq. 7), the weights alpha [B, K, D] and each group's moments, on detached features."""
         dtype = torch.promote_types(h.dtype, torch.float32)
         features = h.detach().to(dtype)
         with torch.no_grad():
@@ -541,13 +536,13 @@ class BayesAgg:
                 self._group_moments(i, group, head, features, y, bias[i])
                 for i, (group, head, y) in enumerate(zip(self.groups, heads, targets, strict=True))
             ]
-            mu = torch.cat([m for m, _ in moments], dim=1)
+            mus = [m for m, _ in moments]
+            variances = [v for _, v in moments]
             alpha = aggregation_weights(
-                torch.cat([v for _, v in moments], dim=1),
-                self._powers_for(dtype, h.device),
-                self.eps,
+                torch.cat(variances, dim=1), self._powers_for(dtype, h.device), self.eps
             )
-        return (alpha * mu).sum(dim=1) * self._gradient_scale()
+            g = (alpha * torch.cat(mus, dim=1)).sum(dim=1)
+        return features, g, alpha, mus, variances
 
     def _powers_for(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         """Return the per-task powers s [K] (s_regression or s_classification by task kind)."""
