@@ -243,3 +243,20 @@ def test_bayesagg_defaults_to_the_deterministic_rule() -> None:
         agg.backward(leaf, heads, [y])
         grads.append(leaf.grad)
     assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 3, 4])
+def test_qmc_blocks_with_mixed_rule_sizes_equal_one_example_at_a_time(chunk_size) -> None:
+    # Rows scaled from narrow to wide logits get different rule sizes (every level of
+    # QMC_LEVELS); blocks of examples then mix levels, gathered and scattered back in place.
+    h, y, mean, cov = _problem(11, 4, 0.3, b=9)
+    h = h * torch.tensor([0.2, 4.0, 1.0, 8.0, 0.5, 2.0, 16.0, 0.1, 3.0], dtype=DT)[:, None]
+    ht = augment(h, True)
+    c, p = mean.shape
+    v = torch.einsum("bp,kpjq,bq->bkj", ht, cov.reshape(c, p, c, p), ht)
+    assert len(moments._qmc_counts(v, c).unique()) >= 3
+    mu, var = moments.multiclass(h, y, mean, cov, chunk_size=chunk_size)
+    for i in range(h.shape[0]):
+        one = moments.multiclass(h[i : i + 1], y[i : i + 1], mean, cov)
+        torch.testing.assert_close(mu[i], one[0][0], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(var[i], one[1][0], rtol=1e-12, atol=1e-14)
