@@ -27,7 +27,7 @@ ROOT = TESTS.parent
 
 #: Fields that measure wall-clock time or say how the run was executed, not what it computed.
 WALL_CLOCK = ("started", "wall_seconds", "time_per_step", "resumed_after_epoch", "command")
-CSV_WALL_CLOCK = ("train_seconds", "step_ms_median")
+CSV_WALL_CLOCK = ("train_seconds", "step_ms_median", "data_seconds", "eval_seconds")
 
 
 def _computed(result: dict[str, Any]) -> dict[str, Any]:

@@ -245,3 +245,19 @@ def test_qm9_revised_protocol_is_the_paper_recipe_with_batch_60_and_patience_10(
 
     same = replace(revised, name="paper", batch_size=120, plateau_patience=5, note=paper.note)
     assert same == paper
+
+
+def test_epochs_csv_splits_time_into_steps_data_and_evaluation(install_fake, tmp_path):
+    # Issue 8: the loader's and the evaluation's share of an epoch are logged per epoch.
+    import csv
+
+    run(RunConfig(benchmark="fake", method="ls", protocol="smoke", out=str(tmp_path)))
+    with open(next((tmp_path / "fake").rglob("epochs.csv"))) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    for row in rows:
+        train, data, evaluation = (
+            float(row[k]) for k in ("train_seconds", "data_seconds", "eval_seconds")
+        )
+        assert 0 < data < train  # waiting for batches is part of the epoch's training time
+        assert evaluation > 0

@@ -533,11 +533,16 @@ def train(
         weight_count = 0
         steps = 0
         start = time.perf_counter()
+        # Time spent waiting for the loader and moving batches (issue 8: loaders must not
+        # dominate a step): from the end of one step to the start of the next.
+        data_seconds = 0.0
+        fetch_from = start
         batches = tqdm(train_loader, desc=f"epoch {epoch + 1}", disable=not progress, leave=False)
         for batch in batches:
             x, targets = split_batch(spec, groups, batch, device)
             if scaler is not None:
                 targets = scaler.forward(targets)
+            data_seconds += time.perf_counter() - fetch_from
             if probe is not None and probe.due(steps):
                 probe.measure(model, groups, x, targets)
             t0 = time.perf_counter()
@@ -553,6 +558,7 @@ def train(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             step_seconds.append(time.perf_counter() - t0)
+            fetch_from = time.perf_counter()
             loss_sum += losses.detach().double().cpu()
             if method.last_weights is not None:
                 w = method.last_weights.detach().double().cpu().reshape(-1)
@@ -568,8 +574,10 @@ def train(
 
         if refit is not None and epoch + 1 >= refit_from:
             _refit_regression_heads(refit, model, spec, groups, ordered_train, device, scaler)
+        eval_start = time.perf_counter()
         val = evaluate_split(model, spec, groups, val_loader, device, scaler)
         test = evaluate_split(model, spec, groups, test_loader, device, scaler)
+        eval_seconds = time.perf_counter() - eval_start
         value = criterion.value(val)
         if best is None or criterion.better(value, best[1]):
             best = (epoch, value, val, test)
@@ -589,6 +597,8 @@ def train(
             "step_ms_median": round(
                 1000 * statistics.median(step_seconds[-steps:]) if steps else 0.0, 4
             ),
+            "data_seconds": round(data_seconds, 4),
+            "eval_seconds": round(eval_seconds, 4),
             f"val/{criterion.name}": value,
         }
         row.update({f"train_loss/{n}": float(v) for n, v in zip(names, epoch_losses, strict=True)})
