@@ -25,3 +25,15 @@ def real_data_dir(name: str) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _decoded_data_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Keep decoded-data caches (UTKFace's, on by default) out of the user's home."""
+    previous = os.environ.get("BAYESAGG_CACHE_DIR")
+    os.environ["BAYESAGG_CACHE_DIR"] = str(tmp_path_factory.mktemp("bayesagg-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("BAYESAGG_CACHE_DIR", None)
+    else:
+        os.environ["BAYESAGG_CACHE_DIR"] = previous

@@ -87,7 +87,7 @@ def test_cache_gives_the_same_images(tmp_path) -> None:
     cache = tmp_path / "cache"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        plain = utkface.load(tmp_path, image_size=16)
+        plain = utkface.load(tmp_path, image_size=16, cache=False)
         cached = utkface.load(tmp_path, image_size=16, cache=True, cache_dir=cache)
     assert len(list(cache.glob("utkface_18px_*.pt"))) == 1
     for k in range(3):
@@ -123,7 +123,7 @@ def test_real_utkface_counts_and_split() -> None:
     assert (len(names), len(bad)) == (23_702, 5)
     assert sorted(bad) == sorted(MALFORMED)
     with pytest.warns(UserWarning, match="skipped 5 UTKFace files") as record:
-        splits = utkface.load(folder.parent)
+        splits = utkface.load(folder.parent, cache=False)  # counts and split, no decoding
     assert len([w for w in record if "UTKFace" in str(w.message)]) == 1
     sizes = [len(s) for s in splits]
     assert sum(sizes) == 23_702
@@ -133,3 +133,12 @@ def test_real_utkface_counts_and_split() -> None:
     assert max(means) - min(means) < 0.2
     x, _ = splits.test[0]
     assert x.shape == (3, 128, 128)
+
+
+def test_the_decoded_cache_is_the_default_under_bayesagg_cache_dir(tmp_path, monkeypatch) -> None:
+    _fake_release(tmp_path / "data" / "utkface")
+    monkeypatch.setenv("BAYESAGG_CACHE_DIR", str(tmp_path / "cache"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        utkface.load(tmp_path / "data", image_size=16)
+    assert len(list((tmp_path / "cache" / "utkface").glob("utkface_18px_*.pt"))) == 1

@@ -116,6 +116,13 @@ def _transforms(image_size: int, train: bool, resized: bool) -> Any:
     return v2.Compose(steps)
 
 
+def default_cache_dir() -> Path:
+    """Return ``$BAYESAGG_CACHE_DIR``, else ``~/.cache/bayesagg``: where decoded data is kept."""
+    return Path(
+        os.environ.get("BAYESAGG_CACHE_DIR") or Path.home() / ".cache/bayesagg"
+    ).expanduser()
+
+
 def _cached_images(folder: Path, names: list[str], size: int, cache_dir: Path) -> Tensor:
     """Return all images resized to ``size`` px as one uint8 tensor, decoding them once to disk."""
     from torchvision.transforms import v2
@@ -147,16 +154,18 @@ def load(
     limit: int | None = None,
     split_seed: int = 42,
     image_size: int = 128,
-    cache: bool = False,
+    cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Splits:
     """Return UTKFace train/val/test: a 70/10/20 split stratified by age with ``split_seed``.
 
     ``image_size`` is the crop size (128 in the paper); images are first resized to
-    ``round(image_size * 140 / 128)``. With ``cache=True`` every image is decoded and resized
-    once and kept as a uint8 tensor file in ``cache_dir`` (default ``~/.cache/bayesagg/utkface``;
-    about 1.4 GB at 128 px, 0.35 GB at 64 px) so epochs skip JPEG decoding. ``seed`` only picks
-    the ``limit`` subset.
+    ``round(image_size * 140 / 128)``. With ``cache=True`` (the default) every image is decoded
+    and resized once and kept as a uint8 tensor file in ``cache_dir`` (default
+    ``$BAYESAGG_CACHE_DIR/utkface``, else ``~/.cache/bayesagg/utkface``; about 1.4 GB at 128 px,
+    0.35 GB at 64 px) so epochs skip JPEG decoding, which otherwise costs about as much as the
+    model's step on a CPU (docs/speed.md, "Training-loop costs"); ``cache=False`` decodes every
+    image at every epoch. ``seed`` only picks the ``limit`` subset.
     """
     folder = dataset_dir("utkface", data_dir)
     files = sorted(entry.name for entry in os.scandir(folder) if entry.is_file())
@@ -173,7 +182,7 @@ def load(
     resize = round(image_size * RESIZE_OVER_CROP)
     cached = None
     if cache:
-        root = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache/bayesagg/utkface"
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "utkface"
         cached = _cached_images(folder, names, resize, root.expanduser())
 
     def dataset(idx: np.ndarray, train: bool) -> UTKFaceImages:
