@@ -173,6 +173,20 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--output", metavar="FILE", help="markdown file (default DIR/report.md)")
     report.set_defaults(func=_report)
 
+    summary = sub.add_parser(
+        "summary",
+        help="the campaign across benchmarks: paired differences to LS, ranks, cost",
+        description="Write one markdown file (e.g. RESULTS.md) from several protocol folders "
+        "(<out>/<benchmark>/<protocol>): each one's table, each method's paired Delta_m "
+        "difference to LS with a 95 %% interval over seeds, ranks, the mean rank across the "
+        "benchmarks and the campaign's wall time; plots in results-plots/ next to it.",
+    )
+    summary.add_argument("folders", nargs="+", metavar="FOLDER", help="protocol folders")
+    summary.add_argument("--output", required=True, metavar="FILE", help="markdown file")
+    summary.add_argument("--notes", metavar="FILE", help="markdown put after the title")
+    summary.add_argument("--no-plots", action="store_true", help="no PNG plots")
+    summary.set_defaults(func=_summary)
+
     lst = sub.add_parser("list", help="the benchmarks, protocols and methods")
     lst.set_defaults(func=_list)
     return parser
@@ -280,6 +294,21 @@ def _report(args: argparse.Namespace) -> int:
     path = write_report(args.dir, references=args.references, output=args.output)
     print(path.read_text())
     _echo(f"report: {path}")
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bayesagg.runner.config import ConfigError
+    from bayesagg.summary import write_summary
+
+    for folder in args.folders:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"protocol folder {folder} does not exist")
+    notes = Path(args.notes).read_text() if args.notes else ""
+    write_summary(args.folders, args.output, plots=not args.no_plots, preamble=notes)
+    _echo(f"summary: {args.output}")
     return 0
 
 

@@ -222,6 +222,35 @@ class IndexedImages(Dataset):
         """Return every item's targets at once, one tensor per task group (no image decoding)."""
         return tuple(t[self.indices] for t in self.targets)
 
+    def __getitems__(self, items: Sequence[int]) -> Any:
+        """Return the collated batch of ``items`` by one indexing per tensor (DataLoader hook).
+
+        torch's DataLoader calls this instead of ``__getitem__`` per item (and ``Subset``
+        forwards it); the result is what ``default_collate`` makes of the items, marked as
+        collated so that :func:`collate` passes it through. Per-item fetching and stacking cost
+        about a third of a MultiMNIST epoch on a CPU (docs/speed.md, "Training-loop costs").
+        Transforms other than :class:`ScaleNormalise` may be random per image: those fall back
+        to one item at a time.
+        """
+        if self.transform is not None and not isinstance(self.transform, ScaleNormalise):
+            return [self[i] for i in items]
+        j = self.indices[torch.as_tensor(items, dtype=torch.long)]
+        x = self.images[j]
+        if self.transform is not None:
+            x = self.transform(x)
+        return Collated([x, [t[j] for t in self.targets]])
+
+
+class Collated(list):
+    """A batch already collated by a dataset's ``__getitems__`` (see :func:`collate`)."""
+
+
+def collate(batch: Any) -> Any:
+    """``default_collate``, except for batches a dataset collated itself (:class:`Collated`)."""
+    from torch.utils.data import default_collate
+
+    return list(batch) if isinstance(batch, Collated) else default_collate(batch)
+
 
 class ScaleNormalise:
     """Map a uint8 image tensor to float32 in [0, 1], then standardise: ``(x / 255 - mean) / std``.

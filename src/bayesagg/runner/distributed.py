@@ -259,12 +259,22 @@ def _sizes(batches: Any) -> Iterator[int]:
 
 
 def _loader(spec: Any, dataset: Any, batch_sampler: Any, generator: torch.Generator) -> Any:
+    # the generator is drawn from as in the one-process loader (its per-iterator base seed)
     if spec.graph:
         from torch_geometric.loader import DataLoader
-    else:
-        from torch.utils.data import DataLoader
-    # the generator is drawn from as in the one-process loader (its per-iterator base seed)
-    return DataLoader(dataset, batch_sampler=batch_sampler, generator=generator, num_workers=0)
+
+        return DataLoader(dataset, batch_sampler=batch_sampler, generator=generator, num_workers=0)
+    from torch.utils.data import DataLoader
+
+    from bayesagg.benchmarks.splits import collate
+
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        generator=generator,
+        num_workers=0,
+        collate_fn=collate,
+    )
 
 
 def context() -> Context | None:

@@ -175,6 +175,18 @@ def make_loader(
     else:
         from torch.utils.data import DataLoader
     generator = torch.Generator().manual_seed(seed)
+    if spec.graph:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=0,
+            drop_last=drop_last,
+        )
+    from bayesagg.benchmarks.splits import collate
+
+    # In-memory datasets collate whole batches themselves (IndexedImages.__getitems__).
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -182,6 +194,7 @@ def make_loader(
         generator=generator,
         num_workers=0,
         drop_last=drop_last,
+        collate_fn=collate,
     )
 
 
