@@ -185,6 +185,9 @@ def _build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--output", required=True, metavar="FILE", help="markdown file")
     summary.add_argument("--notes", metavar="FILE", help="markdown put after the title")
     summary.add_argument("--no-plots", action="store_true", help="no PNG plots")
+    summary.add_argument(
+        "--references", default="own", metavar="WHICH", help="STL references (default own)"
+    )
     summary.set_defaults(func=_summary)
 
     lst = sub.add_parser("list", help="the benchmarks, protocols and methods")
@@ -307,7 +310,13 @@ def _summary(args: argparse.Namespace) -> int:
         if not Path(folder).is_dir():
             raise ConfigError(f"protocol folder {folder} does not exist")
     notes = Path(args.notes).read_text() if args.notes else ""
-    write_summary(args.folders, args.output, plots=not args.no_plots, preamble=notes)
+    write_summary(
+        args.folders,
+        args.output,
+        plots=not args.no_plots,
+        preamble=notes,
+        references=args.references,
+    )
     _echo(f"summary: {args.output}")
     return 0
 

@@ -35,6 +35,7 @@ class BenchmarkSummary:
     folder: Path
     benchmark: str
     protocol: str
+    references: str = "own"
     delta: dict[str, dict[int, float]] = field(default_factory=dict)
     ms_per_step: dict[str, list[float]] = field(default_factory=dict)
     wall_seconds: float = 0.0
@@ -75,8 +76,12 @@ def paired_interval(
     return mean, mean - half, mean + half, len(diffs)
 
 
-def summarise(folder: str | os.PathLike[str], references: str = "auto") -> BenchmarkSummary:
-    """Read every finished run of one protocol folder (unreadable files are left out)."""
+def summarise(folder: str | os.PathLike[str], references: str = "own") -> BenchmarkSummary:
+    """Read every finished run of one protocol folder (unreadable files are left out).
+
+    Delta_m is against ``references`` (as for ``bayesagg report``): by default this project's
+    STL runs in the folder (issue 9), not the published values a benchmark may have.
+    """
     from bayesagg.benchmarks import registry
     from bayesagg.report import _delta, _load, _references
 
@@ -86,7 +91,7 @@ def summarise(folder: str | os.PathLike[str], references: str = "auto") -> Bench
         raise FileNotFoundError(f"no finished runs under {folder}")
     spec = registry.get(runs[0]["benchmark"])
     refs = _references(spec, references, folder)
-    out = BenchmarkSummary(folder, spec.name, runs[0]["protocol"])
+    out = BenchmarkSummary(folder, spec.name, runs[0]["protocol"], references)
     for r in runs:
         out.runs += 1
         out.wall_seconds += float(r.get("wall_seconds") or 0.0)
@@ -106,7 +111,8 @@ def _benchmark_section(s: BenchmarkSummary, plots: Path | None) -> list[str]:
     from bayesagg.report import protocol_report
 
     lines = [f"## {s.benchmark}, protocol `{s.protocol}`", ""]
-    lines += [protocol_report(s.folder).split("\n", 2)[2].strip(), ""]  # drop its own title
+    report = protocol_report(s.folder, references=s.references)
+    lines += [report.split("\n", 2)[2].strip(), ""]  # without its own title
     base = s.delta.get(BASELINE, {})
     ranks = s.ranks()
     means = s.mean_delta()
@@ -178,11 +184,12 @@ def write_summary(
     *,
     plots: bool = True,
     preamble: str = "",
+    references: str = "own",
 ) -> str:
     """Write the campaign summary of ``folders`` to ``output``; return its text."""
     output = Path(output)
     plot_dir = output.parent / "results-plots" if plots else None
-    summaries = [summarise(f) for f in folders]
+    summaries = [summarise(f, references) for f in folders]
     lines = ["# Results", ""]
     if preamble:
         lines += [preamble.strip(), ""]
