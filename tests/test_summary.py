@@ -48,3 +48,12 @@ def test_summary_of_a_campaign(install_fake, tmp_path) -> None:  # noqa: F811
     assert f"{interval[0]:+.2f} [{interval[1]:+.2f}, {interval[2]:+.2f}]" in text
     assert "## Across benchmarks" in text and "## What the campaign cost" in text
     assert (tmp_path / "results-plots" / "paired-fake-smoke.png").is_file()
+
+
+def test_summary_keeps_only_the_chosen_seeds(install_fake, tmp_path) -> None:  # noqa: F811
+    base = RunConfig(benchmark="fake", method="ls", protocol="smoke", out=str(tmp_path))
+    compare(base, ["stl", "uw"], [0, 1])
+    folder = compare(base, ["ls"], [0, 1, 2])
+    s = summarise(folder, seeds=[0, 1])
+    assert set(s.delta["ls"]) == {0, 1} and set(s.delta["uw"]) == {0, 1}
+    assert set(summarise(folder).delta["ls"]) == {0, 1, 2}

@@ -185,6 +185,7 @@ def _build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--output", required=True, metavar="FILE", help="markdown file")
     summary.add_argument("--notes", metavar="FILE", help="markdown put after the title")
     summary.add_argument("--no-plots", action="store_true", help="no PNG plots")
+    summary.add_argument("--seeds", help="comma-separated: multi-task runs of these seeds only")
     summary.add_argument(
         "--references", default="own", metavar="WHICH", help="STL references (default own)"
     )
@@ -316,6 +317,7 @@ def _summary(args: argparse.Namespace) -> int:
         plots=not args.no_plots,
         preamble=notes,
         references=args.references,
+        seeds=None if args.seeds is None else _split_list(args.seeds, "--seeds", int),
     )
     _echo(f"summary: {args.output}")
     return 0

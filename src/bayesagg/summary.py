@@ -76,11 +76,17 @@ def paired_interval(
     return mean, mean - half, mean + half, len(diffs)
 
 
-def summarise(folder: str | os.PathLike[str], references: str = "own") -> BenchmarkSummary:
+def summarise(
+    folder: str | os.PathLike[str],
+    references: str = "own",
+    seeds: Sequence[int] | None = None,
+) -> BenchmarkSummary:
     """Read every finished run of one protocol folder (unreadable files are left out).
 
     Delta_m is against ``references`` (as for ``bayesagg report``): by default this project's
-    STL runs in the folder (issue 9), not the published values a benchmark may have.
+    STL runs in the folder (issue 9), not the published values a benchmark may have. With
+    ``seeds``, the multi-task runs of other seeds are left out (so that every method's mean
+    is over the same seeds); the wall time still counts every finished run.
     """
     from bayesagg.benchmarks import registry
     from bayesagg.report import _delta, _load, _references
@@ -95,7 +101,7 @@ def summarise(folder: str | os.PathLike[str], references: str = "own") -> Benchm
     for r in runs:
         out.runs += 1
         out.wall_seconds += float(r.get("wall_seconds") or 0.0)
-        if r.get("stl_task") is not None:
+        if r.get("stl_task") is not None or (seeds is not None and r["seed"] not in seeds):
             continue
         label = r["method_label"]
         value = _delta(r["test"], refs)
@@ -116,10 +122,12 @@ def _benchmark_section(s: BenchmarkSummary, plots: Path | None) -> list[str]:
     base = s.delta.get(BASELINE, {})
     ranks = s.ranks()
     means = s.mean_delta()
+    used = sorted({seed for v in s.delta.values() for seed in v})
     lines += [
         f"Paired differences to LS over the seeds both ran (Delta_m in points; negative = "
         f"better than LS), 95 % Student-t intervals; rank by mean Delta_m among "
-        f"{len(means)} methods:",
+        f"{len(means)} methods; multi-task runs of seeds {', '.join(map(str, used))} (the "
+        f"table above may average more seeds for some methods):",
         "",
         "| method | Delta_m % | minus LS: mean [95 % CI] | seeds | verdict | rank |",
         "|---|---|---|---|---|---|",
@@ -145,7 +153,7 @@ def _benchmark_section(s: BenchmarkSummary, plots: Path | None) -> list[str]:
         )
     for name in ("bayesagg", "bayesagg-paper"):
         if name in ranks:
-            lines.append(f"\n`{name}` ranks {ranks[name]:g} of {len(ranks)} by mean Delta_m.")
+            lines += ["", f"`{name}` ranks {ranks[name]:g} of {len(ranks)} by mean Delta_m."]
     if plots is not None and intervals:
         lines += ["", _plot_intervals(s, intervals, plots)]
     lines.append("")
@@ -185,11 +193,12 @@ def write_summary(
     plots: bool = True,
     preamble: str = "",
     references: str = "own",
+    seeds: Sequence[int] | None = None,
 ) -> str:
     """Write the campaign summary of ``folders`` to ``output``; return its text."""
     output = Path(output)
     plot_dir = output.parent / "results-plots" if plots else None
-    summaries = [summarise(f, references) for f in folders]
+    summaries = [summarise(f, references, seeds) for f in folders]
     lines = ["# Results", ""]
     if preamble:
         lines += [preamble.strip(), ""]
