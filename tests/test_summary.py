@@ -47,7 +47,8 @@ def test_summary_of_a_campaign(install_fake, tmp_path) -> None:  # noqa: F811
     assert "Hello." in text and "| uw |" in text and "(baseline)" in text
     assert f"{interval[0]:+.2f} [{interval[1]:+.2f}, {interval[2]:+.2f}]" in text
     assert "## Across benchmarks" in text and "## What the campaign cost" in text
-    assert (tmp_path / "results-plots" / "paired-fake-smoke.png").is_file()
+    assert (tmp_path / "results" / "plots" / "paired-fake-smoke.png").is_file()
+    assert "](results/plots/paired-fake-smoke.png)" in text
 
 
 def test_summary_keeps_only_the_chosen_seeds(install_fake, tmp_path) -> None:  # noqa: F811

@@ -179,7 +179,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Write one markdown file (e.g. RESULTS.md) from several protocol folders "
         "(<out>/<benchmark>/<protocol>): each one's table, each method's paired Delta_m "
         "difference to LS with a 95 %% interval over seeds, ranks, the mean rank across the "
-        "benchmarks and the campaign's wall time; plots in results-plots/ next to it.",
+        "benchmarks and the campaign's wall time; plots in results/plots/ next to it.",
     )
     summary.add_argument("folders", nargs="+", metavar="FOLDER", help="protocol folders")
     summary.add_argument("--output", required=True, metavar="FILE", help="markdown file")

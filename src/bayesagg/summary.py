@@ -183,7 +183,7 @@ def _plot_intervals(
     name = f"paired-{s.benchmark}-{s.protocol}.png"
     fig.savefig(plots / name, dpi=120)
     plt.close(fig)
-    return f"![{s.benchmark} paired differences to LS]({plots.name}/{name})"
+    return f"![{s.benchmark} paired differences to LS](results/plots/{name})"
 
 
 def write_summary(
@@ -197,7 +197,7 @@ def write_summary(
 ) -> str:
     """Write the campaign summary of ``folders`` to ``output``; return its text."""
     output = Path(output)
-    plot_dir = output.parent / "results-plots" if plots else None
+    plot_dir = output.parent / "results" / "plots" if plots else None
     summaries = [summarise(f, references, seeds) for f in folders]
     lines = ["# Results", ""]
     if preamble:
