@@ -261,3 +261,29 @@ def test_epochs_csv_splits_time_into_steps_data_and_evaluation(install_fake, tmp
         )
         assert 0 < data < train  # waiting for batches is part of the epoch's training time
         assert evaluation > 0
+
+
+def test_a_run_resolves_its_plan_once(install_fake, tmp_path, monkeypatch):
+    # Issue 9's structure note: plan, train, write, one way. The registry lookups and the
+    # results layout are resolved by plan() once; training and writing read the plan.
+    run_module = importlib.import_module("bayesagg.runner.run")
+    calls: dict[str, int] = {}
+
+    def counted(name):
+        real = getattr(run_module, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(run_module, name, wrapper)
+
+    for name in ("protocol_dir", "method_label", "resolve_references", "effective_protocol"):
+        counted(name)
+    run(RunConfig(benchmark="fake", method="ls", protocol="smoke", out=str(tmp_path)))
+    assert calls == dict.fromkeys(
+        ("protocol_dir", "method_label", "resolve_references", "effective_protocol"), 1
+    )
+    calls.clear()
+    run(RunConfig(benchmark="fake", method="stl", protocol="smoke", out=str(tmp_path)))
+    assert calls["protocol_dir"] == 1 and calls["method_label"] == 1  # one plan, 5 STL models

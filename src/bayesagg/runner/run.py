@@ -12,7 +12,7 @@ import datetime as _dt
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,14 @@ _NEEDS_GROUPS = frozenset({"bayesagg", "bayesagg-paper"})
 
 @dataclass(frozen=True)
 class Plan:
-    """A checked run: the benchmark, the effective protocol and the method's arguments."""
+    """A checked run, resolved once: everything training and writing need, derived here.
+
+    A run flows one way (issue 9): :func:`plan` resolves the config against the benchmark
+    registry, the protocol, the method's registry entry, the STL references and the results
+    layout; training reads the plan (and writes checkpoints); the result document is written
+    from the plan and the training outcome. Nothing later goes back to the registry or
+    the results layout to recompute what the plan holds.
+    """
 
     config: RunConfig
     spec: Benchmark
@@ -62,13 +69,26 @@ class Plan:
     groups: tuple[Any, ...]
     hparams: dict[str, Any]
     references: References | None
+    #: Task names and each task's metric key (``spec.task_metrics``), in task order.
+    names: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
+    #: The references as written to ``result.json`` (None: no Delta_m).
+    references_json: dict[str, Any] | None = None
+    #: The method's label (name plus non-default hyper-parameters) and the run's identity.
+    label: str = ""
+    identity: dict[str, Any] = field(default_factory=dict)
+    #: The protocol's settings as written to ``result.json``.
+    settings: dict[str, Any] = field(default_factory=dict)
+    #: ``<out>/<benchmark>/<protocol>[+overrides]`` and each run's folder (key: STL task or None).
+    folder: Path = Path()
+    run_dirs: dict[str | None, Path] = field(default_factory=dict)
 
     @property
     def num_tasks(self) -> int:
         return num_tasks(self.groups)
 
     def stl_tasks(self) -> list[int]:
-        names = task_names(self.groups)
+        names = list(self.names)
         if self.config.task is None:
             return list(range(len(names)))
         if self.config.task not in names:
@@ -77,6 +97,10 @@ class Plan:
                 f"tasks: {', '.join(names)}"
             )
         return [names.index(self.config.task)]
+
+    def run_dir(self, task: int | None) -> Path:
+        """Return the folder of the run (for STL, of task ``task``'s model)."""
+        return self.run_dirs[None if task is None else self.names[task]]
 
     def create_method(self, task: int | None = None) -> Any:
         from bayesagg import methods
@@ -150,12 +174,29 @@ def plan(config: RunConfig) -> Plan:
     if config.method in _NEEDS_GROUPS:  # BayesAgg-MTL, as the library defaults it or as published
         hparams.update(protocol_hparams(config.method, protocol.bayesagg))
     hparams.update(config.hparams)
-    groups = spec.groups_for(protocol)
-    own = protocol_dir(config) / "references.json"
+    groups = tuple(spec.groups_for(protocol))
+    folder = protocol_dir(config)
     references = None
     if config.method != "stl":
-        references = resolve_references(spec, config.references, own)
-    p = Plan(config, spec, protocol, tuple(groups), hparams, references)
+        references = resolve_references(spec, config.references, folder / "references.json")
+    names = tuple(task_names(groups))
+    keys: list[str | None] = list(names) if config.method == "stl" else [None]
+    p = Plan(
+        config,
+        spec,
+        protocol,
+        groups,
+        hparams,
+        references,
+        references_json=None if references is None else _normalised(references.to_json()),
+        names=names,
+        metrics=tuple(spec.task_metrics(groups)),
+        label=method_label(config.method, config.hparams),
+        identity=_normalised(config.identity()),
+        settings=_normalised(_settings(protocol)),
+        folder=folder,
+        run_dirs={key: run_dir(config, key) for key in keys},
+    )
     # Build the method once now, so bad values fail before any data is loaded.
     p.create_method(0 if config.method == "stl" else None)
     if config.method == "stl":
@@ -169,18 +210,25 @@ def _normalised(data: Any) -> Any:
 
 def finished_result(config: RunConfig, task: str | None = None) -> dict[str, Any] | None:
     """Return the finished result of exactly this run, or None (absent, other config, corrupt)."""
-    path = run_dir(config, task) / RESULT_FILE
+    protocol = effective_protocol(_benchmark(config.benchmark), config)
+    return _finished(
+        run_dir(config, task) / RESULT_FILE,
+        _normalised(config.identity()),
+        _normalised(_settings(protocol)),
+    )
+
+
+def _finished(path: Path, identity: Any, settings: Any) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
         data = read_json(path)
     except (OSError, ValueError):
         return None
-    if data.get("schema") != SCHEMA or data.get("config") != _normalised(config.identity()):
+    if data.get("schema") != SCHEMA or data.get("config") != identity:
         return None
     # A protocol whose recipe changed since (clipping, task groups, ...) is another run.
-    protocol = effective_protocol(_benchmark(config.benchmark), config)
-    if data.get("protocol_settings") != _normalised(_settings(protocol)):
+    if data.get("protocol_settings") != settings:
         return None
     return data
 
@@ -273,16 +321,15 @@ def run(
     check_device(device)
     say = echo or (lambda _msg: None)
     tasks: list[int | None] = p.stl_tasks() if config.method == "stl" else [None]
-    names = task_names(p.groups)
     todo = []
     results: list[dict[str, Any]] = []
     for t in tasks:
-        label = None if t is None else names[t]
-        done = None if force else finished_result(config, label)
+        path = p.run_dir(t) / RESULT_FILE
+        done = None if force else _finished(path, p.identity, p.settings)
         if done is None and not force:
-            _say_if_unreadable(run_dir(config, label) / RESULT_FILE, say)
+            _say_if_unreadable(path, say)
         if done is not None:
-            say(f"skip (finished): {run_dir(config, label)}")
+            say(f"skip (finished): {p.run_dir(t)}")
             results.append(done)
         else:
             todo.append(t)
@@ -294,7 +341,7 @@ def run(
         for t in todo:
             results.append(_train_one(p, splits, sizes, t, progress, command, where, say, force))
     if config.method == "stl" and is_main():
-        path = write_own_references(config.out, p.spec, protocol_dir(config).name)
+        path = write_own_references(config.out, p.spec, p.folder.name)
         say(f"STL references: {path}")
     return results
 
@@ -311,15 +358,13 @@ def _train_one(
     force: bool = False,
 ) -> dict[str, Any]:
     config, spec, protocol = p.config, p.spec, p.protocol
-    names = task_names(p.groups)
-    task_name = None if task is None else names[task]
-    folder = run_dir(config, task_name)
+    task_name = None if task is None else p.names[task]
+    folder = p.run_dir(task)
     ctx = distributed_context()  # multi-process runs: only rank 0 writes
     if is_main():
         folder.mkdir(parents=True, exist_ok=True)
         (folder / EPOCH_FILE).unlink(missing_ok=True)  # rewritten from the checkpoint's rows
-    refs = None if p.references is None else p.references.to_json()
-    identity = {"config": _normalised(config.identity()), "task": task_name, "references": refs}
+    identity = {"config": p.identity, "task": task_name, "references": p.references_json}
     # Every process resumes from rank 0's checkpoint; only rank 0 writes or deletes it. After
     # --force no process reads it (rank 0 deletes it, the others might still see it).
     checkpoint: Checkpoint | None = Checkpoint(folder / CHECKPOINT_FILE, identity, say)
@@ -328,7 +373,7 @@ def _train_one(
             checkpoint.discard()
         else:
             checkpoint = None
-    stl_metric = None if task is None else spec.task_metrics(p.groups)[task]
+    stl_metric = None if task is None else p.metrics[task]
     started = _dt.datetime.now(_dt.timezone.utc)
     wall = time.perf_counter()
     with deterministic():
@@ -337,7 +382,7 @@ def _train_one(
         method = p.create_method(task)
         criterion = make_criterion(spec, p.groups, p.references, stl_metric)
         warmup = int(p.hparams.get("warmup_epochs", 0) or 0)
-        label = method_label(config.method, config.hparams) + (f" {task_name}" if task_name else "")
+        label = p.label + (f" {task_name}" if task_name else "")
         outcome = train(
             spec=spec,
             protocol=protocol,
@@ -389,13 +434,12 @@ def _document(
 ) -> dict[str, Any]:
     config, spec, protocol = p.config, p.spec, p.protocol
     refs = p.references
-    proto = _settings(protocol)
     delta = None
     if refs is not None:
         delta = {
             "test": _delta_m(refs, outcome.test),
             "val": _delta_m(refs, outcome.val),
-            "references": refs.to_json(),
+            "references": p.references_json,
         }
     hp = {k: v for k, v in p.hparams.items()}
     return _normalised(
@@ -403,20 +447,20 @@ def _document(
             "schema": SCHEMA,
             "benchmark": spec.name,
             "method": config.method,
-            "method_label": method_label(config.method, config.hparams),
+            "method_label": p.label,
             "seed": config.seed,
             "protocol": config.protocol,
-            "protocol_dir": protocol_dir(config).name,
-            "protocol_settings": proto,
+            "protocol_dir": p.folder.name,
+            "protocol_settings": p.settings,
             "protocol_note": protocol.note,
             "caveat": spec.caveat,
-            "config": config.identity(),
+            "config": p.identity,
             "hparams": hp,
             "groups": [{k: v for k, v in g.__dict__.items() if v is not None} for g in p.groups],
-            "tasks": task_names(p.groups),
+            "tasks": list(p.names),
             "task_kinds": task_kinds(p.groups),
-            "task_metrics": spec.task_metrics(p.groups),
-            "stl_task": None if task is None else task_names(p.groups)[task],
+            "task_metrics": list(p.metrics),
+            "stl_task": None if task is None else p.names[task],
             "stl_metric": stl_metric,
             "split_sizes": sizes,
             "selection": {
