@@ -170,31 +170,24 @@ def make_loader(
     drop_last: bool = False,
 ) -> torch.utils.data.DataLoader:
     """Return a single-process loader whose shuffling is seeded (same seed, same order)."""
+    extra: dict[str, Any] = {}
     if spec.graph:
         from torch_geometric.loader import DataLoader
     else:
         from torch.utils.data import DataLoader
-    generator = torch.Generator().manual_seed(seed)
-    if spec.graph:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=0,
-            drop_last=drop_last,
-        )
-    from bayesagg.benchmarks.splits import collate
 
-    # In-memory datasets collate whole batches themselves (IndexedImages.__getitems__).
+        from bayesagg.benchmarks.splits import collate
+
+        # In-memory datasets collate whole batches themselves (IndexedImages.__getitems__).
+        extra["collate_fn"] = collate
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
-        generator=generator,
+        generator=torch.Generator().manual_seed(seed),
         num_workers=0,
         drop_last=drop_last,
-        collate_fn=collate,
+        **extra,
     )
 
 
