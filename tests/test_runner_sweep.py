@@ -124,6 +124,44 @@ def test_sweep_continues_and_report_shows_the_chosen_settings(
     assert "4 complete trials of 9 asked" in text
 
 
+def test_a_process_that_raced_past_the_trial_count_steps_aside(
+    install_fake,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """--trials 1, two processes: the second checked for room before the first's trial existed."""
+    import bayesagg.runner.sweep as sweep_module
+
+    base = RunConfig(benchmark="fake", method="cagrad", out=str(tmp_path))
+    real_room = sweep_module._room
+    blind = []
+
+    def room(study):
+        if len(blind) == 1:  # the second process's first look: the study still seemed empty
+            blind.append(1)
+            return [], []
+        return real_room(study)
+
+    monkeypatch.setattr(sweep_module, "_room", room)
+    trained = []
+    real_train = run_module.train
+
+    def train(**kwargs):
+        trained.append(kwargs["label"])
+        if len(trained) == 1:  # while trial 0 trains, the second process starts
+            blind.append(1)
+            sweep_module.sweep(base, trials=1)
+        return real_train(**kwargs)
+
+    monkeypatch.setattr(run_module, "train", train)
+    summary = sweep_module.sweep(base, trials=1)
+    trials = _trials(tmp_path / "sweeps.db", "fake-quick-cagrad")
+    assert [(n, s) for n, s, _ in trials] == [(0, "COMPLETE"), (1, "PRUNED")]
+    assert trials[1][2] == {"c": 0.4}  # it had taken the next free point, not a duplicate
+    assert len(trained) == 1  # the surplus trial trained nothing
+    assert summary["trials_complete"] == 1
+
+
 def test_sweep_errors_are_one_line(install_fake, tmp_path, capsys):  # noqa: F811
     base = ["sweep", "-b", "fake", "--out", str(tmp_path), "--trials", "1"]
     assert main([*base, "-m", "ls"]) == 2

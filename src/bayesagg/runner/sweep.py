@@ -12,7 +12,10 @@ checkpoint. Several processes may work on one study at once: a process takes the
 point that no other trial has finished, is running, or failed on; if two processes take the
 same point at the same instant, the trial with the higher number sees the other one's
 parameters in the storage and steps aside (state PRUNED, user attribute ``duplicate_of``), so
-no point is trained twice. A process killed inside a trial stops sending Optuna's heartbeat;
+no point is trained twice. Likewise, if two processes both see room for one more trial, the
+one whose trial has the higher number finds ``--trials`` trials ahead of it (complete or
+running) and steps aside (user attribute ``surplus``), so the study does not overshoot
+``--trials``. A process killed inside a trial stops sending Optuna's heartbeat;
 after the grace period its trial is marked failed and its point is free again.
 
 After every trial the study's summary is written to ``<out>/sweeps/<study>.json``, which
@@ -76,6 +79,24 @@ def _taken(study: Any, trial_number: int | None = None) -> dict[tuple, int]:
     return out
 
 
+def _counted(study: Any) -> list[Any]:
+    """Return the trials that count towards ``--trials``: complete or running."""
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+
+
+def _room(study: Any) -> tuple[list[Any], list[Any]]:
+    """Return (complete, running) trials: what the loop checks before starting another."""
+    from optuna.trial import TrialState
+
+    counted = _counted(study)
+    return (
+        [t for t in counted if t.state == TrialState.COMPLETE],
+        [t for t in counted if t.state == TrialState.RUNNING],
+    )
+
+
 def sweep(
     base: RunConfig,
     *,
@@ -95,7 +116,6 @@ def sweep(
     from bayesagg.tasks import task_kinds
 
     optuna = _optuna()
-    from optuna.trial import TrialState
 
     say = echo or (lambda _msg: None)
     if trials < 1:
@@ -168,6 +188,12 @@ def sweep(
         if first is not None and first < trial.number:
             trial.set_user_attr("duplicate_of", first)
             raise optuna.TrialPruned(f"grid point taken by trial {first}")
+        # Two processes may both have seen room for one more trial; the storage numbers
+        # trials atomically, so the later one steps aside and --trials is not overshot.
+        ahead = [t for t in _counted(study) if t.number < trial.number]
+        if len(ahead) >= trials:
+            trial.set_user_attr("surplus", True)
+            raise optuna.TrialPruned(f"{len(ahead)} trials already complete or running")
         values, folders = [], []
         for seed in seeds:
             config = replace(base, seed=seed, hparams={**base.hparams, **point})
@@ -201,8 +227,7 @@ def sweep(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        done, running = _room(study)
         if len(done) >= trials:
             say(f"study {name}: {len(done)} complete trials (asked for {trials})")
             break
