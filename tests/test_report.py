@@ -94,3 +94,19 @@ def test_truncated_result_file_is_named_and_treated_as_unfinished(results, capsy
     [again] = run(config, echo=messages.append)
     assert any(m.startswith(f"unreadable result file {bad} (JSONDecodeError") for m in messages)
     assert json.loads(bad.read_text())["test"] == again["test"]
+
+
+def test_commands_differing_in_method_seed_or_task_collapse_to_one_line():
+    from bayesagg.report import collapse_commands
+
+    base = "bayesagg run -b qm9 --protocol quick --out results"
+    commands = [
+        f"{base} --method stl --task {t} --seed {s}" for s in (0, 1) for t in ("mu", "alpha")
+    ] + [f"{base} --method {m} --seed {s}" for s in (0, 1) for m in ("ls", "uw")]
+    commands.append(commands[0])  # the same command twice (an STL run and its resume)
+    assert collapse_commands(commands) == [
+        f"{base} --method stl --task {{mu,alpha}} --seed {{0,1}}",
+        f"{base} --method {{ls,uw}} --seed {{0,1}}",
+    ]
+    # Other options that differ stay separate commands.
+    assert len(collapse_commands([f"{base} --epochs 3", f"{base} --epochs 4"])) == 2

@@ -193,13 +193,40 @@ def _table(
                 + " | ".join(_fmt([r["test"].get(k) for r in rs]) for k in calibration)
                 + " |"
             )
-    commands = sorted({r.get("command", "") for r in runs})
-    lines += ["", "Produced by:", ""] + [f"    {c}" for c in commands[:20]]
+    commands = collapse_commands(r.get("command", "") for r in runs)
+    braces = any("{" in c for c in commands)
+    lines += ["", "Produced by" + (" (`{a,b}`: one command per value)" if braces else "") + ":", ""]
+    lines += [f"    {c}" for c in commands[:20]]
     if len(commands) > 20:
         lines.append(f"    ... and {len(commands) - 20} more")
     if plots:
         lines += ["", *_plots(folder, rows)]
     return "\n".join(lines) + "\n"
+
+
+#: Options whose values vary between the runs of one campaign; their values are collapsed.
+_VARYING = ("--method", "-m", "--methods", "--seed", "--seeds", "--task")
+
+
+def collapse_commands(commands: Iterable[str]) -> list[str]:
+    """Return the distinct commands, those differing only in method, seed or task as one line.
+
+    ``run ... --method stl --task mu --seed 0`` and ``... --task alpha --seed 1`` become
+    ``run ... --method stl --task {mu,alpha} --seed {0,1}`` (values in order of first use), so
+    that a campaign of many ``run`` calls reads as the few commands a user would type.
+    """
+    groups: dict[tuple[str, ...], list[list[str]]] = {}
+    for command in commands:
+        words = command.split()
+        template = tuple("{}" if i and words[i - 1] in _VARYING else w for i, w in enumerate(words))
+        slots = [w for i, w in enumerate(words) if i and words[i - 1] in _VARYING]
+        groups.setdefault(template, []).append(slots)
+    out = []
+    for template, uses in groups.items():
+        values = [list(dict.fromkeys(use[j] for use in uses)) for j in range(len(uses[0]))]
+        filled = iter(v[0] if len(v) == 1 else "{" + ",".join(v) + "}" for v in values)
+        out.append(" ".join(next(filled) if w == "{}" else w for w in template))
+    return sorted(out)
 
 
 def _recipe(run: Mapping[str, Any]) -> str:
