@@ -206,6 +206,7 @@ def _table(
 
 #: Options whose values vary between the runs of one campaign; their values are collapsed.
 _VARYING = ("--method", "-m", "--methods", "--seed", "--seeds", "--task")
+_LISTS = ("--methods", "--seeds")
 
 
 def collapse_commands(commands: Iterable[str]) -> list[str]:
@@ -213,7 +214,9 @@ def collapse_commands(commands: Iterable[str]) -> list[str]:
 
     ``run ... --method stl --task mu --seed 0`` and ``... --task alpha --seed 1`` become
     ``run ... --method stl --task {mu,alpha} --seed {0,1}`` (values in order of first use), so
-    that a campaign of many ``run`` calls reads as the few commands a user would type.
+    that a campaign of many ``run`` calls reads as the few commands a user would type;
+    ``compare`` calls with different ``--methods`` or ``--seeds`` lists become one ``compare``
+    with the union of the lists.
     """
     groups: dict[tuple[str, ...], list[list[str]]] = {}
     for command in commands:
@@ -223,9 +226,17 @@ def collapse_commands(commands: Iterable[str]) -> list[str]:
         groups.setdefault(template, []).append(slots)
     out = []
     for template, uses in groups.items():
-        values = [list(dict.fromkeys(use[j] for use in uses)) for j in range(len(uses[0]))]
-        filled = iter(v[0] if len(v) == 1 else "{" + ",".join(v) + "}" for v in values)
-        out.append(" ".join(next(filled) if w == "{}" else w for w in template))
+        options = [template[i - 1] for i, w in enumerate(template) if w == "{}"]
+        filled = []
+        for j, option in enumerate(options):
+            if option in _LISTS:  # compare's lists: the union, as one compare would take it
+                items = [x for use in uses for x in use[j].split(",")]
+                filled.append(",".join(dict.fromkeys(items)))
+            else:
+                values = list(dict.fromkeys(use[j] for use in uses))
+                filled.append(values[0] if len(values) == 1 else "{" + ",".join(values) + "}")
+        slots = iter(filled)
+        out.append(" ".join(next(slots) if w == "{}" else w for w in template))
     return sorted(out)
 
 
