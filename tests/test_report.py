@@ -108,13 +108,14 @@ def test_commands_differing_in_method_seed_or_task_collapse_to_one_line():
         f"{base} --method stl --task {{mu,alpha}} --seed {{0,1}}",
         f"{base} --method {{ls,uw}} --seed {{0,1}}",
     ]
-    # compare's lists merge into one compare command.
+    # compare's method lists over the same seeds merge into one compare command.
     compares = [
         f"bayesagg compare -b utkface --methods {m} --seeds {s}"
         for m, s in (("stl,ls,uw", "0,1,2"), ("pcgrad,ls", "0,1,2"), ("uw", "3"))
     ]
     assert collapse_commands(compares) == [
-        "bayesagg compare -b utkface --methods stl,ls,uw,pcgrad --seeds 0,1,2,3"
+        "bayesagg compare -b utkface --methods stl,ls,uw,pcgrad --seeds 0,1,2",
+        "bayesagg compare -b utkface --methods uw --seeds 3",  # not merged: other seeds
     ]
     # Other options that differ stay separate commands.
     assert len(collapse_commands([f"{base} --epochs 3", f"{base} --epochs 4"])) == 2

@@ -205,8 +205,9 @@ def _table(
 
 
 #: Options whose values vary between the runs of one campaign; their values are collapsed.
-_VARYING = ("--method", "-m", "--methods", "--seed", "--seeds", "--task")
-_LISTS = ("--methods", "--seeds")
+#: ``--seeds`` stays: merging seed lists would claim seeds that some methods never ran.
+_VARYING = ("--method", "-m", "--methods", "--seed", "--task")
+_LISTS = ("--methods",)
 
 
 def collapse_commands(commands: Iterable[str]) -> list[str]:
@@ -215,8 +216,8 @@ def collapse_commands(commands: Iterable[str]) -> list[str]:
     ``run ... --method stl --task mu --seed 0`` and ``... --task alpha --seed 1`` become
     ``run ... --method stl --task {mu,alpha} --seed {0,1}`` (values in order of first use), so
     that a campaign of many ``run`` calls reads as the few commands a user would type;
-    ``compare`` calls with different ``--methods`` or ``--seeds`` lists become one ``compare``
-    with the union of the lists.
+    ``compare`` calls over the same ``--seeds`` with different ``--methods`` become one
+    ``compare`` with the union of the method lists.
     """
     groups: dict[tuple[str, ...], list[list[str]]] = {}
     for command in commands:
