@@ -119,3 +119,19 @@ def test_commands_differing_in_method_seed_or_task_collapse_to_one_line():
     ]
     # Other options that differ stay separate commands.
     assert len(collapse_commands([f"{base} --epochs 3", f"{base} --epochs 4"])) == 2
+
+
+def test_a_table_without_delta_m_says_why(results):
+    root, _ = results
+    folder = root / "fake" / "quick"
+    text = protocol_report(folder, references="none")
+    assert "Δm: not computed (--references none)." in text
+    # STL of one of the fake's five tasks so far: the table says which tasks are missing.
+    other = root / "other"
+    run(RunConfig(benchmark="fake", method="stl", task="r[0]", out=str(other)))
+    run(RunConfig(benchmark="fake", method="uw", out=str(other)))
+    text = protocol_report(other / "fake" / "quick", references="own")
+    assert "Δm: not yet: this project's STL runs cover 1 of 5 tasks (missing: r[1]/mae," in text
+    # The selection rule named is the multi-task runs' one, not the STL model's own task
+    # (the STL run is read first: "stl" sorts before "uw").
+    assert "best validation delta_m" in text and "best validation r[0]/mae" not in text
