@@ -22,7 +22,7 @@ from bayesagg import methods
 from bayesagg.benchmarks import registry
 from bayesagg.benchmarks.registry import Benchmark, MultiTaskModel, Protocol, linear_heads
 from bayesagg.benchmarks.splits import Splits
-from bayesagg.runner import RunConfig, run
+from bayesagg.runner import ConfigError, RunConfig, run
 from bayesagg.tasks import Binary, Multiclass, Regression
 
 FAKE = "_bayesagg_tests.fake"  # dotted: the registry imports it as a full module path
@@ -189,6 +189,18 @@ def test_all_stl_tasks_write_references(install_fake, tmp_path):
     # A later multi-task run can use them instead of the published values.
     [ls] = run(RunConfig(benchmark="fake", method="ls", references="own", out=str(tmp_path)))
     assert ls["delta_m"]["references"]["kind"] == "own-stl"
+
+
+def test_partial_stl_references_are_an_error_when_asked_for(install_fake, tmp_path):
+    """--references own (or a file) with some task's STL missing names the gaps, not a NaN."""
+    run(RunConfig(benchmark="fake", method="stl", task="r[0]", out=str(tmp_path)))
+    own = tmp_path / "fake" / "quick" / "references.json"
+    for choice in ("own", str(own)):
+        with pytest.raises(ConfigError, match=r"cover 1 of 5 tasks of fake \(missing: r\[1\]/mae"):
+            run(RunConfig(benchmark="fake", method="ls", references=choice, out=str(tmp_path)))
+    # "auto" takes the published values; a report of the partial campaign still renders.
+    [ls] = run(RunConfig(benchmark="fake", method="ls", out=str(tmp_path)))
+    assert ls["delta_m"]["references"]["kind"] == "published"
 
 
 def test_same_seed_same_metrics(install_fake, tmp_path):

@@ -73,8 +73,9 @@ def _common(p: argparse.ArgumentParser, *, benchmark_required: bool = True) -> N
         "--references",
         default="auto",
         metavar="WHICH",
-        help="STL references for Delta_m: auto (published if any, else this project's STL "
-        "runs), published, own, none, or a references JSON file",
+        help="STL references for Delta_m (and for selection on it): auto (published if any, "
+        "else this project's STL runs), published, own, none, or a references JSON file; own or "
+        "a file must cover every task",
     )
     p.add_argument("--data-dir", metavar="DIR", help="data root (default $BAYESAGG_DATA_DIR)")
     p.add_argument("--out", default="runs", metavar="DIR", help="results folder (default runs/)")

@@ -62,7 +62,8 @@ def _unreadable_note(unreadable: Sequence[tuple[Path, str]]) -> str:
 def _references(spec: Any, choice: str, folder: Path) -> Any:
     from bayesagg.runner.references import OWN_FILE, resolve_references
 
-    return resolve_references(spec, choice, folder / OWN_FILE)
+    # A campaign still running has partial STL references: the table then says what is missing.
+    return resolve_references(spec, choice, folder / OWN_FILE, partial=True)
 
 
 def _method_rows(

@@ -42,12 +42,18 @@ def load_references(path: str | os.PathLike[str]) -> References:
 
 
 def resolve_references(
-    spec: Benchmark, choice: str, own_file: str | os.PathLike[str] | None
+    spec: Benchmark,
+    choice: str,
+    own_file: str | os.PathLike[str] | None,
+    *,
+    partial: bool = False,
 ) -> References | None:
     """Return the references for ``choice`` ("auto", "published", "own", "none" or a file).
 
     "auto": the published values where they exist, else this project's own STL runs where they
-    exist, else None (no Delta_m).
+    exist and cover every task, else None (no Delta_m). "own" or a file that lacks some task is
+    an error naming the missing tasks (a run would otherwise select on another criterion
+    without saying so), or None with ``partial`` (a report of a campaign still running).
     """
     published = spec.published_references()
     own_exists = own_file is not None and Path(own_file).is_file()
@@ -66,14 +72,30 @@ def resolve_references(
                 f"no STL references of this project at {own_file}: run "
                 f"`bayesagg run --benchmark {spec.name} --method stl` with the same protocol first"
             )
-        return _complete(spec, load_references(own_file))
+        return _checked(spec, load_references(own_file), own_file, partial)
     if choice == "auto":
         if published is not None:
             return published
         if own_exists:
             return _complete(spec, load_references(own_file))
         return None
-    return _complete(spec, load_references(choice))
+    return _checked(spec, load_references(choice), choice, partial)
+
+
+def _checked(
+    spec: Benchmark, refs: References, path: str | os.PathLike[str], partial: bool
+) -> References | None:
+    """Return ``refs`` if complete; else None (``partial``) or a ConfigError naming the gaps."""
+    complete = _complete(spec, refs)
+    if complete is None and not partial:
+        keys = spec.task_metrics()
+        missing = [k for k in keys if k not in refs.values]
+        raise ConfigError(
+            f"STL references {path} cover {len(keys) - len(missing)} of {len(keys)} tasks of "
+            f"{spec.name} (missing: {', '.join(missing)}): finish those STL runs "
+            "(`bayesagg run --method stl --task T`) or choose --references auto|published|none"
+        )
+    return complete
 
 
 def _complete(spec: Benchmark, refs: References) -> References | None:
