@@ -131,7 +131,10 @@ def test_a_table_without_delta_m_says_why(results):
     run(RunConfig(benchmark="fake", method="stl", task="r[0]", out=str(other)))
     run(RunConfig(benchmark="fake", method="uw", out=str(other)))
     text = protocol_report(other / "fake" / "quick", references="own")
-    assert "Δm: not yet: this project's STL runs cover 1 of 5 tasks (missing: r[1]/mae," in text
+    assert (
+        "Δm: not yet: the STL references in references.json cover 1 of 5 tasks (missing: r[1]/mae,"
+        in text
+    )
     # The selection rule named is the multi-task runs' one, not the STL model's own task
     # (the STL run is read first: "stl" sorts before "uw").
     assert "best validation delta_m" in text and "best validation r[0]/mae" not in text

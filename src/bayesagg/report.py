@@ -243,19 +243,15 @@ def collapse_commands(commands: Iterable[str]) -> list[str]:
 
 def _no_references_note(spec: Any, references: str, folder: Path) -> str:
     """Say why the table has no Delta_m: partial STL runs, none at all, or not asked for."""
-    from bayesagg.runner.references import OWN_FILE, load_references
+    from bayesagg.runner.references import OWN_FILE, coverage, load_references
 
     if references == "none":
         return "Δm: not computed (--references none)."
-    own = folder / OWN_FILE
-    if own.is_file():
-        keys = spec.task_metrics()
-        missing = [k for k in keys if k not in load_references(own).values]
-        if missing:
-            return (
-                f"Δm: not yet: this project's STL runs cover {len(keys) - len(missing)} of "
-                f"{len(keys)} tasks (missing: {', '.join(missing)})."
-            )
+    path = folder / OWN_FILE if references in ("auto", "own") else Path(references)
+    if path.is_file():
+        gaps = coverage(spec, load_references(path))
+        if gaps is not None:
+            return f"Δm: not yet: the STL references in {path.name} cover {gaps}."
     where = "none published for this benchmark; " if spec.published_references() is None else ""
     return (
         f"Δm: no STL references ({where}run `bayesagg run --method stl` with the same protocol "

@@ -17,7 +17,13 @@ from bayesagg.benchmarks.registry import Benchmark, References
 from bayesagg.runner.config import ConfigError
 from bayesagg.runner.results import find_results, read_json, write_json_atomic
 
-__all__ = ["OWN_FILE", "load_references", "resolve_references", "write_own_references"]
+__all__ = [
+    "OWN_FILE",
+    "coverage",
+    "load_references",
+    "resolve_references",
+    "write_own_references",
+]
 
 OWN_FILE = "references.json"
 SCHEMA = "bayesagg.references/1"
@@ -82,28 +88,32 @@ def resolve_references(
     return _checked(spec, load_references(choice), choice, partial)
 
 
+def coverage(spec: Benchmark, refs: References) -> str | None:
+    """Return "N of M tasks (missing: ...)" where ``refs`` lacks a task of ``spec``, else None."""
+    keys = spec.task_metrics()
+    missing = [k for k in keys if k not in refs.values]
+    if not missing:
+        return None
+    return f"{len(keys) - len(missing)} of {len(keys)} tasks (missing: {', '.join(missing)})"
+
+
 def _checked(
     spec: Benchmark, refs: References, path: str | os.PathLike[str], partial: bool
 ) -> References | None:
     """Return ``refs`` if complete; else None (``partial``) or a ConfigError naming the gaps."""
-    complete = _complete(spec, refs)
-    if complete is None and not partial:
-        keys = spec.task_metrics()
-        missing = [k for k in keys if k not in refs.values]
+    gaps = coverage(spec, refs)
+    if gaps is not None and not partial:
         raise ConfigError(
-            f"STL references {path} cover {len(keys) - len(missing)} of {len(keys)} tasks of "
-            f"{spec.name} (missing: {', '.join(missing)}): finish those STL runs "
-            "(`bayesagg run --method stl --task T`) or choose --references auto|published|none"
+            f"STL references {path} cover {gaps.replace(' tasks', f' tasks of {spec.name}', 1)}: "
+            "finish those STL runs (`bayesagg run --method stl --task T`) or choose "
+            "--references auto|published|none"
         )
-    return complete
+    return _complete(spec, refs)
 
 
 def _complete(spec: Benchmark, refs: References) -> References | None:
     """Return ``refs`` if it covers every task metric of ``spec`` (else None: partial STL)."""
-    missing = [k for k in spec.task_metrics() if k not in refs.values]
-    if missing:
-        return None
-    return refs
+    return None if coverage(spec, refs) is not None else refs
 
 
 def write_own_references(
