@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bayesagg.benchmarks.pyg import torch_geometric
 from bayesagg.distributed import all_gather_cat, all_reduce_mean, average_gradients
 
 __all__ = [
@@ -261,7 +262,7 @@ def _sizes(batches: Any) -> Iterator[int]:
 def _loader(spec: Any, dataset: Any, batch_sampler: Any, generator: torch.Generator) -> Any:
     # the generator is drawn from as in the one-process loader (its per-iterator base seed)
     if spec.graph:
-        from torch_geometric.loader import DataLoader
+        DataLoader = torch_geometric().loader.DataLoader
 
         return DataLoader(dataset, batch_sampler=batch_sampler, generator=generator, num_workers=0)
     from torch.utils.data import DataLoader

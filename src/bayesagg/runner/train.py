@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bayesagg.benchmarks.pyg import torch_geometric
 from bayesagg.benchmarks.registry import Benchmark, MultiTaskModel, Protocol, References
 from bayesagg.diagnostics import TrainingDiagnostics
 from bayesagg.methods.base import Method
@@ -172,7 +173,7 @@ def make_loader(
     """Return a single-process loader whose shuffling is seeded (same seed, same order)."""
     extra: dict[str, Any] = {}
     if spec.graph:
-        from torch_geometric.loader import DataLoader
+        DataLoader = torch_geometric().loader.DataLoader
     else:
         from torch.utils.data import DataLoader
 

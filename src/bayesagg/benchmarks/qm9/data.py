@@ -34,6 +34,7 @@ from torch.utils.data import Dataset, Subset
 from bayesagg.tasks import Regression
 
 from ..paths import MissingDataError, data_root
+from ..pyg import torch_geometric
 from ..splits import Splits, limited_sizes, warn_skipped
 
 __all__ = [
@@ -393,7 +394,7 @@ class QM9Graphs(Dataset):
         return len(self.y)
 
     def __getitem__(self, i: int) -> Any:
-        from torch_geometric.data import Data
+        Data = torch_geometric().data.Data
 
         a, b = self.node_ptr[i], self.node_ptr[i + 1]
         c, d = self.edge_ptr[i], self.edge_ptr[i + 1]
@@ -558,7 +559,7 @@ def _with_features(record: dict[str, np.ndarray], features: str) -> dict[str, np
 
 
 def _load_pyg(folder: Path, seed: int, limit: int | None, complete_graph: bool) -> Splits:
-    from torch_geometric.datasets import QM9
+    QM9 = torch_geometric().datasets.QM9
 
     view = _PygQM9View(QM9(str(folder)), complete_graph)
     train, val, test = _split_ids(len(view), seed, limit)

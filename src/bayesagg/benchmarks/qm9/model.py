@@ -14,6 +14,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bayesagg.benchmarks.pyg import torch_geometric
 from bayesagg.benchmarks.registry import MultiTaskModel, linear_heads
 from bayesagg.tasks import TaskGroup
 
@@ -27,7 +28,8 @@ class MPNNEncoder(nn.Module):
         self, num_features: int = 11, edge_dim: int = 5, dim: int = 64, rounds: int = 3
     ) -> None:
         super().__init__()
-        from torch_geometric.nn import NNConv, Set2Set
+        nn_pyg = torch_geometric().nn
+        NNConv, Set2Set = nn_pyg.NNConv, nn_pyg.Set2Set
 
         self.rounds = rounds
         self.lin0 = nn.Linear(num_features, dim)
