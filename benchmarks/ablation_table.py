@@ -4,7 +4,7 @@
 
 The folders given are merged into one table. For every method folder under them (``ls``,
 ``bayesagg``, ``bayesagg_<hp>``...; ``stl`` is skipped) it reads ``seed<N>/result.json`` and prints the validation criterion (what the choice is made
-on), the test criterion metrics and test Delta_m, as mean +- std over the seeds that exist, with
+on), the test criterion metrics (``--tasks``: those tasks' test metrics; many regression tasks: none) and test Delta_m, as mean +- std over the seeds that exist, with
 how many there are. Validation decides; test is reported, never used to choose. Accuracies in %.
 """
 
@@ -24,7 +24,7 @@ def _fmt(values: list[float], scale: float = 1.0) -> str:
     return f"{mean:.3g} ± {std:.2g}" if abs(mean) < 1 else f"{mean:.2f} ± {std:.2f}"
 
 
-def table(folders: list[Path], seeds: list[int]) -> str:
+def table(folders: list[Path], seeds: list[int], tasks_shown: list[str] | None = None) -> str:
     rows = []
     method_dirs = sorted(
         (p for folder in folders for p in folder.iterdir() if p.is_dir()), key=lambda p: p.name
@@ -42,7 +42,13 @@ def table(folders: list[Path], seeds: list[int]) -> str:
         criterion = docs[0]["selection"]["criterion"]
         val = [d["selection"]["value"] for d in docs]
         test_keys = [k for k in docs[0]["test"] if k.endswith(("accuracy", "mae", "mse"))]
-        if len(test_keys) > 4:  # many tasks (Fashion-MTL): the k-way accuracy and the task mean
+        if tasks_shown is not None:  # the tasks asked for, by name
+            tests = {
+                k: [d["test"][k] for d in docs] for k in test_keys if k.split("/")[0] in tasks_shown
+            }
+        elif len(test_keys) > 4 and not all(k.endswith("accuracy") for k in test_keys):
+            tests = {}  # many regression tasks (QM9): a mean of MAEs in mixed units means nothing
+        elif len(test_keys) > 4:  # many tasks (Fashion-MTL): the k-way accuracy and the task mean
             tasks = [k for k in test_keys if not k.startswith("argmax/")]
             tests = {
                 "mean task accuracy": [statistics.fmean(d["test"][k] for k in tasks) for d in docs]
@@ -80,9 +86,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument(
+        "--tasks", default=None, help="comma-separated tasks whose test metric to show"
+    )
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    print(table(args.folders, seeds))
+    print(table(args.folders, seeds, None if args.tasks is None else args.tasks.split(",")))
 
 
 if __name__ == "__main__":
