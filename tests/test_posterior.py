@@ -295,3 +295,35 @@ def test_check_false_gives_the_same_posteriors() -> None:
     bad[0, 0] = float("inf")
     with pytest.raises(FloatingPointError, match="h contains"):
         posterior.regression(bad, yr, m, pr, bias=True)
+
+
+def test_effective_parameters_count_the_directions_the_data_determine():
+    # Reference: PRML Eq. 3.91 from the eigenvalues of H^T H / sigma^2 directly, in float64;
+    # H has rank 4 of 6 (two repeated columns), so 2 directions carry no data at all.
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(50, 4, generator=g, dtype=torch.float64) * torch.tensor(
+        [3.0, 1.0, 0.3, 0.05], dtype=torch.float64
+    )
+    h = torch.cat([base, base[:, :2]], dim=1)
+    noise_var = 2.0
+    data = h.T @ h / noise_var
+    eig = torch.linalg.eigvalsh(data).clamp_min(0)
+    for alpha in (1e-3, 0.5, 40.0, 1e6):
+        precision = alpha * torch.eye(6, dtype=torch.float64) + data
+        fitted = posterior.Gaussian(
+            torch.zeros(1, 6, dtype=torch.float64), precision, torch.linalg.cholesky(precision)
+        )
+        expected = float((eig / (eig + alpha)).sum())
+        assert float(posterior.effective_parameters(fitted, alpha)) == pytest.approx(
+            expected, rel=1e-9, abs=1e-9
+        )
+    # the limits: rank 4 with a negligible prior, nothing under an overwhelming one
+    weak = 1e-9 * torch.eye(6, dtype=torch.float64) + data
+    weak_fit = posterior.Gaussian(torch.zeros(1, 6), weak, torch.linalg.cholesky(weak))
+    assert float(posterior.effective_parameters(weak_fit, 1e-9)) == pytest.approx(4.0, abs=1e-3)
+    # a batch of precisions gives one value each
+    stacked = torch.stack([precision, weak])
+    batch = posterior.Gaussian(torch.zeros(2, 6), stacked, torch.linalg.cholesky(stacked))
+    assert posterior.effective_parameters(batch, 1.0).shape == (2,)
+    with pytest.raises(ValueError, match="prior_precision"):
+        posterior.effective_parameters(fitted, 0.0)

@@ -210,3 +210,34 @@ def test_diagnostics_measure_the_gradients_bayesagg_and_ls_send():
     assert values["loss_live/c"] == pytest.approx(float(live), rel=1e-10)
     columns = probe.end_epoch()
     assert columns["diag/cosine_ls"] == values["cosine_ls"] and columns["diag/batches"] == 1
+
+
+def test_diagnostics_report_how_many_regression_weights_the_full_data_fit_determines():
+    # Reference: PRML Eq. 3.91 from the eigenvalues of the epoch's H^T H / sigma^2 (no bias
+    # column: regression_bias=False), prior precision 1/gamma, in float64.
+    model = _model().double()
+    x, targets = _batch(b=32)
+    x = x.double()
+    targets = [targets[0].double(), targets[1].double(), targets[2]]
+    agg = BayesAgg(
+        GROUPS,
+        gamma=1e-2,
+        noise_var=2.0,
+        regression_bias=False,
+        generator=torch.Generator().manual_seed(0),
+        num_samples=16,
+    )
+    probe = TrainingDiagnostics(agg, batches=1)
+    probe.start_epoch(1)
+    assert "diag/regression_dof/r" not in probe.end_epoch()  # no full-data fit yet
+    h, _ = model(x)
+    agg.backward(h, list(model.heads), targets)
+    agg.end_epoch(list(model.heads))
+    row = probe.end_epoch()
+    eig = torch.linalg.eigvalsh(h.detach().T @ h.detach() / 2.0).clamp_min(0)
+    expected = float((eig / (eig + 1e2)).sum())
+    assert 0.0 < expected < 4.0  # between "the prior decides" and "the data decide"
+    assert row["diag/regression_dof/r"] == pytest.approx(expected, rel=1e-8)
+    assert not any(
+        k.startswith("diag/regression_dof/") and k != "diag/regression_dof/r" for k in row
+    )

@@ -35,6 +35,7 @@ from bayesagg.linalg import augment, check_finite, cholesky, class_ids
 __all__ = [
     "Gaussian",
     "binary",
+    "effective_parameters",
     "isotropic_prior",
     "multiclass",
     "regression",
@@ -130,6 +131,23 @@ def _reduced(reduce: Reduce | None, *tensors: Tensor) -> tuple[Tensor, ...]:
         part.view_as(t)
         for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True)
     )
+
+
+def effective_parameters(posterior: Gaussian, prior_precision: float) -> Tensor:
+    """Return how many weights the data determine, against an isotropic prior of this precision.
+
+    With the prior N(0, I / alpha) the posterior precision is alpha I + A (A = H^T H / sigma^2
+    for regression, paper Eq. 2), and the effective number of well-determined parameters is
+    sum_i l_i / (l_i + alpha) over the eigenvalues l_i of A (Bishop, *Pattern Recognition and
+    Machine Learning*, 2006, Eq. 3.91), i.e. P - alpha tr(precision^-1): near P when the data
+    outweigh the prior, near 0 when the prior shrinks every direction to its mean. Computed
+    from the Cholesky factor; a batch of precisions [..., P, P] gives one value each.
+    """
+    if not prior_precision > 0:
+        raise ValueError(f"prior_precision must be positive, got {prior_precision}")
+    size = posterior.precision.shape[-1]
+    trace = posterior.covariance().diagonal(dim1=-2, dim2=-1).sum(-1)
+    return size - prior_precision * trace
 
 
 def regression_from_statistics(
