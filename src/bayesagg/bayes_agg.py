@@ -47,7 +47,7 @@ from bayesagg.aggregation import weights as aggregation_weights
 from bayesagg.linalg import NumericalError
 from bayesagg.newton import check_newton, newton_posterior
 from bayesagg.posterior import Gaussian
-from bayesagg.prior import EpochPrior, RegressionStatistics
+from bayesagg.prior import EpochPrior, RegressionPrior, RegressionStatistics
 from bayesagg.tasks import (
     Binary,
     Multiclass,
@@ -67,12 +67,15 @@ __all__ = [
     "MomentMethod",
     "PriorMean",
     "RegressionFit",
+    "RegressionHeads",
+    "RegressionPrior",
 ]
 
 MomentMethod = Literal["qmc", "rao_blackwell", "monte_carlo"]
 RegressionFit = Literal["epoch", "refit"]
 ClassificationHeads = Literal["trained", "posterior_mean"]
 PriorMean = Literal["full_data", "live_head"]
+RegressionHeads = Literal["fitted", "trained"]
 
 
 #: The paper's BayesAgg-MTL where the library's defaults depart from it (issue 7): one undamped
@@ -158,6 +161,17 @@ class BayesAgg:
         reset_encoder_optimizer: a runner-level option read by the training loop
             (:mod:`bayesagg.runner.train`): reset the encoder's optimiser state (Adam's
             moments) when the warm-up ends. ``BayesAgg`` itself does nothing with it.
+        regression_prior: ``"fixed"`` (paper): the full-data regression fits use the prior
+            N(0, gamma I) and the noise variance ``noise_var``; ``"evidence"``: each fit
+            chooses its group's prior precision alpha and noise precision beta by maximising
+            the marginal likelihood of the epoch's targets (:mod:`bayesagg.evidence`; Bishop
+            2006 Sec. 3.5), and the next epoch's batch posteriors use noise variance 1 / beta.
+            ``gamma`` and ``noise_var`` then only set the prior before the first fit.
+        regression_heads: ``"fitted"`` (paper): regression heads hold the full-data posterior
+            mean (module docstring); ``"trained"``: the optimiser trains them like the
+            classification heads, and each batch posterior's prior is centred at the live
+            head with the full-data fit's precision (as ``prior_mean="live_head"`` does for
+            classification), so the head follows the encoder within an epoch.
     """
 
     def __init__(
@@ -183,6 +197,8 @@ class BayesAgg:
         newton_damping: float = 0.5,
         scale_by_tasks: bool = True,
         reset_encoder_optimizer: bool = False,
+        regression_prior: RegressionPrior = "fixed",
+        regression_heads: RegressionHeads = "fitted",
     ) -> None:
         check_groups(groups)
         for name, value in (("s_regression", s_regression), ("s_classification", s_classification)):
@@ -215,9 +231,16 @@ class BayesAgg:
         for name, value, allowed in (
             ("classification_heads", classification_heads, ("trained", "posterior_mean")),
             ("prior_mean", prior_mean, ("full_data", "live_head")),
+            ("regression_prior", regression_prior, ("fixed", "evidence")),
+            ("regression_heads", regression_heads, ("fitted", "trained")),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if regression_heads == "trained" and regression_fit == "refit":
+            raise ValueError(
+                "regression_fit='refit' writes fitted regression heads; with "
+                "regression_heads='trained' the optimiser owns them (use regression_fit='epoch')"
+            )
         check_newton(newton_steps, newton_damping)
         self.groups: tuple[TaskGroup, ...] = tuple(groups)
         self.s_regression = float(s_regression)
@@ -239,6 +262,8 @@ class BayesAgg:
         self.newton_damping = float(newton_damping)
         self.scale_by_tasks = bool(scale_by_tasks)
         self.reset_encoder_optimizer = bool(reset_encoder_optimizer)
+        self.regression_prior: RegressionPrior = regression_prior
+        self.regression_heads: RegressionHeads = regression_heads
         self.reset()
 
     # ------------------------------------------------------------------ state and inspection
@@ -261,6 +286,7 @@ class BayesAgg:
             noise_var=self.noise_var,
             newton_steps=self.newton_steps,
             newton_damping=self.newton_damping,
+            regression_prior=self.regression_prior,
         )
         #: Task weights of the last BayesAgg step, alpha averaged over batch and dimensions [K]
         #: (paper Fig. 3); ``None`` before the first step after the warm-up.
@@ -307,6 +333,8 @@ class BayesAgg:
             "newton_damping": self.newton_damping,
             "scale_by_tasks": self.scale_by_tasks,
             "reset_encoder_optimizer": self.reset_encoder_optimizer,
+            "regression_prior": self.regression_prior,
+            "regression_heads": self.regression_heads,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -406,7 +434,7 @@ class BayesAgg:
         trained: list[Tensor] = []
         for group, head, y in zip(self.groups, heads, targets, strict=True):
             x = features.to(head.weight.dtype)
-            if isinstance(group, Regression):
+            if isinstance(group, Regression) and self.regression_heads == "fitted":
                 with torch.no_grad():
                     per_group.append(group.losses(head(x), y))
                 for p in head.parameters():
@@ -438,6 +466,13 @@ class BayesAgg:
         mean0, precision0 = self.prior.prior(index, num_params, dtype=h.dtype, device=h.device)
         if self.prior_mean == "live_head" and not isinstance(group, Regression):
             mean0 = torch.cat([head.weight.detach(), head.bias.detach()[:, None]], 1).to(h.dtype)
+        if isinstance(group, Regression) and self.regression_heads == "trained":
+            # The optimiser's head is the centre; the full-data fit gives only the precision.
+            mean0 = head.weight.detach().to(h.dtype)
+            if bias:
+                mean0 = torch.cat([mean0, head.bias.detach().to(h.dtype)[:, None]], 1)
+            elif head.bias is not None:
+                y = y - head.bias.detach().to(h.dtype)  # the live bias is part of the prediction
         try:
             if isinstance(group, Regression):
                 post = posterior.regression(
@@ -445,7 +480,7 @@ class BayesAgg:
                     y,
                     mean0,
                     precision0,
-                    noise_var=self.noise_var,
+                    noise_var=self.prior.noise_variance(index),
                     bias=bias,
                     check=False,
                     reduce=self.prior.reduce,
@@ -578,7 +613,11 @@ class BayesAgg:
             if heads is None:
                 raise ValueError("end_epoch needs the heads: none given and no backward seen")
             self.prior.refit(heads)
-            if self.regression_fit == "epoch" and self.epoch + 1 >= self.warmup_epochs:
+            if (
+                self.regression_fit == "epoch"
+                and self.regression_heads == "fitted"
+                and self.epoch + 1 >= self.warmup_epochs
+            ):
                 fitted = {
                     i: p
                     for i, (g, p) in enumerate(zip(self.groups, self.prior.posteriors, strict=True))
@@ -617,8 +656,8 @@ class BayesAgg:
 
         ``batches`` yields ``(h, targets)`` with ``targets`` one entry per group as in
         :meth:`backward` (classification entries may be ``None``). The fit is Bayesian linear
-        regression with the isotropic prior N(0, gamma I) on all the batches, streamed (O(D^2)
-        memory); use it with the trained encoder in eval mode for the final predictions
+        regression with the isotropic prior N(0, gamma I) (or the evidence maximiser, with
+        ``regression_prior="evidence"``) on all the batches, streamed (O(D^2) memory); use it with the trained encoder in eval mode for the final predictions
         (METHOD.md sec. 5). The heads' weights (and biases) become the posterior means.
         """
         regression = [i for i, g in enumerate(self.groups) if isinstance(g, Regression)]
@@ -657,7 +696,15 @@ class BayesAgg:
         if count == 0:
             raise ValueError("fit_regression_heads: no batch given")
         reduce = self._reducer()
-        fitted = {i: statistics[i].fit(self.gamma, self.noise_var, reduce) for i in regression}
+        if self.regression_prior == "evidence":
+            fitted = {
+                i: statistics[i].fit_evidence(
+                    reduce, where=f"fit_regression_heads, task group {self.groups[i].name!r}"
+                )[0]
+                for i in regression
+            }
+        else:
+            fitted = {i: statistics[i].fit(self.gamma, self.noise_var, reduce) for i in regression}
         _write_regression_heads(heads, fitted)
         self.regression_fit_source = f"refit on {count} examples (fit_regression_heads)"
         return {self.groups[i].name: p for i, p in fitted.items()}

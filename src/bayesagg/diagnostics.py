@@ -20,7 +20,10 @@ Per measured batch, with theta the live classification head (weights and bias):
   measured batches): how many of the head's P weights the data determine against the prior
   N(0, gamma I), :func:`bayesagg.posterior.effective_parameters`. Far below P means the prior
   shrinks the head: on QM9 ``quick`` (2,000 molecules, gamma 5e-3) it under-fits
-  (results/ablation/README.md).
+  (results/ablation/README.md);
+- ``regression_prior_precision/<group>``, ``regression_noise_precision/<group>``: the prior
+  precision alpha and noise precision beta of that fit (1/gamma and 1/noise_var, or the
+  evidence maximiser with ``regression_prior="evidence"``, :mod:`bayesagg.evidence`).
 
 :meth:`TrainingDiagnostics.end_epoch` returns their means over the epoch's measured batches as
 ``diag/...`` columns of ``epochs.csv``. Only classification groups get distances and losses
@@ -109,10 +112,16 @@ class TrainingDiagnostics:
             out["diag/batches"] = float(max(self._counts.values()))
         prior = self.aggregator.prior
         if prior.refits:  # the full-data fits exist (the aggregator refits before this is read)
-            for group, fitted in zip(prior.groups, prior.posteriors, strict=True):
+            for i, (group, fitted) in enumerate(zip(prior.groups, prior.posteriors, strict=True)):
                 if isinstance(group, Regression) and fitted is not None:
-                    dof = effective_parameters(fitted, 1.0 / prior.gamma)
+                    dof = effective_parameters(fitted, prior.prior_precision(i))
                     out[f"diag/regression_dof/{group.name}"] = float(dof)
+                    # The full-data fit's prior and noise precisions (chosen by the evidence
+                    # with regression_prior="evidence", else 1/gamma and 1/noise_var).
+                    out[f"diag/regression_prior_precision/{group.name}"] = prior.prior_precision(i)
+                    out[f"diag/regression_noise_precision/{group.name}"] = (
+                        1.0 / prior.noise_variance(i)
+                    )
         return out
 
     # ------------------------------------------------------------------------------------------

@@ -24,18 +24,24 @@ device of the features that use it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from bayesagg import posterior
+from bayesagg.evidence import EvidenceFit, maximise_evidence
 from bayesagg.linalg import augment, cholesky
 from bayesagg.newton import check_newton, newton_posterior
 from bayesagg.posterior import Gaussian
 from bayesagg.tasks import Binary, Multiclass, Regression, TaskGroup, check_groups
 
-__all__ = ["EpochPrior", "RegressionStatistics", "isotropic_prior"]
+__all__ = ["EpochPrior", "RegressionPrior", "RegressionStatistics", "isotropic_prior"]
+
+#: How the full-data regression fit's prior and noise are set: ``"fixed"`` (the paper: prior
+#: N(0, gamma I), noise variance ``noise_var``) or ``"evidence"`` (both chosen per group and
+#: fit by maximising the marginal likelihood, :mod:`bayesagg.evidence`).
+RegressionPrior = Literal["fixed", "evidence"]
 
 
 def isotropic_prior(
@@ -51,21 +57,24 @@ def isotropic_prior(
 
 
 class RegressionStatistics:
-    """Streamed sufficient statistics of Bayesian linear regression: ``H~^T H~``, ``H~^T Y``, N.
-
-    Sums run in float64 so that 10^5 examples lose nothing; memory is O(P^2 + P O).
+    """Streamed sufficient statistics of Bayesian linear regression: ``H~^T H~``, ``H~^T Y``,
+    the per-output sums of squares ``y_o^T y_o`` (for the evidence, :mod:`bayesagg.evidence`)
+    and N. Sums run in float64 so that 10^5 examples lose nothing; memory is O(P^2 + P O).
     """
 
     def __init__(self, num_params: int, outputs: int, *, device: torch.device) -> None:
         self.hth = torch.zeros(num_params, num_params, dtype=torch.float64, device=device)
         self.hty = torch.zeros(num_params, outputs, dtype=torch.float64, device=device)
+        self.yty = torch.zeros(outputs, dtype=torch.float64, device=device)
         self.count = 0
 
     def update(self, h: Tensor, y: Tensor) -> None:
         """Add a batch: features h [B, P] (already with the bias column if any), targets y [B, O]."""
         h64 = h.detach().to(torch.float64)
+        y64 = y.detach().to(torch.float64)
         self.hth += h64.T @ h64
-        self.hty += h64.T @ y.detach().to(torch.float64)
+        self.hty += h64.T @ y64
+        self.yty += y64.square().sum(0)
         self.count += h.shape[0]
 
     def fit(
@@ -84,14 +93,52 @@ class RegressionStatistics:
             hth, hty, prior_mean, prior_precision, noise_var=noise_var
         )
 
+    def fit_evidence(
+        self,
+        reduce: posterior.Reduce | None = None,
+        *,
+        initial: tuple[float, float] | None = None,
+        where: str = "evidence",
+    ) -> tuple[Gaussian, EvidenceFit]:
+        """Return the full-data posterior at the evidence maximiser, and the maximiser.
+
+        The prior N(0, I / alpha) and noise variance 1 / beta that maximise the marginal
+        likelihood of all outputs (:func:`bayesagg.evidence.maximise_evidence`), float64.
+        ``reduce`` sums the statistics over processes first; ``initial`` warm-starts the
+        fixed point (e.g. from the previous epoch's maximiser).
+        """
+        num_params, outputs = self.hty.shape
+        count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.hty.device)
+        hth, hty, yty, count = posterior._reduced(reduce, self.hth, self.hty, self.yty, count)
+        fit = maximise_evidence(hth, hty, yty, int(count.item()), initial=initial, where=where)
+        prior_mean, prior_precision = posterior.isotropic_prior(
+            "regression",
+            outputs,
+            num_params,
+            1.0 / fit.prior_precision,
+            dtype=torch.float64,
+            device=self.hty.device,
+        )
+        gaussian = posterior.regression_from_statistics(
+            hth, hty, prior_mean, prior_precision, noise_var=1.0 / fit.noise_precision
+        )
+        return gaussian, fit
+
     def state_dict(self) -> dict[str, Any]:
-        return {"hth": self.hth.clone(), "hty": self.hty.clone(), "count": self.count}
+        return {
+            "hth": self.hth.clone(),
+            "hty": self.hty.clone(),
+            "yty": self.yty.clone(),
+            "count": self.count,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> RegressionStatistics:
         stats = cls(state["hth"].shape[0], state["hty"].shape[1], device=state["hth"].device)
         stats.hth = state["hth"].clone()
         stats.hty = state["hty"].clone()
+        if "yty" in state:  # checkpoints written before the evidence option have none
+            stats.yty = state["yty"].clone()
         stats.count = int(state["count"])
         return stats
 
@@ -112,8 +159,13 @@ class EpochPrior:
         fit_dtype: torch.dtype = torch.float64,
         newton_steps: int = 1,
         newton_damping: float = 1.0,
+        regression_prior: RegressionPrior = "fixed",
     ) -> None:
         check_groups(groups)
+        if regression_prior not in ("fixed", "evidence"):
+            raise ValueError(
+                f"regression_prior must be 'fixed' or 'evidence', got {regression_prior!r}"
+            )
         if not gamma > 0:
             raise ValueError(f"prior variance gamma must be positive, got {gamma}")
         if not noise_var > 0:
@@ -127,6 +179,10 @@ class EpochPrior:
         check_newton(newton_steps, newton_damping)
         self.newton_steps = int(newton_steps)
         self.newton_damping = float(newton_damping)
+        self.regression_prior: RegressionPrior = regression_prior
+        #: The evidence maximiser of each regression group's last full-data fit
+        #: (``regression_prior="evidence"``; None before the first refit and for other groups).
+        self.evidence: list[EvidenceFit | None] = [None] * len(groups)
         #: Whether each group's head has a bias (fixed by the first batch); None until then.
         self.bias: list[bool] | None = None
         #: The full-data posterior of each group from the last refit (None: isotropic prior).
@@ -145,6 +201,21 @@ class EpochPrior:
     def num_examples(self) -> int:
         """Return the number of examples accumulated since the last refit."""
         return self._count
+
+    def noise_variance(self, index: int) -> float:
+        """Return the noise variance of group ``index``'s batch posteriors.
+
+        ``noise_var``, or 1 / beta of the last evidence fit (``regression_prior="evidence"``):
+        a batch posterior updates the full-data posterior with the same likelihood it was fitted
+        with.
+        """
+        fit = self.evidence[index]
+        return self.noise_var if fit is None else 1.0 / fit.noise_precision
+
+    def prior_precision(self, index: int) -> float:
+        """Return the precision of the isotropic prior of group ``index``'s last full-data fit."""
+        fit = self.evidence[index]
+        return 1.0 / self.gamma if fit is None else fit.prior_precision
 
     def check_bias(self, bias: Sequence[bool]) -> None:
         """Raise ``ValueError`` if a head gained or lost its bias since the first batch."""
@@ -220,12 +291,25 @@ class EpochPrior:
             self.clear()
             return
         new: list[Gaussian | None] = []
+        evidence: list[EvidenceFit | None] = [None] * len(self.groups)
         features = None
         for i, group in enumerate(self.groups):
             if isinstance(group, Regression):
                 stats = self._statistics[i]
                 assert stats is not None  # accumulate() filled every regression group
-                new.append(stats.fit(self.gamma, self.noise_var, self.reduce))
+                if self.regression_prior == "evidence":
+                    last = self.evidence[i]
+                    fitted, evidence[i] = stats.fit_evidence(
+                        self.reduce,
+                        initial=None
+                        if last is None
+                        else (last.prior_precision, last.noise_precision),
+                        where=f"full-data fit of regression group {group.name!r} "
+                        f"(refit {self.refits + 1})",
+                    )
+                    new.append(fitted)
+                else:
+                    new.append(stats.fit(self.gamma, self.noise_var, self.reduce))
                 continue
             if heads is None:
                 raise ValueError(
@@ -259,6 +343,7 @@ class EpochPrior:
             )
             new.append(fitted)
         self.posteriors = new
+        self.evidence = evidence
         self.refits += 1
         self.clear()
 
@@ -275,6 +360,8 @@ class EpochPrior:
         return {
             "gamma": self.gamma,
             "noise_var": self.noise_var,
+            "regression_prior": self.regression_prior,
+            "evidence": [None if e is None else dict(vars(e)) for e in self.evidence],
             "bias": None if self.bias is None else list(self.bias),
             "refits": self.refits,
             "posteriors": [
@@ -295,6 +382,11 @@ class EpochPrior:
             )
         self.gamma = float(state["gamma"])
         self.noise_var = float(state["noise_var"])
+        self.regression_prior = state.get("regression_prior", "fixed")
+        self.evidence = [
+            None if e is None else EvidenceFit(**e)
+            for e in state.get("evidence", [None] * len(self.groups))
+        ]
         self.bias = None if state["bias"] is None else list(state["bias"])
         self.refits = int(state["refits"])
         self.posteriors = [

@@ -1,0 +1,179 @@
+"""The evidence approximation for a regression group's full-data fit: prior and noise from the data.
+
+BayesAgg-MTL's full-data regression fit (paper Sec. 3.1, "Prior selection") is Bayesian linear
+regression with a hand-set prior N(0, gamma I) and noise variance sigma^2 = 1. Nothing in the
+paper ties either number to the data, and a prior that is too tight shrinks the heads the
+encoder is trained against (QM9 ``quick``: docs/bayesagg.md, "Regression heads"). This module
+chooses both by type-II maximum likelihood: the prior precision ``alpha`` and the noise
+precision ``beta`` that maximise the log marginal likelihood of the targets,
+
+    ln p(y | alpha, beta) = P/2 ln alpha + N/2 ln beta - E(m) - 1/2 ln|A| - N/2 ln 2 pi,
+    A = alpha I + beta H^T H,   m = beta A^-1 H^T y,
+    E(m) = beta/2 ||y - H m||^2 + alpha/2 ||m||^2
+
+(Bishop, *Pattern Recognition and Machine Learning*, 2006, Sec. 3.5, Eq. 3.86; MacKay,
+"Bayesian interpolation", 1992), found by the fixed-point iteration of PRML Eqs. 3.91-3.95 on
+the eigenvalues of H^T H: O(P^3) once per fit, then O(P O) per iteration.
+
+Scope: one (alpha, beta) per *group*, shared by its O outputs, maximising the sum of their log
+evidences (the outputs are independent given the features). A group's outputs share one
+posterior precision in this library (:mod:`bayesagg.posterior`), which keeps every batch
+posterior at one Cholesky per group; per-output hyper-parameters would give each output its own
+precision. Declare one ``Regression`` group per output to have them. With shared (alpha, beta)
+the stationarity conditions are those of PRML Eqs. 3.92 and 3.95 summed over the outputs:
+
+    alpha = O g / sum_o ||m_o||^2,    1/beta = sum_o ||y_o - H m_o||^2 / (O (N - g)),
+    g = sum_i beta l_i / (alpha + beta l_i)   (l_i: eigenvalues of H^T H; PRML Eq. 3.91).
+
+Everything is computed from the sufficient statistics H^T H, H^T Y, the per-output sums of
+squares y_o^T y_o and N, so a whole epoch is streamed batch by batch (:mod:`bayesagg.prior`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from bayesagg.linalg import NumericalError, cholesky
+
+__all__ = ["EvidenceFit", "log_evidence", "maximise_evidence"]
+
+
+@dataclass(frozen=True)
+class EvidenceFit:
+    """The maximiser of a regression group's evidence and what it implies.
+
+    ``prior_precision`` alpha (the prior is N(0, I / alpha)), ``noise_precision`` beta (noise
+    variance 1 / beta), ``effective_parameters`` g of PRML Eq. 3.91 (how many of the P weights
+    per output the data determine), ``log_evidence`` summed over the group's outputs at the
+    maximiser, and the fixed-point ``iterations`` it took.
+    """
+
+    prior_precision: float
+    noise_precision: float
+    effective_parameters: float
+    log_evidence: float
+    iterations: int
+
+
+def _check_statistics(hth: Tensor, hty: Tensor, yty: Tensor, count: int) -> None:
+    if hth.ndim != 2 or hth.shape[0] != hth.shape[1]:
+        raise ValueError(f"hth must have shape [P, P], got {list(hth.shape)}")
+    if hty.ndim != 2 or hty.shape[0] != hth.shape[0]:
+        raise ValueError(f"hty must have shape [P={hth.shape[0]}, O], got {list(hty.shape)}")
+    if tuple(yty.shape) != (hty.shape[1],):
+        raise ValueError(f"yty must have shape [O={hty.shape[1]}], got {list(yty.shape)}")
+    if count < 1:
+        raise ValueError(f"the evidence needs at least one example, got count={count}")
+
+
+def log_evidence(
+    hth: Tensor,
+    hty: Tensor,
+    yty: Tensor,
+    count: int,
+    prior_precision: float,
+    noise_precision: float,
+) -> Tensor:
+    """Return ln p(y_o | alpha, beta) [O] of each output (PRML Eq. 3.86) from the statistics.
+
+    ``hth`` H^T H [P, P], ``hty`` H^T Y [P, O], ``yty`` the sums of squares [O], ``count`` N;
+    the model y_o = H w_o + noise, w_o ~ N(0, I / alpha), noise ~ N(0, I / beta). Computed in
+    ``hth``'s dtype (use float64).
+    """
+    _check_statistics(hth, hty, yty, count)
+    if not (prior_precision > 0 and noise_precision > 0):
+        raise ValueError(
+            f"precisions must be positive, got alpha={prior_precision}, beta={noise_precision}"
+        )
+    alpha, beta = float(prior_precision), float(noise_precision)
+    p = hth.shape[0]
+    a = beta * hth + alpha * torch.eye(p, dtype=hth.dtype, device=hth.device)
+    factor = cholesky(0.5 * (a + a.mT), what="evidence precision alpha I + beta H^T H")
+    m = beta * torch.cholesky_solve(hty.to(hth.dtype), factor)  # [P, O]
+    squared_error = yty.to(hth.dtype) - 2 * (m * hty).sum(0) + (m * (hth @ m)).sum(0)
+    energy = 0.5 * beta * squared_error + 0.5 * alpha * m.square().sum(0)
+    log_det = 2 * factor.diagonal().log().sum()
+    return (
+        0.5 * p * math.log(alpha)
+        + 0.5 * count * math.log(beta)
+        - energy
+        - 0.5 * log_det
+        - 0.5 * count * math.log(2 * math.pi)
+    )
+
+
+def maximise_evidence(
+    hth: Tensor,
+    hty: Tensor,
+    yty: Tensor,
+    count: int,
+    *,
+    initial: tuple[float, float] | None = None,
+    tolerance: float = 1e-9,
+    max_iterations: int = 1000,
+    where: str = "evidence",
+) -> EvidenceFit:
+    """Return the (alpha, beta) shared by a group's outputs that maximise their summed evidence.
+
+    MacKay's fixed point (PRML Eqs. 3.91-3.95, summed over the O outputs; module docstring) on
+    the eigen-decomposition of ``hth`` (float64 inside), from ``initial`` (alpha, beta) or
+    (1, O N / sum_o y_o^T y_o). Stops when both log-precisions move less than ``tolerance``;
+    raises :class:`~bayesagg.linalg.NumericalError` naming ``where`` when the targets carry no
+    signal the features can fit (alpha or beta without a finite maximiser: zero targets, or a
+    fit with no residual) or when ``max_iterations`` pass without convergence.
+    """
+    _check_statistics(hth, hty, yty, count)
+    dtype = torch.float64
+    hth64, hty64, yty64 = hth.to(dtype), hty.to(dtype), yty.to(dtype)
+    outputs = hty64.shape[1]
+    eigenvalues, vectors = torch.linalg.eigh(0.5 * (hth64 + hth64.mT))
+    eigenvalues = eigenvalues.clamp_min(0.0)
+    z = vectors.mT @ hty64  # H^T Y in the eigenbasis [P, O]
+    total = float(yty64.sum())
+    if not total > 0 or not bool(z.abs().sum() > 0):
+        raise NumericalError(
+            f"{where}: the targets have no component the features can fit (sum of squares "
+            f"{total:.3g}); the evidence has no finite maximiser"
+        )
+    if initial is None:
+        alpha, beta = 1.0, outputs * count / total
+    else:
+        alpha, beta = (float(v) for v in initial)
+        if not (alpha > 0 and beta > 0 and math.isfinite(alpha) and math.isfinite(beta)):
+            raise ValueError(f"{where}: initial precisions must be positive, got {initial}")
+    for iteration in range(1, max_iterations + 1):
+        scale = beta / (alpha + beta * eigenvalues)  # [P]
+        m = scale[:, None] * z  # posterior means in the eigenbasis
+        g = float((scale * eigenvalues).sum())
+        weight_norm = float(m.square().sum())
+        residual = (
+            total - 2 * float((m * z).sum()) + float((eigenvalues[:, None] * m.square()).sum())
+        )
+        if not (weight_norm > 0 and residual > 0 and count > g):
+            raise NumericalError(
+                f"{where}: the evidence has no finite maximiser at iteration {iteration} "
+                f"(||m||^2 = {weight_norm:.3g}, residual = {residual:.3g}, N = {count}, "
+                f"effective parameters {g:.3g}): the features fit the targets exactly or not at all"
+            )
+        new_alpha = outputs * g / weight_norm
+        new_beta = outputs * (count - g) / residual
+        if not (math.isfinite(new_alpha) and math.isfinite(new_beta) and new_alpha > 0):
+            raise NumericalError(
+                f"{where}: the fixed point left the finite range at iteration {iteration} "
+                f"(alpha {new_alpha:.3g}, beta {new_beta:.3g})"
+            )
+        step = max(abs(math.log(new_alpha / alpha)), abs(math.log(new_beta / beta)))
+        alpha, beta = new_alpha, new_beta
+        if step < tolerance:
+            scale = beta / (alpha + beta * eigenvalues)
+            g = float((scale * eigenvalues).sum())
+            value = float(log_evidence(hth64, hty64, yty64, count, alpha, beta).sum())
+            return EvidenceFit(alpha, beta, g, value, iteration)
+    raise NumericalError(
+        f"{where}: the evidence fixed point did not converge in {max_iterations} iterations "
+        f"(last alpha {alpha:.4g}, beta {beta:.4g}, last relative step {step:.2g})"
+    )
