@@ -206,7 +206,7 @@ def test_warmup_steps_are_linear_scalarisation():
 @pytest.mark.parametrize("bias", [False, True])
 def test_end_epoch_sets_regression_heads_to_the_full_data_posterior_mean(bias):
     heads = _heads(regression_bias=bias)
-    agg = BayesAgg.paper(GROUPS, gamma=0.3, warmup_epochs=2)
+    agg = BayesAgg.paper(GROUPS, gamma=0.3, warmup_epochs=2, regression_bias=True)
     batches = [_batch(5, seed) for seed in range(3)]
     for h, targets in batches:
         agg.backward(h.clone().requires_grad_(True), heads, targets)
@@ -234,7 +234,7 @@ def test_end_epoch_sets_regression_heads_to_the_full_data_posterior_mean(bias):
 
 def test_refit_mode_leaves_heads_to_fit_regression_heads():
     heads = _heads(regression_bias=True)
-    agg = BayesAgg.paper(GROUPS, gamma=0.3, regression_fit="refit")
+    agg = BayesAgg.paper(GROUPS, gamma=0.3, regression_fit="refit", regression_bias=True)
     h, targets = _batch(9)
     agg.backward(h.clone().requires_grad_(True), heads, targets)
     before = heads[0].weight.detach().clone()

@@ -165,7 +165,7 @@ def test_regression_bias_false_step_equals_a_bias_free_head():
         grads.append(leaf.grad)
     assert torch.allclose(grads[0], grads[1], atol=1e-14)
     # ... and differs from the posterior with a bias (the option does something).
-    agg = BayesAgg.paper([Regression("r", 1)])
+    agg = BayesAgg.paper([Regression("r", 1)], regression_bias=True)
     leaf = h.clone().requires_grad_(True)
     agg.backward(leaf, [biased], [y])
     assert not torch.allclose(leaf.grad, grads[0], atol=1e-6)

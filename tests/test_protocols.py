@@ -135,6 +135,9 @@ AS_PUBLISHED = {
     "scale_by_tasks": False,
     "prior_mean": "full_data",
     "classification_heads": "trained",
+    "regression_bias": False,
+    "regression_prior": "fixed",
+    "regression_heads": "fitted",
 }
 
 

@@ -241,3 +241,36 @@ def test_diagnostics_report_how_many_regression_weights_the_full_data_fit_determ
     assert not any(
         k.startswith("diag/regression_dof/") and k != "diag/regression_dof/r" for k in row
     )
+    assert row["diag/regression_prior_precision/r"] == pytest.approx(1e2)
+    assert row["diag/regression_noise_precision/r"] == pytest.approx(0.5)
+
+
+def test_diagnostics_report_the_evidence_maximiser_of_the_regression_fit():
+    # Reference: the stationarity conditions of the evidence (PRML Eqs. 3.91-3.95), by hand.
+    model = _model().double()
+    x, targets = _batch(b=32)
+    x = x.double()
+    targets = [targets[0].double(), targets[1].double(), targets[2]]
+    agg = BayesAgg(GROUPS, regression_bias=False, regression_prior="evidence", num_samples=16)
+    probe = TrainingDiagnostics(agg, batches=1)
+    probe.start_epoch(1)
+    h, _ = model(x)
+    # Targets with a linear signal in the features (an untrained model's features carry none
+    # for random targets, and the evidence then has no finite maximiser).
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(h.shape[1], targets[0].shape[1], generator=g, dtype=h.dtype)
+    signal = h.detach() @ w
+    targets[0] = signal / signal.std() + 0.3 * torch.randn(signal.shape, generator=g, dtype=h.dtype)
+    agg.backward(h, list(model.heads), targets)
+    agg.end_epoch(list(model.heads))
+    row = probe.end_epoch()
+    a = row["diag/regression_prior_precision/r"]
+    b = row["diag/regression_noise_precision/r"]
+    hh, y = h.detach(), targets[0]
+    eig = torch.linalg.eigvalsh(b * hh.T @ hh).clamp_min(0)
+    g = float((eig / (eig + a)).sum())
+    m = torch.linalg.solve(hh.T @ hh + (a / b) * torch.eye(hh.shape[1], dtype=hh.dtype), hh.T @ y)
+    outputs = y.shape[1]
+    assert row["diag/regression_dof/r"] == pytest.approx(g, rel=1e-6)
+    assert a == pytest.approx(outputs * g / float(m.square().sum()), rel=1e-6)
+    assert b == pytest.approx(outputs * (32 - g) / float((y - hh @ m).square().sum()), rel=1e-6)

@@ -41,6 +41,10 @@ from bayesagg.linalg import NumericalError, cholesky
 
 __all__ = ["EvidenceFit", "log_evidence", "maximise_evidence"]
 
+# A noise variance this many times below the targets' mean square is rounding error: the
+# targets are an exact linear function of the features and beta has no finite maximiser.
+_MAX_SIGNAL_TO_NOISE = 1e10
+
 
 @dataclass(frozen=True)
 class EvidenceFit:
@@ -153,11 +157,18 @@ def maximise_evidence(
         residual = (
             total - 2 * float((m * z).sum()) + float((eigenvalues[:, None] * m.square()).sum())
         )
-        if not (weight_norm > 0 and residual > 0 and count > g):
+        if not (weight_norm > 0 and g > 1e-8 * eigenvalues.numel()):
             raise NumericalError(
-                f"{where}: the evidence has no finite maximiser at iteration {iteration} "
-                f"(||m||^2 = {weight_norm:.3g}, residual = {residual:.3g}, N = {count}, "
-                f"effective parameters {g:.3g}): the features fit the targets exactly or not at all"
+                f"{where}: the evidence has no finite maximiser: it grows without bound as the "
+                f"prior precision does (iteration {iteration}, alpha {alpha:.3g}, effective "
+                f"parameters {g:.3g}): the features carry no linear signal for these targets. "
+                "Train the encoder longer before the first fit (warm-up) or use "
+                "regression_prior='fixed'"
+            )
+        if not (residual > 0 and count > g):
+            raise NumericalError(
+                f"{where}: the evidence has no finite maximiser: the features fit the targets "
+                f"exactly (residual {residual:.3g}, N = {count}, effective parameters {g:.3g})"
             )
         new_alpha = outputs * g / weight_norm
         new_beta = outputs * (count - g) / residual
@@ -165,6 +176,12 @@ def maximise_evidence(
             raise NumericalError(
                 f"{where}: the fixed point left the finite range at iteration {iteration} "
                 f"(alpha {new_alpha:.3g}, beta {new_beta:.3g})"
+            )
+        if new_beta * total / (outputs * count) > _MAX_SIGNAL_TO_NOISE:
+            raise NumericalError(
+                f"{where}: the evidence has no finite maximiser: the features fit the targets "
+                f"to rounding error (noise variance {1 / new_beta:.3g} against a target mean "
+                f"square {total / (outputs * count):.3g} at iteration {iteration})"
             )
         step = max(abs(math.log(new_alpha / alpha)), abs(math.log(new_beta / beta)))
         alpha, beta = new_alpha, new_beta
