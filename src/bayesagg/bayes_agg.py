@@ -1,7 +1,7 @@
 """BayesAgg-MTL as one object a training loop holds: ``losses = agg.backward(h, heads, targets)``.
 
 Achituve et al., "Bayesian Uncertainty for Gradient Aggregation in Multi-Task Learning", ICML 2024,
-Section 3 and Algorithm 1; METHOD.md sections 2-5. Each step, for every task group:
+Section 3 and Algorithm 1; docs/method.md and docs/bayesagg.md. Each step, for every task group:
 
 1. posterior over the head's weights from the batch, with last epoch's full-data posterior as the
    prior (:mod:`bayesagg.posterior`, :mod:`bayesagg.prior`; paper Eq. 2 and Eqs. 9-10);
@@ -14,7 +14,7 @@ The object itself owns only what persists across steps: the epoch-level prior, t
 counters (for the linear-scalarisation warm-up and for error messages), the last task weights
 (paper Fig. 3) and an optional random generator. ``state_dict()`` holds all of it.
 
-Heads (METHOD.md section 5). Classification heads are trained by the optimiser as usual: they
+Heads (docs/bayesagg.md, "Which fit regression predictions use"). Classification heads are trained by the optimiser as usual: they
 receive the gradient of the summed per-task mean losses. Regression heads are *not* learned after
 the warm-up: their ``.grad`` is set to ``None`` at every BayesAgg step, and their weights are the
 posterior mean fitted on the full training set, written by one of two explicit fits:
@@ -24,7 +24,7 @@ posterior mean fitted on the full training set, written by one of two explicit f
   features of a drifting encoder, isotropic prior N(0, gamma I)); predictions after an epoch use it.
 - ``regression_fit="refit"``: ``end_epoch`` leaves the heads alone; call
   :meth:`BayesAgg.fit_regression_heads` with features of the trained encoder in eval mode
-  before predicting (the cleaner choice of METHOD.md sec. 5).
+  before predicting (the cleaner choice: the features of the final encoder, in eval mode).
 
 Either way :meth:`BayesAgg.fit_regression_heads` refits on whatever features it is given, and
 ``agg.regression_fit_source`` says which fit the heads hold now.
@@ -109,12 +109,13 @@ class BayesAgg:
             Eq. 7). Paper: searched in {0.75, 0.85, 0.95} on QM9, 0.3 on UTKFace. Default 0.85.
         s_classification: s for binary and multiclass tasks. Paper: 5e-4 on CIFAR-MTL and
             ChestX-ray14, 0.1 on UTKFace. Default 0.1. ``s = 0`` gives the plain mean over tasks.
-        gamma: variance of the isotropic prior N(0, gamma I) of the full-data fits (METHOD.md
-            sec. 2; 5e-4 CIFAR-MTL, 5e-3 ChestX-ray14 and UTKFace). Default 5e-3.
+        gamma: variance of the isotropic prior N(0, gamma I) of the full-data fits (paper
+            Sec. 3.1; the authors' trainers: 5e-4 CIFAR-MTL, 5e-3 ChestX-ray14 and UTKFace, their
+            common parser's default 1.0). Default 5e-3.
         noise_var: observation-noise variance sigma^2 of Bayesian linear regression (paper: 1).
         warmup_epochs: epochs of linear scalarisation before BayesAgg-MTL starts (paper: 50 QM9,
             3 CIFAR-MTL, 1 ChestX-ray14, 10 UTKFace). Default 0.
-        moments: estimator of the classification gradient moments (METHOD.md sec. 3):
+        moments: estimator of the classification gradient moments (docs/method.md, stage 2):
             ``"qmc"`` (default, deterministic: Gauss-Hermite quadrature for binary tasks; for
             multiclass, a fixed quasi-Monte-Carlo rule over the logits with the weights
             integrated analytically, :func:`bayesagg.moments.multiclass`),
@@ -142,8 +143,8 @@ class BayesAgg:
             are ``h @ mean_w^T``): the head's bias is left out of every regression posterior
             and the fits write zero into it. Default ``True`` (the head decides).
 
-    Options beyond the paper (issue 7). The library's defaults are the sturdier variant chosen
-    by the issue-7 ablation (results/ablation/README.md): half-damped Newton fits
+    Options beyond the paper. The library's defaults are the sturdier variant chosen
+    by the options ablation (results/ablation/README.md): half-damped Newton fits
     (``newton_damping=0.5``) and the aggregated gradient scaled by K (``scale_by_tasks=True``).
     The paper's behaviour is :data:`PAPER_BEHAVIOUR` (``BayesAgg.paper(groups, ...)``, registry
     name ``bayesagg-paper``); every ``paper`` protocol uses it.
@@ -159,7 +160,7 @@ class BayesAgg:
         newton_steps, newton_damping: the classification fits (full-data and batch) take
             ``newton_steps`` Newton steps of size ``newton_damping`` (:mod:`bayesagg.newton`);
             the paper's is one undamped step (1, 1.0). Default one half step (1, 0.5): on a
-            whole epoch of data the undamped step can land far from the live head (issue 7
+            whole epoch of data the undamped step can land far from the live head (the options ablation
             measured 2.6 x ||theta|| and a 17x higher loss at one epoch of MultiMNIST).
         scale_by_tasks: send ``K * g / B`` into the encoder instead of ``g / B`` (the weights
             sum to one over the K tasks, so ``g`` is about 1/K of the LS gradient). Default
@@ -665,7 +666,7 @@ class BayesAgg:
         :meth:`backward` (classification entries may be ``None``). The fit is Bayesian linear
         regression with the isotropic prior N(0, gamma I) (or the evidence maximiser, with
         ``regression_prior="evidence"``) on all the batches, streamed (O(D^2) memory); use it with the trained encoder in eval mode for the final predictions
-        (METHOD.md sec. 5). The heads' weights (and biases) become the posterior means.
+        (docs/bayesagg.md). The heads' weights (and biases) become the posterior means.
         """
         regression = [i for i, g in enumerate(self.groups) if isinstance(g, Regression)]
         if not regression:
@@ -762,7 +763,7 @@ class BayesAgg:
             if not isinstance(group, Regression) and head.bias is None:
                 raise ValueError(
                     f"task group {group.name!r}: classification heads need a bias "
-                    "(the posterior is over weights and bias, METHOD.md sec. 2)"
+                    "(the posterior is over weights and bias, docs/method.md stage 1)"
                 )
         return heads
 

@@ -1,4 +1,4 @@
-"""What BayesAgg-MTL does to training, measured on a few batches per epoch (issue 7).
+"""What BayesAgg-MTL does to training, measured on a few batches per epoch (the options ablation, results/ablation/README.md).
 
 For a BayesAgg-MTL run the training loop hands a few batches of every epoch (``batches`` of
 them, evenly spaced; not every step, to keep the cost low) to :meth:`TrainingDiagnostics.measure`

@@ -1,6 +1,6 @@
 """The epoch-level prior of BayesAgg-MTL: last epoch's full-data posterior, refitted once per epoch.
 
-Paper Section 3.1, "Prior selection" (and Section 3.2 for classification); METHOD.md section 2.
+Paper Section 3.1, "Prior selection" (and Section 3.2 for classification); docs/method.md, stage 1.
 A batch posterior sees only B examples, so information about the whole training set enters
 through its prior: during an epoch the features and targets of every step are collected; at the
 end of the epoch the posterior of each head is fitted on all of them with the isotropic prior
@@ -80,7 +80,7 @@ class RegressionStatistics:
     def fit(
         self, gamma: float, noise_var: float, reduce: posterior.Reduce | None = None
     ) -> Gaussian:
-        """Return the full-data posterior with the prior N(0, gamma I) (METHOD.md sec. 2), float64.
+        """Return the full-data posterior with the prior N(0, gamma I) (paper Eq. 2), float64.
 
         ``reduce`` (data parallelism): a sum over processes of the statistics before the fit.
         """
@@ -283,7 +283,7 @@ class EpochPrior:
         """Replace every group's prior by its full-data posterior on this epoch, then clear.
 
         Regression: exact fit from the streamed statistics. Classification: one Newton step
-        around the head's current weights and bias (METHOD.md sec. 2), on the stored features,
+        around the head's current weights and bias (paper Sec. 3.2), on the stored features,
         so ``heads`` must be the heads as they are now. With no example accumulated the priors
         stay as they are.
         """
