@@ -89,8 +89,19 @@ def _common(p: argparse.ArgumentParser, *, benchmark_required: bool = True) -> N
         "(gloo on CPU, nccl and one GPU each with --device cuda), each on 1/N of every batch; "
         "see docs/distributed.md",
     )
+    _threads_option(p)
     p.add_argument("--force", action="store_true", help="recompute finished runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch threads per process (default: OMP_NUM_THREADS if set, else cores / "
+        "processes, 1 when that is 2 or less, at most 8; the command prints its choice)",
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -116,6 +127,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=6, help="epochs per method (6)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    _threads_option(demo)
     demo.add_argument("--force", action="store_true", help="recompute finished runs")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
@@ -179,7 +191,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="the campaign across benchmarks: paired differences to LS, ranks, cost",
         description="Write one markdown file (e.g. RESULTS.md) from several protocol folders "
         "(<out>/<benchmark>/<protocol>): each one's table, each method's paired Delta_m "
-        "difference to LS with a 95 %% interval over seeds, ranks, the mean rank across the "
+        "difference to LS with a 95 % interval over seeds, ranks, the mean rank across the "
         "benchmarks and the campaign's wall time; plots in results/plots/ next to it.",
     )
     summary.add_argument("folders", nargs="+", metavar="FOLDER", help="protocol folders")
@@ -296,10 +308,23 @@ def _sweep(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from bayesagg.report import write_report
 
-    path = write_report(args.dir, references=args.references, output=args.output)
+    left_out: list[tuple[Any, str]] = []
+    path = write_report(
+        args.dir, references=args.references, output=args.output, unreadable=left_out
+    )
     print(path.read_text())
+    _warn_left_out(left_out)
     _echo(f"report: {path}")
     return 0
+
+
+def _warn_left_out(left_out: Sequence[tuple[Any, str]]) -> None:
+    """Say on stderr how many result files a table left out, and which: never drop one silently."""
+    if left_out:
+        _echo(
+            f"warning: {len(left_out)} result file(s) left out: "
+            + "; ".join(f"{path} ({why})" for path, why in left_out)
+        )
 
 
 def _summary(args: argparse.Namespace) -> int:
@@ -312,6 +337,7 @@ def _summary(args: argparse.Namespace) -> int:
         if not Path(folder).is_dir():
             raise ConfigError(f"protocol folder {folder} does not exist")
     notes = Path(args.notes).read_text() if args.notes else ""
+    left_out: list[tuple[Any, str]] = []
     write_summary(
         args.folders,
         args.output,
@@ -319,7 +345,9 @@ def _summary(args: argparse.Namespace) -> int:
         preamble=notes,
         references=args.references,
         seeds=None if args.seeds is None else _split_list(args.seeds, "--seeds", int),
+        left_out=left_out,
     )
+    _warn_left_out(left_out)
     _echo(f"summary: {args.output}")
     return 0
 
@@ -364,14 +392,21 @@ def _distributed(args: argparse.Namespace, argv: list[str]) -> int:
 
     from bayesagg.runner.config import ConfigError
     from bayesagg.runner.distributed import initialised, launch, launched
+    from bayesagg.runner.threads import default_threads, threads_note, using
 
     nproc = getattr(args, "nproc", 1)
     if nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
+    chosen = getattr(args, "threads", None)
+    threads = default_threads(nproc) if chosen is None else chosen
+    if threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
     if nproc > 1 and not launched():
         return launch(nproc, argv)
-    with initialised(getattr(args, "device", "cpu"), nproc) as ctx:
+    with initialised(getattr(args, "device", "cpu"), nproc) as ctx, using(threads):
         if ctx is None or ctx.is_main:
+            if hasattr(args, "threads"):
+                _echo(threads_note(threads, nproc, chosen=chosen is not None))
             return int(args.func(args) or 0)
         with (
             open(os.devnull, "w") as quiet,

@@ -190,19 +190,24 @@ def delta_m(metrics: Mapping[str, float | None], references: Mapping[str, float]
     return 100.0 * total / len(references)
 
 
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
 def mean_rank(
     table: Mapping[str, Mapping[str, float | None]], keys: Sequence[str]
 ) -> dict[str, float]:
     """Return each method's rank averaged over the metrics ``keys`` (1 = best; ties averaged).
 
     ``table[method][key]`` is the method's value of metric ``key``. A metric missing for any
-    method is left out of every method's average, so all ranks use the same metrics; with no
+    method, or not finite (a diverged run's NaN), is left out of every method's average, so all
+    ranks use the same metrics and one bad run cannot make the others' ranks NaN; with no
     metric common to all methods the result is empty.
     """
     from scipy.stats import rankdata
 
     methods = list(table)
-    usable = [k for k in keys if all(table[m].get(k) is not None for m in methods)]
+    usable = [k for k in keys if all(_finite(table[m].get(k)) for m in methods)]
     if not methods or not usable:
         return {}
     ranks = {m: 0.0 for m in methods}

@@ -32,7 +32,8 @@ def _fmt(values: Sequence[float], digits: int = 4) -> str:
         return "-"
     mean = statistics.fmean(values)
     text = f"{mean:.{digits}g}"
-    if len(values) > 1:
+    # A diverged seed's NaN or inf makes the mean so; a spread of it means nothing.
+    if len(values) > 1 and all(math.isfinite(v) for v in values):
         text += f" ± {statistics.stdev(values):.2g}"
     return text
 
@@ -49,10 +50,11 @@ def _unreadable_note(unreadable: Sequence[tuple[Path, str]]) -> str:
     """Return the lines naming result files that could not be read (their runs unfinished)."""
     if not unreadable:
         return ""
+    n = len(unreadable)
     lines = [
         "",
-        "Unreadable result files, left out above and treated as unfinished (run the same "
-        "command again to redo them):",
+        f"{n} result file{'s' if n > 1 else ''} left out above (unreadable, or not a run's "
+        "result) and treated as unfinished (run the same command again to redo them):",
         "",
     ]
     lines += [f"- `{path}`: {reason}" for path, reason in unreadable]
@@ -276,6 +278,9 @@ def _recipe(run: Mapping[str, Any]) -> str:
 
 
 def _delta(metrics: Mapping[str, Any], refs: Any) -> float | None:
+    """Return Delta_m against ``refs``; None without references or a metric to compare."""
+    if refs is None:
+        return None
     try:
         return delta_m(metrics, refs.values)
     except KeyError:
@@ -338,9 +343,12 @@ def write_report(
     *,
     references: str = "auto",
     output: str | os.PathLike[str] | None = None,
+    unreadable: list[tuple[Path, str]] | None = None,
 ) -> Path:
     """Write ``report.md`` (and PNG plots next to each protocol's runs) for all runs under root.
 
+    Result files left out (unreadable, or not a run's result) are named in the report and, when
+    ``unreadable`` is given, appended to it as (path, reason) so that a caller can warn too.
     Raises ConfigError if ``root`` holds no finished run.
     """
     from bayesagg.runner.config import ConfigError
@@ -351,7 +359,7 @@ def write_report(
     groups: dict[Path, list[dict[str, Any]]] = defaultdict(list)
     from bayesagg.runner.results import find_results
 
-    unreadable: list[tuple[Path, str]] = []
+    unreadable = [] if unreadable is None else unreadable
     for path, data in find_results(root, unreadable):
         folder = _protocol_folder(path, data)
         groups[folder].append(data)

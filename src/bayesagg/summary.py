@@ -40,6 +40,10 @@ class BenchmarkSummary:
     ms_per_step: dict[str, list[float]] = field(default_factory=dict)
     wall_seconds: float = 0.0
     runs: int = 0
+    #: Result files left out (path, reason): unreadable, or not a run's result.
+    left_out: list[tuple[Path, str]] = field(default_factory=list)
+    #: Runs left out of the means and ranks because their Delta_m is not finite (diverged).
+    non_finite: list[tuple[Path, str]] = field(default_factory=list)
 
     def mean_delta(self) -> dict[str, float]:
         return {m: statistics.fmean(v.values()) for m, v in self.delta.items() if v}
@@ -81,31 +85,45 @@ def summarise(
     references: str = "own",
     seeds: Sequence[int] | None = None,
 ) -> BenchmarkSummary:
-    """Read every finished run of one protocol folder (unreadable files are left out).
+    """Read every finished run of one protocol folder.
 
     Delta_m is against ``references`` (as for ``bayesagg report``): by default this project's
-    STL runs in the folder (issue 9), not the published values a benchmark may have. With
-    ``seeds``, the multi-task runs of other seeds are left out (so that every method's mean
-    is over the same seeds); the wall time still counts every finished run.
+    STL runs in the folder, not the published values a benchmark may have, so that every
+    method is measured against models trained on the same subset and budget. With ``seeds``,
+    the multi-task runs of other seeds are left out (so that every method's mean is over the
+    same seeds); the wall time still counts every finished run. Unreadable or foreign result
+    files, and runs whose Delta_m is not finite, are left out of the means and ranks and
+    listed in ``left_out`` and ``non_finite``: one diverged run must not make a table NaN.
+
+    Raises ConfigError when the folder holds no finished run.
     """
     from bayesagg.benchmarks import registry
-    from bayesagg.report import _delta, _load, _references
+    from bayesagg.report import _delta, _references
+    from bayesagg.runner.config import ConfigError
+    from bayesagg.runner.results import find_results
 
     folder = Path(folder)
-    runs = _load(folder)
+    left_out: list[tuple[Path, str]] = []
+    found = list(find_results(folder, left_out))
+    runs = [data for _, data in found]
     if not runs:
-        raise FileNotFoundError(f"no finished runs under {folder}")
+        raise ConfigError(
+            f"no finished runs (result.json) under {folder}"
+            + "".join(f"; unreadable: {p} ({why})" for p, why in left_out)
+        )
     spec = registry.get(runs[0]["benchmark"])
     refs = _references(spec, references, folder)
-    out = BenchmarkSummary(folder, spec.name, runs[0]["protocol"], references)
-    for r in runs:
+    out = BenchmarkSummary(folder, spec.name, runs[0]["protocol"], references, left_out=left_out)
+    for path, r in found:
         out.runs += 1
         out.wall_seconds += float(r.get("wall_seconds") or 0.0)
         if r.get("stl_task") is not None or (seeds is not None and r["seed"] not in seeds):
             continue
         label = r["method_label"]
         value = _delta(r["test"], refs)
-        if value is not None:
+        if value is not None and not math.isfinite(value):
+            out.non_finite.append((path, f"{label} seed {r['seed']}: Delta_m is {value}"))
+        elif value is not None:
             out.delta.setdefault(label, {})[int(r["seed"])] = value
         ms = (r.get("time_per_step") or {}).get("median_ms")
         if ms is not None:
@@ -119,6 +137,21 @@ def _benchmark_section(s: BenchmarkSummary, plots: Path | None) -> list[str]:
     lines = [f"## {s.benchmark}, protocol `{s.protocol}`", ""]
     report = protocol_report(s.folder, references=s.references)
     lines += [report.split("\n", 2)[2].strip(), ""]  # without its own title
+    if s.non_finite:
+        lines += [
+            f"{len(s.non_finite)} run{'s' if len(s.non_finite) > 1 else ''} left out of the "
+            "paired differences and ranks below (Delta_m not finite: diverged?):",
+            "",
+            *(f"- `{path}`: {why}" for path, why in s.non_finite),
+            "",
+        ]
+    if not s.delta:
+        lines += [
+            f"No paired differences or ranks: no multi-task run has a Delta_m against the "
+            f"STL references chosen (`--references {s.references}`).",
+            "",
+        ]
+        return lines
     base = s.delta.get(BASELINE, {})
     ranks = s.ranks()
     means = s.mean_delta()
@@ -194,11 +227,20 @@ def write_summary(
     preamble: str = "",
     references: str = "own",
     seeds: Sequence[int] | None = None,
+    left_out: list[tuple[Path, str]] | None = None,
 ) -> str:
-    """Write the campaign summary of ``folders`` to ``output``; return its text."""
+    """Write the campaign summary of ``folders`` to ``output``; return its text.
+
+    Every result file or run left out (unreadable, not a run's result, Delta_m not finite) is
+    named in the text and, when ``left_out`` is given, appended to it as (path, reason) so that
+    the command line can warn as well.
+    """
     output = Path(output)
     plot_dir = output.parent / "results" / "plots" if plots else None
     summaries = [summarise(f, references, seeds) for f in folders]
+    if left_out is not None:
+        for s in summaries:
+            left_out += s.left_out + s.non_finite
     lines = ["# Results", ""]
     if preamble:
         lines += [preamble.strip(), ""]

@@ -30,6 +30,7 @@ __all__ = [
     "SCHEMA",
     "EpochLog",
     "find_results",
+    "foreign_reason",
     "method_label",
     "package_versions",
     "protocol_dir",
@@ -121,17 +122,20 @@ def find_results(
 ) -> Iterator[tuple[Path, dict[str, Any]]]:
     """Yield (path, content) of every finished run's result JSON under ``root``.
 
-    A result file that cannot be read or parsed (truncated, edited by hand) belongs to no
-    finished run: it is skipped and named, in ``unreadable`` as (path, reason) when given,
-    else in a warning. ``run`` and ``compare`` treat such a run as unfinished and redo it.
+    A result file that cannot be read or parsed (truncated, edited by hand), or that is not a
+    run's result (``{}``, another schema, required fields missing), belongs to no finished
+    run: it is skipped and named, in ``unreadable`` as (path, reason) when given, else in a
+    warning, so that a table never loses a run without saying so. ``run`` and ``compare``
+    treat such a run as unfinished and redo it.
     """
     for path in sorted(Path(root).rglob(RESULT_FILE)):
         try:
             data = read_json(path)
-            if not isinstance(data, dict):
-                raise ValueError(f"a JSON {type(data).__name__}, not an object")
         except (OSError, ValueError) as err:
-            reason = f"{type(err).__name__}: {err}"
+            reason: str | None = f"{type(err).__name__}: {err}"
+        else:
+            reason = foreign_reason(data)
+        if reason is not None:
             if unreadable is None:
                 warnings.warn(
                     f"unreadable result file {path} ({reason}): treated as unfinished",
@@ -140,8 +144,34 @@ def find_results(
             else:
                 unreadable.append((path, reason))
             continue
-        if data.get("schema") == SCHEMA:
-            yield path, data
+        yield path, data
+
+
+#: The fields that reports and summaries read from every result document.
+REQUIRED_FIELDS = (
+    "benchmark",
+    "method",
+    "method_label",
+    "seed",
+    "protocol",
+    "protocol_dir",
+    "task_metrics",
+    "selection",
+    "test",
+)
+
+
+def foreign_reason(data: Any) -> str | None:
+    """Return why parsed JSON ``data`` is not a finished run's result document, else None."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not a {SCHEMA} object"
+    if data.get("schema") != SCHEMA:
+        found = "no schema" if "schema" not in data else f"schema {data['schema']!r}"
+        return f"not a run result ({found}, expected {SCHEMA!r})"
+    missing = [k for k in REQUIRED_FIELDS if k not in data]
+    if missing:
+        return f"a {SCHEMA} document without {', '.join(missing)}"
+    return None
 
 
 def package_versions() -> dict[str, str | None]:

@@ -30,6 +30,7 @@ from bayesagg.runner.results import (
     RESULT_FILE,
     SCHEMA,
     EpochLog,
+    foreign_reason,
     method_label,
     package_versions,
     protocol_dir,
@@ -238,13 +239,28 @@ def _settings(protocol: Protocol) -> dict[str, Any]:
     return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in protocol.__dict__.items()}
 
 
-def _say_if_unreadable(path: Path, say: Callable[[str], None]) -> None:
-    """Name a result file that exists but cannot be read: its run counts as unfinished."""
+def _say_if_replaced(path: Path, identity: Any, settings: Any, say: Callable[[str], None]) -> None:
+    """Name a result file that exists but is not this run's finished result: training again
+    replaces it, and the user should hear so rather than find it overwritten."""
+    if not path.is_file():
+        return
     try:
-        if path.is_file():
-            read_json(path)
+        data = read_json(path)
     except (OSError, ValueError) as err:
         say(f"unreadable result file {path} ({type(err).__name__}: {err}): run again")
+        return
+    reason = foreign_reason(data)
+    if reason is None:
+        config = data.get("config")
+        if isinstance(config, dict):
+            changed = [k for k in identity if config.get(k) != identity[k]]
+        else:
+            changed = ["config"]
+        if data.get("protocol_settings") != settings:
+            changed.append("protocol settings")
+        reason = f"a run with other {', '.join(changed)}" if changed else None
+    if reason is not None:
+        say(f"result file {path} is {reason}: training again replaces it")
 
 
 # The last data set loaded, keyed by everything that shapes it: consecutive runs of a compare
@@ -327,7 +343,7 @@ def run(
         path = p.run_dir(t) / RESULT_FILE
         done = None if force else _finished(path, p.identity, p.settings)
         if done is None and not force:
-            _say_if_unreadable(path, say)
+            _say_if_replaced(path, p.identity, p.settings, say)
         if done is not None:
             say(f"skip (finished): {p.run_dir(t)}")
             results.append(done)
