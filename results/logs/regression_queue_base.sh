@@ -7,7 +7,7 @@
 #   - QM9 `quick`, seeds 0-2 (validation): BayesAgg-MTL with the encoder's Adam state reset when
 #     the warm-up ends, and with the noise variance alone lowered to 0.25.
 # Usage: regression_queue_base.sh WORKER_NAME
-WT=/work/wt/base   # git worktree at 8684398
+WT=/work/wt/base   # git worktree at 8684398 (the commit before this script)
 cd $WT
 export PYTHONPATH=$WT/src OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PY=/work/main/.venv/bin/python
