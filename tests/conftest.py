@@ -6,8 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# One intra-op thread, the command line's default on a machine with <= 2 cores per process: the
+# suite's matrices are small, and on shared cores torch's default team of threads makes such
+# steps tens of times slower (benchmarks/threads.py). Tests that use threads set their own.
+torch.set_num_threads(1)
 
 
 def real_data_dir(name: str) -> Path:

@@ -89,8 +89,19 @@ def _common(p: argparse.ArgumentParser, *, benchmark_required: bool = True) -> N
         "(gloo on CPU, nccl and one GPU each with --device cuda), each on 1/N of every batch; "
         "see docs/distributed.md",
     )
+    _threads_option(p)
     p.add_argument("--force", action="store_true", help="recompute finished runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch threads per process (default: OMP_NUM_THREADS if set, else cores / "
+        "processes, 1 when that is 2 or less, at most 8; the command prints its choice)",
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -116,6 +127,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=6, help="epochs per method (6)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    _threads_option(demo)
     demo.add_argument("--force", action="store_true", help="recompute finished runs")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
@@ -233,7 +245,13 @@ def _config(args: argparse.Namespace, method: str, seed: int) -> Any:
     )
 
 
+#: The threads line of the running command, not yet printed (see :func:`_distributed`).
+_THREADS_NOTE: list[str] = []
+
+
 def _echo(message: str) -> None:
+    while _THREADS_NOTE:
+        print(_THREADS_NOTE.pop(), file=sys.stderr)
     print(message, file=sys.stderr)
 
 
@@ -380,15 +398,30 @@ def _distributed(args: argparse.Namespace, argv: list[str]) -> int:
 
     from bayesagg.runner.config import ConfigError
     from bayesagg.runner.distributed import initialised, launch, launched
+    from bayesagg.runner.threads import default_threads, threads_note, using
 
     nproc = getattr(args, "nproc", 1)
     if nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
+    chosen = getattr(args, "threads", None)
+    threads = default_threads(nproc) if chosen is None else chosen
+    if threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
     if nproc > 1 and not launched():
         return launch(nproc, argv)
-    with initialised(getattr(args, "device", "cpu"), nproc) as ctx:
+    with initialised(getattr(args, "device", "cpu"), nproc) as ctx, using(threads):
         if ctx is None or ctx.is_main:
-            return int(args.func(args) or 0)
+            # said with the command's first status line (or at its end), so that an error
+            # found before any work stays the only line the command prints
+            if hasattr(args, "threads"):
+                _THREADS_NOTE[:] = [threads_note(threads, nproc, chosen=chosen is not None)]
+            try:
+                code = int(args.func(args) or 0)
+                if _THREADS_NOTE:
+                    _echo(_THREADS_NOTE.pop())
+                return code
+            finally:
+                _THREADS_NOTE.clear()
         with (
             open(os.devnull, "w") as quiet,
             contextlib.redirect_stdout(quiet),
