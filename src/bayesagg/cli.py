@@ -7,6 +7,7 @@ ends in one line naming what is wrong and how to fix it, and exit code 2; no tra
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -204,7 +205,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     summary.set_defaults(func=_summary)
 
-    lst = sub.add_parser("list", help="the benchmarks, protocols and methods")
+    lst = sub.add_parser(
+        "list", help="the benchmarks (and whether their data is here), protocols and methods"
+    )
+    lst.add_argument("--data-dir", metavar="DIR", help="data root (default $BAYESAGG_DATA_DIR)")
     lst.set_defaults(func=_list)
     return parser
 
@@ -380,11 +384,21 @@ def _demo(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from bayesagg import methods
     from bayesagg.benchmarks import registry
+    from bayesagg.benchmarks.paths import MissingDataError
 
-    print("benchmarks (protocols: paper, quick, smoke; qm9 also revised):")
+    print(
+        "benchmarks (protocols: paper, quick, smoke; qm9 also revised), each with where its "
+        "data is found here (--data-dir, else $BAYESAGG_DATA_DIR, else ../shared/data):"
+    )
     for name in registry.names():
         spec = registry.get(name)
         print(f"  {name:12s} {spec.description}")
+        try:  # folder checks only: listing must stay instant
+            where = spec.locate_data(args.data_dir)
+            status = "unknown (its data module cannot tell)" if where is None else f"here, {where}"
+        except MissingDataError as err:
+            status = f"NOT HERE: {err}"
+        print(f"  {'':12s} data: {status}")
     print("methods:")
     for name in methods.names():
         print(f"  {name:15s} {methods.describe(name)}")
@@ -430,6 +444,37 @@ def _distributed(args: argparse.Namespace, argv: list[str]) -> int:
             return int(args.func(args) or 0)
 
 
+#: Options whose value is a local path, recorded relative to the current directory.
+_PATH_OPTIONS = ("--out", "--data-dir")
+
+
+def _portable(argv: Sequence[str]) -> list[str]:
+    """Return ``argv`` as it is recorded (result.json ``command``, reports): ``--out`` and
+    ``--data-dir`` relative to the current directory when they lie under it, so that a reader
+    can re-run the command from a clone instead of getting this machine's absolute paths."""
+    from pathlib import Path
+
+    cwd = Path.cwd()
+
+    def relative(value: str) -> str:
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            return value
+        try:
+            return Path(os.path.normpath(path)).relative_to(cwd).as_posix() or "."
+        except ValueError:  # elsewhere: only the absolute path says where
+            return value
+
+    out = list(argv)
+    for i, word in enumerate(out):
+        option, eq, value = word.partition("=")
+        if option in _PATH_OPTIONS and eq:
+            out[i] = f"{option}={relative(value)}"
+        elif i and argv[i - 1] in _PATH_OPTIONS:
+            out[i] = relative(word)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bayesagg`` command line; return the exit code (2 for a usage error)."""
     from bayesagg.benchmarks.paths import MissingDataError
@@ -441,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, --version, or a usage error already printed
         return int(stop.code or 0)
-    args.command_line = "bayesagg " + shlex.join(argv)
+    args.command_line = "bayesagg " + shlex.join(_portable(argv))
     try:
         return _distributed(args, argv)
     except (ConfigError, MissingDataError) as err:

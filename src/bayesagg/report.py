@@ -24,6 +24,13 @@ __all__ = ["protocol_report", "run_summary", "write_report"]
 
 _CALIBRATION = ("ece", "brier")
 
+#: Said wherever a smoke-protocol run's numbers are shown: a few batches of a tiny subset, whose
+#: metrics (QM9's Delta_m reaches thousands of per cent) say nothing about a method.
+SMOKE_NOTE = (
+    "smoke protocol: a pipeline check on a tiny subset and budget; its metrics and Δm say "
+    "nothing about the method (use --protocol quick or paper for numbers that do)"
+)
+
 
 def _fmt(values: Sequence[float], digits: int = 4) -> str:
     """Return ``mean +- std`` (std over seeds, only with two or more) with ``digits`` figures."""
@@ -130,6 +137,8 @@ def _table(
     lines = [f"## {spec.name}: protocol {first['protocol_dir']}", ""]
     if first.get("caveat"):
         lines += [f"**{first['caveat']}.**", ""]
+    if first.get("protocol") == "smoke":
+        lines += [f"**{SMOKE_NOTE[0].upper() + SMOKE_NOTE[1:]}.**", ""]
     lines += [_recipe(first), ""]
     arrows = ["↑" if higher_is_better(k) else "↓" for k in columns]
     header = [f"{k} {a}" for k, a in zip(columns, arrows, strict=True)]
@@ -180,6 +189,12 @@ def _table(
         "whole training step (forward, method backward, optimiser step) on "
         f"{first.get('device', 'cpu')}, warm-up epochs of BayesAgg-MTL excluded."
     )
+    parallel = sorted({int(r.get("world_size") or 1) for r in runs} - {1})
+    if parallel:
+        lines.append(
+            f"Some runs trained on {' or '.join(map(str, parallel))} data-parallel processes "
+            "(--nproc), each on its share of every batch."
+        )
     calibration = sorted(
         {k for r in runs for k in r["test"] if k.rpartition("/")[2] in _CALIBRATION}
     )
@@ -424,4 +439,12 @@ def run_summary(results: Sequence[Mapping[str, Any]]) -> str:
             lines.append(
                 f"  time per step: {ms:.2f} ms (median of {r['time_per_step']['steps_timed']})"
             )
+        world = int(r.get("world_size") or 1)
+        if world > 1:
+            lines.append(
+                f"  processes: {world} data-parallel ({r.get('backend')}), each on 1/{world} "
+                "of every batch"
+            )
+        if r.get("protocol") == "smoke":
+            lines.append(f"  note: {SMOKE_NOTE}")
     return "\n".join(lines)

@@ -215,6 +215,15 @@ class Benchmark:
     def data_module(self) -> ModuleType:
         return self._module("data")
 
+    def locate_data(self, data_dir: str | None = None) -> str | None:
+        """Return where :meth:`load` would read the data from, by folder checks only (cheap).
+
+        Raises MissingDataError (naming the fix) when the data is not there; None when the data
+        module cannot tell (it has no ``locate``).
+        """
+        locate = getattr(self._module("data"), "locate", None)
+        return None if locate is None else str(locate(data_dir))
+
     def build_model(
         self, groups: Sequence[TaskGroup] | None = None, **options: Any
     ) -> MultiTaskModel:

@@ -151,6 +151,17 @@ def demo_table(runs: list[Mapping[str, Any]], methods: tuple[str, ...]) -> tuple
             f"| {_NAMES[m]} | {deltas[m]:+.1f} | {better} of {len(keys)} | {ranks[m]:.2f} | "
             f"{run['selection']['epoch']} |"
         )
+    # The progress bar ends on the last epoch's validation Delta_m; the table is the selected
+    # epoch's, which a reader comparing the two needs to be told.
+    rows += [
+        "",
+        _wrap(
+            "Selected epoch: the epoch with the best validation Δm; each row holds that "
+            "epoch's test metrics, not the last epoch's (the progress lines show the last "
+            "epoch's validation Δm and the epoch selected so far).",
+            100,
+        ),
+    ]
     best = min(deltas, key=deltas.__getitem__)
     others = ", ".join(f"{_NAMES[m]} {d:+.1f} %" for m, d in deltas.items() if m != best)
     test = runs[0]["split_sizes"]["test"]

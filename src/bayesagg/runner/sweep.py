@@ -194,6 +194,11 @@ def sweep(
         if len(ahead) >= trials:
             trial.set_user_attr("surplus", True)
             raise optuna.TrialPruned(f"{len(ahead)} trials already complete or running")
+        # Optuna's trial number, the one the summary and the report show, in every message.
+        say(
+            f"study {name}: trial {trial.number} {point}: training ({progress_count[0]} of "
+            f"{trials} complete trials so far)"
+        )
         values, folders = [], []
         for seed in seeds:
             config = replace(base, seed=seed, hparams={**base.hparams, **point})
@@ -215,6 +220,7 @@ def sweep(
         return value
 
     points = space.points()
+    progress_count = [0]  # complete trials when the next one starts, for its message
     summary_file = Path(base.out) / SUMMARY_DIR / f"{_slug(name)}.json"
 
     def write_summary() -> dict[str, Any]:
@@ -240,7 +246,7 @@ def sweep(
             say(f"study {name}: every point of the {len(points)}-point grid is taken")
             break
         sampler.point = free[0]
-        say(f"study {name}: trial {len(done) + 1} of {trials}: {free[0]}")
+        progress_count[0] = len(done)
         try:
             study.optimize(objective, n_trials=1)
         finally:

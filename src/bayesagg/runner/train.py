@@ -13,6 +13,7 @@ import contextlib
 import math
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -485,7 +486,8 @@ def train(
             )
 
     # BayesAgg-MTL with regression_fit="refit": before each evaluation the regression heads are
-    # fitted on the training set's features from the encoder in eval mode (METHOD.md sec. 5).
+    # fitted on the training set's features from the encoder in eval mode (docs/bayesagg.md,
+    # "Which fit regression predictions use").
     aggregator = getattr(method, "aggregator", None)
     refit = None
     refit_from = 0
@@ -520,10 +522,13 @@ def train(
     timed_from_step = done.timed_from_step
     weights_per_epoch = done.weights_per_epoch
     best = done.best
+    # A bar only on a terminal: redirected to a log file, tqdm's carriage returns and escape
+    # sequences make it unreadable, so a plain line per epoch stands in for the bar there.
+    bar = progress and _is_terminal(sys.stderr)
     epochs = tqdm(
         range(done.epoch, protocol.epochs),
         desc=label or "epochs",
-        disable=not progress,
+        disable=not bar,
         leave=False,
     )
     for epoch in epochs:
@@ -540,11 +545,12 @@ def train(
         weight_count = 0
         steps = 0
         start = time.perf_counter()
-        # Time spent waiting for the loader and moving batches (issue 8: loaders must not
-        # dominate a step): from the end of one step to the start of the next.
+        # Time spent waiting for the loader and moving batches (a loader must not dominate a
+        # step, and this column shows when it does): from the end of one step to the start of
+        # the next.
         data_seconds = 0.0
         fetch_from = start
-        batches = tqdm(train_loader, desc=f"epoch {epoch + 1}", disable=not progress, leave=False)
+        batches = tqdm(train_loader, desc=f"epoch {epoch + 1}", disable=not bar, leave=False)
         for batch in batches:
             x, targets = split_batch(spec, groups, batch, device)
             if scaler is not None:
@@ -632,7 +638,18 @@ def train(
                 epoch + 1, history, step_seconds, timed_from_step, weights_per_epoch, best, rows
             )
             checkpoint.save(done, **states)
-        epochs.set_postfix({criterion.name: "-" if value is None else f"{value:.4g}"})
+        # The last epoch's value is not the reported one: results are those of the epoch with
+        # the best validation criterion, so the bar and the log line name that epoch too.
+        selected = f"{_number(best[1])} at epoch {best[0] + 1}"
+        epochs.set_postfix({criterion.name: _number(value), "selected": selected})
+        if progress and not bar:
+            print(
+                f"{label or 'epochs'}: epoch {epoch + 1}/{protocol.epochs}, validation "
+                f"{criterion.name} {_number(value)} (selected so far: {selected}), "
+                f"{train_seconds + eval_seconds:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     assert best is not None
     notes: list[str] = []
@@ -654,6 +671,19 @@ def train(
         weights_per_epoch=weights_per_epoch,
         notes=notes,
     )
+
+
+def _is_terminal(stream: Any) -> bool:
+    """Return whether ``stream`` is an interactive terminal (False for files and pipes)."""
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if isatty is not None else False
+    except (OSError, ValueError):  # a closed stream
+        return False
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def count_parameters(module: nn.Module) -> int:

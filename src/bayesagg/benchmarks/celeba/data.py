@@ -23,7 +23,15 @@ from bayesagg.tasks import Binary
 from ..paths import MissingDataError, dataset_dir
 from ..splits import DataFormatError, Splits, limit_splits, warn_skipped
 
-__all__ = ["ATTRIBUTES", "GROUPS", "CelebAImages", "load", "read_attributes", "read_partition"]
+__all__ = [
+    "ATTRIBUTES",
+    "GROUPS",
+    "CelebAImages",
+    "load",
+    "locate",
+    "read_attributes",
+    "read_partition",
+]
 
 #: CelebA's 40 attributes in the order of ``list_attr_celeba.txt``.
 ATTRIBUTES = (
@@ -159,6 +167,12 @@ def _transform(image_size: int) -> Any:
             v2.Normalize(_MEAN, _STD),
         ]
     )
+
+
+def locate(data_dir: str | os.PathLike[str] | None = None) -> str:
+    """Return where :func:`load` would read the data from, without reading it (a folder check:
+    cheap enough for ``bayesagg list``); raise MissingDataError naming the fix if it is absent."""
+    return str(dataset_dir("celeba", data_dir))
 
 
 def load(

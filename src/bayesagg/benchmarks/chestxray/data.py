@@ -25,7 +25,7 @@ from bayesagg.tasks import Binary
 from ..paths import MissingDataError, dataset_dir
 from ..splits import DataFormatError, Splits, limit_splits, warn_skipped
 
-__all__ = ["DISEASES", "GROUPS", "ChestXrayImages", "load", "read_entries"]
+__all__ = ["DISEASES", "GROUPS", "ChestXrayImages", "load", "locate", "read_entries"]
 
 #: The 14 labels in alphabetical order (PROTOCOLS.md, ChestX-ray14).
 DISEASES = (
@@ -140,6 +140,12 @@ def _transforms(image_size: int, train: bool) -> Any:
             v2.Normalize(_MEAN, _STD),
         ]
     )
+
+
+def locate(data_dir: str | os.PathLike[str] | None = None) -> str:
+    """Return where :func:`load` would read the data from, without reading it (a folder check:
+    cheap enough for ``bayesagg list``); raise MissingDataError naming the fix if it is absent."""
+    return str(dataset_dir("chestxray", data_dir))
 
 
 def load(

@@ -28,7 +28,7 @@ from ..splits import (
     random_split_indices,
 )
 
-__all__ = ["COARSE_CLASSES", "GROUPS", "load", "read_pickle"]
+__all__ = ["COARSE_CLASSES", "GROUPS", "load", "locate", "read_pickle"]
 
 #: CIFAR-100's 20 superclasses in label order (the ``coarse_label_names`` of ``meta``).
 COARSE_CLASSES = (
@@ -100,6 +100,12 @@ def _folder(data_dir: str | os.PathLike[str] | None) -> Path:
         if nested is None or not nested.is_dir():
             raise error from None
         return nested
+
+
+def locate(data_dir: str | os.PathLike[str] | None = None) -> str:
+    """Return where :func:`load` would read the data from, without reading it (a folder check:
+    cheap enough for ``bayesagg list``); raise MissingDataError naming the fix if it is absent."""
+    return str(_folder(data_dir))
 
 
 def load(

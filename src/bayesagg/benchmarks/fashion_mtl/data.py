@@ -25,7 +25,7 @@ from ..splits import (
     stratified_split_indices,
 )
 
-__all__ = ["CLASSES", "GROUPS", "load"]
+__all__ = ["CLASSES", "GROUPS", "load", "locate"]
 
 #: Fashion-MNIST's class names in label order (Xiao, Rasul & Vollgraf, 2017).
 CLASSES = (
@@ -42,6 +42,12 @@ CLASSES = (
 )
 
 GROUPS = (Binary("class", 10, labels=CLASSES),)
+
+
+def locate(data_dir: str | os.PathLike[str] | None = None) -> str:
+    """Return where :func:`load` would read the data from, without reading it (a folder check:
+    cheap enough for ``bayesagg list``); raise MissingDataError naming the fix if it is absent."""
+    return str(dataset_dir("fashion-mnist", data_dir))
 
 
 def load(

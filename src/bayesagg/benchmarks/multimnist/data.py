@@ -24,7 +24,7 @@ from ..splits import (
     read_mnist_layout,
 )
 
-__all__ = ["CANVAS", "GROUPS", "compose", "load", "partners"]
+__all__ = ["CANVAS", "GROUPS", "compose", "load", "locate", "partners"]
 
 GROUPS = (Multiclass("left", 10), Multiclass("right", 10))
 
@@ -53,6 +53,12 @@ def compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     np.maximum(window, second, out=window)
     rows = (np.arange(28) * CANVAS) // 28
     return canvas[:, rows][:, :, rows]
+
+
+def locate(data_dir: str | os.PathLike[str] | None = None) -> str:
+    """Return where :func:`load` would read the data from, without reading it (a folder check:
+    cheap enough for ``bayesagg list``); raise MissingDataError naming the fix if it is absent."""
+    return str(dataset_dir("mnist", data_dir))
 
 
 def load(

@@ -46,6 +46,7 @@ __all__ = [
     "TARGETS",
     "QM9Graphs",
     "load",
+    "locate",
     "molecule_record",
     "target_statistics",
 ]
@@ -490,6 +491,21 @@ def _split_ids(n: int, seed: int, limit: int | None) -> tuple[np.ndarray, np.nda
     test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
     k_train, k_val, k_test = limited_sizes(len(train), len(val), len(test), limit)
     return train[:k_train], val[:k_val], test[:k_test]
+
+
+def locate(data_dir: str | os.PathLike[str] | None = None) -> str:
+    """Return where :func:`load` would read the molecules from, without reading them (folder
+    and file checks, in :func:`load`'s order: cheap enough for ``bayesagg list``); raise
+    MissingDataError naming the fix if there is no source."""
+    root = data_root(data_dir)
+    folder = root / "qm9" if root is not None else None
+    if folder is not None and ((folder / "raw").is_dir() or (folder / "processed").is_dir()):
+        return f"{folder} (PyG's QM9)"
+    if folder is not None and any(folder.glob(_CSV_PATTERN)):
+        return str(folder)
+    source = _qm9pack_folder()
+    _csv_files(source)
+    return f"{source} (the qm9pack package)"
 
 
 def load(

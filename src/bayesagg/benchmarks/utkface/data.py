@@ -25,7 +25,7 @@ from bayesagg.tasks import Binary, Multiclass, Regression
 from ..paths import MissingDataError, dataset_dir
 from ..splits import Splits, limit_splits, stratified_split_indices, warn_skipped
 
-__all__ = ["AGE_MEAN", "AGE_STD", "GROUPS", "UTKFaceImages", "load", "parse_names"]
+__all__ = ["AGE_MEAN", "AGE_STD", "GROUPS", "UTKFaceImages", "load", "locate", "parse_names"]
 
 GROUPS = (Regression("age", 1), Binary("gender", 1), Multiclass("ethnicity", 5))
 
@@ -145,6 +145,12 @@ def _cached_images(folder: Path, names: list[str], size: int, cache_dir: Path) -
     torch.save(images, tmp)
     os.replace(tmp, path)  # atomic, so concurrent loaders never read half a file
     return images
+
+
+def locate(data_dir: str | os.PathLike[str] | None = None) -> str:
+    """Return where :func:`load` would read the data from, without reading it (a folder check:
+    cheap enough for ``bayesagg list``); raise MissingDataError naming the fix if it is absent."""
+    return str(dataset_dir("utkface", data_dir))
 
 
 def load(
