@@ -72,7 +72,9 @@ class MGDA(Aggregator):
     def aggregate(self, jacobian: Tensor, losses: Tensor | None = None) -> Tensor:
         """Return ``K * J^T alpha`` [P] for the min-norm weights alpha of the (normalised) rows.
 
-        ``losses`` [K] are needed by the "loss" and "loss+" normalisations only.
+        ``losses`` [K] are needed by the "loss" and "loss+" normalisations only (MGDA-UB's
+        default is "loss+"): without them such a call raises one ``ValueError`` saying how to
+        pass them, rather than quietly solving another problem without the normalisation.
         """
         m = gramian(jacobian)
         norms = self._normalizers(m, losses)
@@ -103,7 +105,12 @@ class MGDA(Aggregator):
         )
         if self.normalization in ("loss", "loss+"):
             if losses is None:
-                raise ValueError(f"normalization={self.normalization!r} needs the task losses")
+                raise ValueError(
+                    f"{self.name}: normalization={self.normalization!r} needs the task losses "
+                    "(it divides each task's gradient by its loss): call aggregate(jacobian, "
+                    "losses) with the K losses, or create the method with normalization='none' "
+                    "or 'l2' to aggregate a matrix alone"
+                )
             values = losses.detach().double().cpu().numpy().reshape(-1)
             if values.shape != (k,) or (values < 0).any() or not np.isfinite(values).all():
                 raise ValueError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,6 +49,11 @@ class FAMO(Method):
 
     ``last_weights`` is ``z`` (what the official code logs), not the effective ``z / (c D)``.
     The logits and their Adam state live on CPU in float64; :meth:`parameters` is empty.
+
+    Forgetting :meth:`after_step` would silently turn FAMO into a fixed weighting (the logits
+    never move; at their initial zeros each loss is weighted by ``1 / D_k``, normalised): a
+    ``backward`` while the previous one still awaits its ``after_step`` warns once, naming
+    the fix.
     """
 
     name = "famo"
@@ -81,6 +87,7 @@ class FAMO(Method):
         )
         self.min_losses = self._check_min_losses(min_losses)
         self._opt = Adam(self.lr, weight_decay=self.gamma)
+        self._warned_no_after_step = False
         self.reset()
 
     def _check_min_losses(self, min_losses: Sequence[float] | Tensor | None) -> Tensor:
@@ -129,6 +136,8 @@ class FAMO(Method):
     ) -> None:
         """Accumulate the gradient of the FAMO objective and remember ``D(t)`` for the update."""
         check_losses(losses, self.num_tasks)
+        if self._pending is not None:
+            self._warn_no_after_step()
         # data parallelism: the objective's log-gaps need the global batch's losses
         group = resolve_group(self.process_group)
         losses = global_losses(losses, group)
@@ -159,6 +168,20 @@ class FAMO(Method):
                     None if g is None else g * scale for g in grads[: len(shared)]
                 ]
         accumulate(params, grads)
+
+    def _warn_no_after_step(self) -> None:
+        """Warn (once per instance) that the previous backward never got its ``after_step``."""
+        if self._warned_no_after_step:
+            return
+        self._warned_no_after_step = True
+        warnings.warn(
+            "famo: backward was called again without after_step in between, so the task "
+            "logits are not updated and FAMO degrades to a fixed loss weighting; after each "
+            "optimizer.step(), call method.after_step(new_losses) with the same batch's task "
+            "losses recomputed by the updated model (method.needs_after_step is True)",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def logit_gradient(self, delta: Tensor) -> Tensor:
         """Return ``J_softmax(xi)^T delta = z * (delta - z . delta)`` [K] (the logit gradient)."""

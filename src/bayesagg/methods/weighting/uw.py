@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -29,10 +30,18 @@ class UncertaintyWeighting(Method):
     (the reference code bases use Adam with lr 0.025 for them). :meth:`backward` fills their
     ``.grad`` (``1 - exp(-s_k) L_k``) together with the model's. ``last_weights`` are
     ``exp(-s)``. ``reset`` sets ``s`` back to its initial value in place.
+
+    Log-variances left out of the optimiser never move, and UW silently becomes linear
+    scalarisation with the fixed weights ``exp(-init_log_variance)``. So ``backward`` watches
+    them until they first move: after :attr:`stale_backwards` calls in which ``s`` received a
+    non-zero gradient but stayed bitwise unchanged, it warns once, naming the fix.
     """
 
     name = "uw"
     space = "loss"
+    #: Backward calls with ``s`` pushed but unchanged after which UW warns that ``s`` is not
+    #: being optimised; enough for gradient accumulation over fewer micro-batches than this.
+    stale_backwards: ClassVar[int] = 20
 
     def __init__(
         self,
@@ -51,6 +60,40 @@ class UncertaintyWeighting(Method):
         self.log_variance = nn.Parameter(
             torch.full((num_tasks,), init_log_variance, device=device, dtype=dtype)
         )
+        self._warned_not_optimised = False
+        self._watch_from_start()
+
+    def _watch_from_start(self) -> None:
+        """Forget what was seen of ``s``: it is watched again until it moves."""
+        self._moved = False  # s changed between two backward calls: an optimiser holds it
+        self._seen: Tensor | None = None  # s at the first of the calls it has not changed in
+        self._pushed = False  # some call since then gave s a non-zero gradient
+        self._stale = 0  # backward calls since a push in which s has not changed
+
+    def _watch(self, losses: Tensor) -> None:
+        """Count the backward calls in which pushed log-variances stayed put; warn once."""
+        if self._moved or self._warned_not_optimised:
+            return
+        s = self.log_variance.detach()
+        if self._seen is None:
+            self._seen = s.clone()
+        elif not torch.equal(s, self._seen):
+            self._moved = True
+            return
+        elif self._pushed:
+            self._stale += 1
+        # this call's gradient on s is 1 - exp(-s) L: non-zero unless L = exp(s) exactly
+        self._pushed = self._pushed or bool((torch.exp(-s) * losses.detach() != 1).any())
+        if self._stale >= self.stale_backwards:
+            self._warned_not_optimised = True
+            warnings.warn(
+                f"uw: log_variance has not changed in {self._stale} backward calls although "
+                "it receives gradients, so UW is linear scalarisation with fixed weights; add "
+                "method.parameters() to the optimiser, e.g. torch.optim.Adam([*model."
+                "parameters(), *method.parameters()])",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def parameters(self) -> list[nn.Parameter]:
         """Return ``[log_variance]`` for the caller's optimiser."""
@@ -62,6 +105,7 @@ class UncertaintyWeighting(Method):
             self.log_variance.fill_(self.init_log_variance)
         self.log_variance.grad = None
         self.last_weights = None
+        self._watch_from_start()
 
     def backward(
         self,
@@ -80,6 +124,7 @@ class UncertaintyWeighting(Method):
                 f"uw: log-variances live on {self.log_variance.device}, losses on {losses.device}; "
                 "build the method with device=..."
             )
+        self._watch(losses)
         s = self.log_variance
         objective = (torch.exp(-s) * losses + s).sum()
         self.last_weights = torch.exp(-s.detach()).to(losses.dtype)
@@ -94,6 +139,7 @@ class UncertaintyWeighting(Method):
         super().load_state_dict(state)
         with torch.no_grad():
             self.log_variance.copy_(torch.as_tensor(state["log_variance"]))
+        self._watch_from_start()
 
     def __repr__(self) -> str:
         return (
