@@ -272,9 +272,58 @@ def test_regression_options_are_checked_and_paper_behaviour_is_the_table():
         "regression_fit": "epoch",
         "noise_var": 1.0,
         "reset_encoder_optimizer": False,
+        "regression_refresh": 0,
     }
     paper = BayesAgg.paper([Regression("r", 1), Binary("b", 1)])._config()
     assert {k: paper[k] for k in published} == published
     default = BayesAgg([Regression("r", 1), Binary("b", 1)])._config()
     differs = {k for k in published if default[k] != published[k]}
     assert differs <= set(PAPER_BEHAVIOUR)
+
+
+# -- regression_refresh: priors from exponentially forgotten recent statistics -----------------
+
+
+def test_refresh_refits_the_regression_prior_on_forgotten_statistics():
+    h, y = _data(n=40, p=3, o=2, seed=12)
+    head = nn.Linear(3, 2, bias=False).double()
+    gamma = 0.5
+    agg = BayesAgg.paper([Regression("r", 2)], warmup_epochs=1, gamma=gamma, regression_refresh=2)
+    _epoch(agg, head, h, y, batch=10)  # warm-up epoch: 4 batches, nothing forgotten yet
+    hb, yb = _data(n=20, p=3, o=2, seed=13)
+    batches = [(hb[:10], yb[:10]), (hb[10:], yb[10:])]
+    for x, t in batches:
+        agg.backward(x.clone().requires_grad_(True), [head], [t])
+    # By hand: each new batch of 10 multiplies the old sums by 1 - 10/40.
+    keep = 0.75
+    hth = keep**2 * h.T @ h + keep * batches[0][0].T @ batches[0][0] + hb[10:].T @ hb[10:]
+    hty = keep**2 * h.T @ y + keep * batches[0][0].T @ batches[0][1] + hb[10:].T @ yb[10:]
+    expected = torch.linalg.solve(hth + torch.eye(3, dtype=F64) / gamma, hty).T
+    assert torch.allclose(agg.prior.posteriors[0].mean, expected, atol=1e-10)
+    assert torch.allclose(
+        agg.prior.posteriors[0].precision, hth + torch.eye(3, dtype=F64) / gamma, atol=1e-10
+    )
+    # Only every 2nd step: after one more step the prior is still the one above.
+    before = agg.prior.posteriors[0].mean.clone()
+    agg.backward(hb[:10].clone().requires_grad_(True), [head], [yb[:10]])
+    assert torch.equal(agg.prior.posteriors[0].mean, before)
+    # ... and a checkpoint carries the recent statistics.
+    other = BayesAgg.paper([Regression("r", 2)], warmup_epochs=1, gamma=gamma, regression_refresh=2)
+    other.load_state_dict(agg.state_dict())
+    for a in (agg, other):
+        a.backward(hb[10:].clone().requires_grad_(True), [head], [yb[10:]])
+    assert torch.equal(agg.prior.posteriors[0].mean, other.prior.posteriors[0].mean)
+    assert not torch.equal(agg.prior.posteriors[0].mean, before)
+
+
+def test_no_refresh_keeps_the_epoch_prior_within_the_epoch():
+    h, y = _data(n=40, p=3, o=2, seed=12)
+    head = nn.Linear(3, 2, bias=False).double()
+    agg = BayesAgg.paper([Regression("r", 2)], warmup_epochs=1)
+    _epoch(agg, head, h, y, batch=10)
+    before = agg.prior.posteriors[0].mean.clone()
+    for _ in range(3):
+        agg.backward(h[:10].clone().requires_grad_(True), [head], [y[:10] + 1])
+    assert torch.equal(agg.prior.posteriors[0].mean, before)
+    with pytest.raises(ValueError, match="regression_refresh"):
+        BayesAgg([Regression("r", 1)], regression_refresh=-1)

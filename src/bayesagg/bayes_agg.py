@@ -180,6 +180,12 @@ class BayesAgg:
             classification heads, and each batch posterior's prior is centred at the live
             head with the full-data fit's precision (as ``prior_mean="live_head"`` does for
             classification), so the head follows the encoder within an epoch.
+        regression_refresh: ``0`` (paper): regression priors are refitted once per epoch;
+            ``n > 0``: also every n steps after the warm-up, on exponentially forgotten
+            statistics of recent batches holding about one epoch's worth of examples
+            (:meth:`bayesagg.prior.EpochPrior.refresh_regression`), so the batch posteriors'
+            prior follows the encoder within an epoch. The heads are still written at
+            :meth:`end_epoch` only.
     """
 
     def __init__(
@@ -207,6 +213,7 @@ class BayesAgg:
         reset_encoder_optimizer: bool = False,
         regression_prior: RegressionPrior = "fixed",
         regression_heads: RegressionHeads = "fitted",
+        regression_refresh: int = 0,
     ) -> None:
         check_groups(groups)
         for name, value in (("s_regression", s_regression), ("s_classification", s_classification)):
@@ -249,6 +256,14 @@ class BayesAgg:
                 "regression_fit='refit' writes fitted regression heads; with "
                 "regression_heads='trained' the optimiser owns them (use regression_fit='epoch')"
             )
+        if (
+            isinstance(regression_refresh, bool)
+            or not isinstance(regression_refresh, int)
+            or regression_refresh < 0
+        ):
+            raise ValueError(
+                f"regression_refresh must be an integer >= 0 (steps), got {regression_refresh!r}"
+            )
         check_newton(newton_steps, newton_damping)
         self.groups: tuple[TaskGroup, ...] = tuple(groups)
         self.s_regression = float(s_regression)
@@ -272,6 +287,7 @@ class BayesAgg:
         self.reset_encoder_optimizer = bool(reset_encoder_optimizer)
         self.regression_prior: RegressionPrior = regression_prior
         self.regression_heads: RegressionHeads = regression_heads
+        self.regression_refresh = regression_refresh
         self.reset()
 
     # ------------------------------------------------------------------ state and inspection
@@ -295,6 +311,7 @@ class BayesAgg:
             newton_steps=self.newton_steps,
             newton_damping=self.newton_damping,
             regression_prior=self.regression_prior,
+            refresh_every=self.regression_refresh,
         )
         #: Task weights of the last BayesAgg step, alpha averaged over batch and dimensions [K]
         #: (paper Fig. 3); ``None`` before the first step after the warm-up.
@@ -343,6 +360,7 @@ class BayesAgg:
             "reset_encoder_optimizer": self.reset_encoder_optimizer,
             "regression_prior": self.regression_prior,
             "regression_heads": self.regression_heads,
+            "regression_refresh": self.regression_refresh,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -415,6 +433,13 @@ class BayesAgg:
         # Only a step that succeeded feeds next epoch's prior.
         self.prior.accumulate(h.detach(), targets, bias)
         self.step += 1
+        if (
+            self.regression_refresh
+            and self.prior.refits
+            and not self.in_warmup
+            and self.step % self.regression_refresh == 0
+        ):
+            self.prior.refresh_regression()
         return losses
 
     def _bayesagg_step(

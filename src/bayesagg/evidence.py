@@ -63,29 +63,29 @@ class EvidenceFit:
     iterations: int
 
 
-def _check_statistics(hth: Tensor, hty: Tensor, yty: Tensor, count: int) -> None:
+def _check_statistics(hth: Tensor, hty: Tensor, yty: Tensor, count: float) -> None:
     if hth.ndim != 2 or hth.shape[0] != hth.shape[1]:
         raise ValueError(f"hth must have shape [P, P], got {list(hth.shape)}")
     if hty.ndim != 2 or hty.shape[0] != hth.shape[0]:
         raise ValueError(f"hty must have shape [P={hth.shape[0]}, O], got {list(hty.shape)}")
     if tuple(yty.shape) != (hty.shape[1],):
         raise ValueError(f"yty must have shape [O={hty.shape[1]}], got {list(yty.shape)}")
-    if count < 1:
-        raise ValueError(f"the evidence needs at least one example, got count={count}")
+    if not count > 0:
+        raise ValueError(f"the evidence needs examples, got count={count}")
 
 
 def log_evidence(
     hth: Tensor,
     hty: Tensor,
     yty: Tensor,
-    count: int,
+    count: float,
     prior_precision: float,
     noise_precision: float,
 ) -> Tensor:
     """Return ln p(y_o | alpha, beta) [O] of each output (PRML Eq. 3.86) from the statistics.
 
-    ``hth`` H^T H [P, P], ``hty`` H^T Y [P, O], ``yty`` the sums of squares [O], ``count`` N;
-    the model y_o = H w_o + noise, w_o ~ N(0, I / alpha), noise ~ N(0, I / beta). Computed in
+    ``hth`` H^T H [P, P], ``hty`` H^T Y [P, O], ``yty`` the sums of squares [O], ``count`` N
+    (a float for exponentially forgotten sums); the model y_o = H w_o + noise, w_o ~ N(0, I / alpha), noise ~ N(0, I / beta). Computed in
     ``hth``'s dtype (use float64).
     """
     _check_statistics(hth, hty, yty, count)
@@ -114,7 +114,7 @@ def maximise_evidence(
     hth: Tensor,
     hty: Tensor,
     yty: Tensor,
-    count: int,
+    count: float,
     *,
     initial: tuple[float, float] | None = None,
     tolerance: float = 1e-9,

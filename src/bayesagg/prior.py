@@ -66,7 +66,8 @@ class RegressionStatistics:
         self.hth = torch.zeros(num_params, num_params, dtype=torch.float64, device=device)
         self.hty = torch.zeros(num_params, outputs, dtype=torch.float64, device=device)
         self.yty = torch.zeros(outputs, dtype=torch.float64, device=device)
-        self.count = 0
+        #: Examples summed (a float once :meth:`scale` forgets some).
+        self.count: float = 0
 
     def update(self, h: Tensor, y: Tensor) -> None:
         """Add a batch: features h [B, P] (already with the bias column if any), targets y [B, O]."""
@@ -76,6 +77,13 @@ class RegressionStatistics:
         self.hty += h64.T @ y64
         self.yty += y64.square().sum(0)
         self.count += h.shape[0]
+
+    def scale(self, factor: float) -> None:
+        """Multiply every sum (and the count) by ``factor``: an exponential forgetting step."""
+        self.hth *= factor
+        self.hty *= factor
+        self.yty *= factor
+        self.count *= factor
 
     def fit(
         self, gamma: float, noise_var: float, reduce: posterior.Reduce | None = None
@@ -110,7 +118,7 @@ class RegressionStatistics:
         num_params, outputs = self.hty.shape
         count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.hty.device)
         hth, hty, yty, count = posterior._reduced(reduce, self.hth, self.hty, self.yty, count)
-        fit = maximise_evidence(hth, hty, yty, int(count.item()), initial=initial, where=where)
+        fit = maximise_evidence(hth, hty, yty, float(count.item()), initial=initial, where=where)
         prior_mean, prior_precision = posterior.isotropic_prior(
             "regression",
             outputs,
@@ -139,7 +147,7 @@ class RegressionStatistics:
         stats.hty = state["hty"].clone()
         if "yty" in state:  # checkpoints written before the evidence option have none
             stats.yty = state["yty"].clone()
-        stats.count = int(state["count"])
+        stats.count = state["count"]
         return stats
 
 
@@ -160,8 +168,15 @@ class EpochPrior:
         newton_steps: int = 1,
         newton_damping: float = 1.0,
         regression_prior: RegressionPrior = "fixed",
+        refresh_every: int = 0,
     ) -> None:
         check_groups(groups)
+        if (
+            isinstance(refresh_every, bool)
+            or not isinstance(refresh_every, int)
+            or refresh_every < 0
+        ):
+            raise ValueError(f"refresh_every must be an integer >= 0, got {refresh_every!r}")
         if regression_prior not in ("fixed", "evidence"):
             raise ValueError(
                 f"regression_prior must be 'fixed' or 'evidence', got {regression_prior!r}"
@@ -180,6 +195,12 @@ class EpochPrior:
         self.newton_steps = int(newton_steps)
         self.newton_damping = float(newton_damping)
         self.regression_prior: RegressionPrior = regression_prior
+        #: Regression priors are also refitted every ``refresh_every`` steps (0: only at the end
+        #: of an epoch) from exponentially forgotten statistics of recent batches, whose
+        #: effective size is the last epoch's number of examples (:meth:`refresh_regression`).
+        self.refresh_every = refresh_every
+        self._recent: list[RegressionStatistics | None] = [None] * len(groups)
+        self._epoch_examples = 0
         #: The evidence maximiser of each regression group's last full-data fit
         #: (``regression_prior="evidence"``; None before the first refit and for other groups).
         self.evidence: list[EvidenceFit | None] = [None] * len(groups)
@@ -249,12 +270,61 @@ class EpochPrior:
                         features.shape[1], group.outputs, device=h.device
                     )
                 self._statistics[i].update(features, y)
+                if self.refresh_every:
+                    self._remember(i, group, features, y)
             else:
                 needs_features = True
                 self._targets[i].append(y.detach())
         if needs_features:
             self._features.append(h)
         self._count += h.shape[0]
+
+    def _remember(self, index: int, group: Regression, features: Tensor, y: Tensor) -> None:
+        """Add a batch to group ``index``'s recent statistics, forgetting old ones.
+
+        Each batch of B examples multiplies the old sums by 1 - B / N (N: the last epoch's
+        examples), so the sums weigh recent features most and hold about N examples, as much
+        data as a full-data fit; before the first epoch ends nothing is forgotten.
+        """
+        recent = self._recent[index]
+        if recent is None:
+            recent = self._recent[index] = RegressionStatistics(
+                features.shape[1], group.outputs, device=features.device
+            )
+        if self._epoch_examples:
+            recent.scale(max(0.0, 1.0 - features.shape[0] / self._epoch_examples))
+        recent.update(features, y)
+
+    def refresh_regression(self) -> None:
+        """Refit every regression group's prior on its recent statistics (``refresh_every``).
+
+        The same fit as at the end of an epoch (prior N(0, gamma I), or the evidence maximiser),
+        on the exponentially forgotten sums of :meth:`_remember` instead of the whole epoch's:
+        the prior follows an encoder that moves during the epoch. Classification priors and
+        the epoch's buffers are untouched.
+        """
+        for i, group in enumerate(self.groups):
+            recent = self._recent[i]
+            if not isinstance(group, Regression) or recent is None:
+                continue
+            fitted, evidence = self._fit_regression(i, recent, "refresh")
+            self.posteriors[i] = fitted
+            self.evidence[i] = evidence
+        self._cast = {}
+
+    def _fit_regression(
+        self, index: int, stats: RegressionStatistics, what: str
+    ) -> tuple[Gaussian, EvidenceFit | None]:
+        """Return group ``index``'s fit on ``stats`` (fixed prior or evidence) and its evidence."""
+        if self.regression_prior != "evidence":
+            return stats.fit(self.gamma, self.noise_var, self.reduce), None
+        last = self.evidence[index]
+        return stats.fit_evidence(
+            self.reduce,
+            initial=None if last is None else (last.prior_precision, last.noise_precision),
+            where=f"{what} of regression group {self.groups[index].name!r} "
+            f"(after {self.refits} epoch fits)",
+        )
 
     def prior(
         self, index: int, num_params: int, *, dtype: torch.dtype, device: torch.device
@@ -297,19 +367,8 @@ class EpochPrior:
             if isinstance(group, Regression):
                 stats = self._statistics[i]
                 assert stats is not None  # accumulate() filled every regression group
-                if self.regression_prior == "evidence":
-                    last = self.evidence[i]
-                    fitted, evidence[i] = stats.fit_evidence(
-                        self.reduce,
-                        initial=None
-                        if last is None
-                        else (last.prior_precision, last.noise_precision),
-                        where=f"full-data fit of regression group {group.name!r} "
-                        f"(refit {self.refits + 1})",
-                    )
-                    new.append(fitted)
-                else:
-                    new.append(stats.fit(self.gamma, self.noise_var, self.reduce))
+                fitted, evidence[i] = self._fit_regression(i, stats, "full-data fit")
+                new.append(fitted)
                 continue
             if heads is None:
                 raise ValueError(
@@ -344,6 +403,7 @@ class EpochPrior:
             new.append(fitted)
         self.posteriors = new
         self.evidence = evidence
+        self._epoch_examples = self.num_examples
         self.refits += 1
         self.clear()
 
@@ -370,6 +430,8 @@ class EpochPrior:
             ],
             "statistics": [None if s is None else s.state_dict() for s in self._statistics],
             "count": self._count,
+            "recent": [None if r is None else r.state_dict() for r in self._recent],
+            "epoch_examples": self._epoch_examples,
             "features": torch.cat(self._features) if self._features else None,
             "targets": [torch.cat(t) if t else None for t in self._targets],
         }
@@ -398,6 +460,11 @@ class EpochPrior:
         self._features = [] if state["features"] is None else [state["features"].clone()]
         self._targets = [[] if t is None else [t.clone()] for t in state["targets"]]
         self._count = int(state["count"])
+        self._recent = [
+            None if r is None else RegressionStatistics.from_state(r)
+            for r in state.get("recent", [None] * len(self.groups))
+        ]
+        self._epoch_examples = int(state.get("epoch_examples", 0))
         self._cast = {}
 
 
