@@ -83,3 +83,23 @@ def test_an_early_error_stays_the_only_line(install_fake, capsys, tmp_path):  # 
     """The threads line waits for the command's first status line: errors stay one line."""
     assert main(["run", "-b", "fake", "-m", "nope", "--out", str(tmp_path)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_threads_benchmark_runs_on_a_tiny_setting(capsys, monkeypatch):
+    """benchmarks/threads.py (named by the README) runs; its figures are not checked here."""
+    from conftest import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import threads as benchmark  # benchmarks/threads.py
+
+    rows = benchmark.main(
+        ["--threads", "1,2", "--repeats", "1", "--warmup", "0", "--sizes", "qm9", "--batch", "8"]
+    )
+    assert [r["step"] for r in rows] == [
+        "bayesagg step qm9",
+        "multimnist ls step (B 8)",
+        "multimnist bayesagg step (B 8)",
+    ]
+    assert all(len(r["ms"]) == 2 and len(r["ratios"]) == 1 for r in rows)
+    assert "| step | 1 thread (ms) | 2 threads (ms) | 2 / 1 |" in capsys.readouterr().out
+    assert torch.get_num_threads() == 1
