@@ -6,7 +6,7 @@ per-epoch split the runner logs in epochs.csv: ``train_seconds`` (the whole trai
 of which ``data_seconds`` (waiting for the loader and moving the batch) and the steps, and
 ``eval_seconds`` (validation + test). The last epoch is reported (the first may build caches).
 UTKFace is run twice, decoding the JPEGs at every epoch (``cache=False``, the old default) and
-from the decoded uint8 cache (the default since issue 8).
+from the decoded uint8 cache (today's default).
 
     python benchmarks/epoch_time.py --data-dir ../shared/data [--benchmarks multimnist,qm9]
 """

@@ -11,7 +11,7 @@ backward is the linear-scalarisation step through the same heads: the heads' for
 task losses and ``losses.sum().backward()``. ``h`` is a leaf [B, D] standing for the encoder's
 output, so neither timing includes the encoder, which is the same for both methods.
 
-Sizes (paper Sec. 5 / METHOD.md sec. 6): QM9 (B 120, D 64, 11 regression outputs), CIFAR-MTL
+Sizes (paper Sec. 5; docs/benchmarks.md, "Settings of the `paper` protocols"): QM9 (B 120, D 64, 11 regression outputs), CIFAR-MTL
 (B 128, D 160, 20 binary tasks), ChestX-ray14 (B 256, D 256, 14 binary), UTKFace (B 128, D 256:
 age regression, gender binary, 5-class ethnicity), MultiMNIST (B 256, D 50: two 10-class
 digits). Targets on a 2-core CPU with the default moments (``qmc``): <= 5 ms per step at QM9

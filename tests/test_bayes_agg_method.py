@@ -91,7 +91,7 @@ def test_end_epoch_state_dict_and_reset():
 
 
 def test_library_defaults_and_the_published_variant():
-    """Issue 7: ``bayesagg`` = half-damped Newton fits and K-scaled gradient; ``bayesagg-paper``
+    """The ablation's defaults: ``bayesagg`` = half-damped Newton fits and K-scaled gradient; ``bayesagg-paper``
     = the paper (one undamped Newton step, unscaled gradient), overridable like any default."""
     default = methods.create("bayesagg", num_tasks=5, groups=GROUPS).aggregator
     paper = methods.create("bayesagg-paper", num_tasks=5, groups=GROUPS).aggregator

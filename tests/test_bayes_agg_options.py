@@ -1,4 +1,4 @@
-"""BayesAgg's options (issue 7) and the epoch prior of classification batch posteriors.
+"""BayesAgg's options beyond the paper and the epoch prior of classification batch posteriors.
 
 References are written out by hand in float64 (Newton steps of logistic regression, Bayesian
 linear regression) and gradient moments by brute-force Monte Carlo over the head weights; none

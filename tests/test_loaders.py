@@ -1,4 +1,5 @@
-"""Batched fetching of in-memory datasets (issue 8): the same batches as item-by-item loading."""
+"""Batched fetching of in-memory datasets (so the loader does not dominate a training step):
+the same batches as item-by-item loading."""
 
 from __future__ import annotations
 

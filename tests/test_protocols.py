@@ -1,7 +1,6 @@
 """The ``paper`` protocols hold the authors' trainers' settings; ``quick``/``smoke`` keep them.
 
-The table below is written by hand from PROTOCOLS.md ("The authors' trainers, setting by
-setting"), the paper's App. B and the authors' public trainers (UTKFace, CIFAR-MTL,
+The table below is written by hand from the paper's App. B and the authors' public trainers (UTKFace, CIFAR-MTL,
 ChestX-ray14; QM9 follows Nash-MTL's trainer), not from the registry: a protocol that drifts
 from its source fails here. MultiMNIST, Fashion-MTL and CelebA have no published trainer; their
 rows are this project's documented choices (docs/benchmarks.md).
@@ -128,7 +127,8 @@ BUDGET_OPTIONS = {"data_options", "model_options"}
 BUDGET_BAYESAGG = {"warmup_epochs", "num_samples"}
 #: BayesAgg-MTL as published (paper Sec. 3.2, Algorithm 1: one undamped Newton step, the
 #: aggregated gradient not rescaled), pinned by every ``paper`` protocol; derived recipes run the
-#: library's defaults (issue 7) and leave these keys out.
+#: library's defaults (chosen by the ablation in docs/bayesagg-in-training.md) and leave these
+#: keys out.
 AS_PUBLISHED = {
     "newton_steps": 1,
     "newton_damping": 1.0,

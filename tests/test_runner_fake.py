@@ -260,7 +260,8 @@ def test_qm9_revised_protocol_is_the_paper_recipe_with_batch_60_and_patience_10(
 
 
 def test_epochs_csv_splits_time_into_steps_data_and_evaluation(install_fake, tmp_path):
-    # Issue 8: the loader's and the evaluation's share of an epoch are logged per epoch.
+    # The loader's and the evaluation's share of an epoch are logged per epoch, so that a slow
+    # loader shows in epochs.csv instead of passing for a slow method.
     import csv
 
     run(RunConfig(benchmark="fake", method="ls", protocol="smoke", out=str(tmp_path)))
@@ -276,7 +277,7 @@ def test_epochs_csv_splits_time_into_steps_data_and_evaluation(install_fake, tmp
 
 
 def test_a_run_resolves_its_plan_once(install_fake, tmp_path, monkeypatch):
-    # Issue 9's structure note: plan, train, write, one way. The registry lookups and the
+    # Plan, train, write, one way. The registry lookups and the
     # results layout are resolved by plan() once; training and writing read the plan.
     run_module = importlib.import_module("bayesagg.runner.run")
     calls: dict[str, int] = {}

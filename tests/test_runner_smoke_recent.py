@@ -1,4 +1,4 @@
-"""The methods added for issue 11 (and their "-ub" variants) on every runnable benchmark's smoke
+"""The methods published since 2023 (and their "-ub" variants) on every runnable benchmark's smoke
 protocol, end to end on real data, shrunk to one epoch on a few batches to stay fast.
 
 Same data sources and skips as tests/test_runner_smoke.py. STCH gets ``warmup_epochs=0`` and

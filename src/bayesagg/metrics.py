@@ -1,4 +1,7 @@
-"""Evaluation metrics of the benchmarks, Delta_m and mean rank (PROTOCOLS.md).
+"""Evaluation metrics of the benchmarks, Delta_m and mean rank.
+
+Which metric each benchmark's tasks use, and Delta_m's definition: docs/benchmarks.md, "The
+benchmarks" and "STL and Delta_m".
 
 Metrics are keyed ``task/metric`` (e.g. ``"U0/mae"``, ``"gender/accuracy"``,
 ``"class[3]/auc"``); one-vs-rest benchmarks add ``"argmax/accuracy"``. AUC-ROC, calibration

@@ -3,7 +3,8 @@
 The paper's classification posterior is *one* undamped Newton step of the summed loss plus the
 prior, taken around the head as it is (Sec. 3.2, Eqs. 8-10; :func:`bayesagg.posterior.binary`,
 :func:`bayesagg.posterior.multiclass`). On a whole epoch of data with a weak isotropic prior
-that one step can land far from the head (issue 7 measured 1.2-2.1 x ||theta|| on MultiMNIST).
+that one step can land far from the head (1.2-2.1 x ||theta|| on MultiMNIST, measured in the
+ablation of docs/bayesagg-in-training.md).
 This module iterates the same step, optionally damped:
 
     theta_{t+1} = theta_t + damping * (newton(theta_t) - theta_t),   t = 0 .. steps - 1,

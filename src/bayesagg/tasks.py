@@ -1,7 +1,7 @@
 """Task groups: the three kinds of linear-head task that BayesAgg-MTL handles.
 
 A multi-task model is a shared encoder ``h = f(x)`` and one linear head per task group
-(METHOD.md section 1). A group is declared once and fixes how its targets look, how its
+(docs/methods.md, "The training-loop contract"). A group is declared once and fixes how its targets look, how its
 per-task losses are computed and how many tasks it puts on the aggregation axis:
 
 - :class:`Regression` with ``outputs`` outputs: ``outputs`` tasks, squared error (no 1/2);

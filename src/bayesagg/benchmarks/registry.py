@@ -3,7 +3,8 @@
 A specification says everything the runner needs and nothing it must guess: where the data
 loader and the model live (imported only when used), the published training protocols, which
 metric each task is judged by, how the model is selected, and the STL references with their
-provenance (PROTOCOLS.md).
+provenance (docs/benchmarks.md: "The benchmarks", "STL and Delta_m", and the settings of the
+`paper` protocols with their sources).
 """
 
 from __future__ import annotations
@@ -112,8 +113,9 @@ class Protocol:
         from bayesagg.bayes_agg import PAPER_BEHAVIOUR
 
         derived = self.with_epochs(epochs)
-        # A derived recipe runs the library's BayesAgg-MTL (issue 7's sturdier defaults); the
-        # published one stays available there as the method ``bayesagg-paper``.
+        # A derived recipe runs the library's BayesAgg-MTL (its sturdier defaults, chosen by the
+        # ablation in docs/bayesagg-in-training.md); the published one stays available there as
+        # the method ``bayesagg-paper``.
         hp = {k: v for k, v in derived.bayesagg.items() if k not in PAPER_BEHAVIOUR}
         hp.update(bayesagg or {})
         return replace(derived, name=name, note=note, bayesagg=_frozen(hp), **changes)
@@ -145,7 +147,7 @@ class References:
 
 @dataclass(frozen=True)
 class Benchmark:
-    """Everything the runner needs about one benchmark (PROTOCOLS.md)."""
+    """Everything the runner needs about one benchmark (docs/benchmarks.md)."""
 
     name: str
     #: Package under ``bayesagg.benchmarks`` (or a full dotted path) with ``data`` and ``model``.

@@ -11,8 +11,8 @@ classification) and the wall-clock time per training step.
 
 How the BayesAgg-MTL run predicts regression targets is explicit: its regression heads are not
 trained; after training they are refitted once on the training set with the encoder in eval mode
-(``BayesAgg(regression_fit="refit")`` and :meth:`bayesagg.BayesAgg.fit_regression_heads`,
-METHOD.md section 5). The linear-scalarisation run trains its regression head by gradient.
+(``BayesAgg(regression_fit="refit")`` and :meth:`bayesagg.BayesAgg.fit_regression_heads`;
+docs/bayesagg.md, "Which fit regression predictions use"). The linear-scalarisation run trains its regression head by gradient.
 """
 
 from __future__ import annotations

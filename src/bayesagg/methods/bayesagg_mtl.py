@@ -1,6 +1,7 @@
 """BayesAgg-MTL behind the registry's :class:`~bayesagg.methods.base.Method` contract.
 
-A thin adapter: the method itself is :class:`bayesagg.BayesAgg` (paper Section 3, METHOD.md);
+A thin adapter: the method itself is :class:`bayesagg.BayesAgg` (paper Section 3;
+docs/method.md and docs/bayesagg.md);
 this class maps the common training-loop call ``method.backward(losses, ..., representation,
 heads, targets)`` onto ``BayesAgg.backward(representation, heads, targets)`` and ``end_epoch``
 onto the prior refit.
@@ -117,7 +118,7 @@ class BayesAggMTLPaper(BayesAggMTL):
 
     One undamped Newton step for the classification posteriors and the aggregated gradient not
     rescaled by K (paper Sec. 3.2, Algorithm 1), where ``bayesagg`` uses the library's sturdier
-    defaults (issue 7). Keyword arguments override as for :class:`BayesAggMTL`.
+    defaults (chosen by the ablation in docs/bayesagg-in-training.md). Keyword arguments override as for :class:`BayesAggMTL`.
     """
 
     name: ClassVar[str] = "bayesagg-paper"

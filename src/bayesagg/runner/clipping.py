@@ -1,4 +1,7 @@
-"""Gradient-norm clipping of a protocol, as the authors' trainers clip (PROTOCOLS.md).
+"""Gradient-norm clipping of a protocol, as the authors' trainers clip.
+
+docs/benchmarks.md, "Settings of the `paper` protocols, with their sources", lists each
+trainer's values.
 
 Their UTKFace trainer clips the heads' gradient norm to 10 at every step and the shared
 parameters' to 5 once the linear-scalarisation warm-up is over; their CIFAR-MTL and
@@ -64,7 +67,8 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer, params: list[nn.Para
 
     Used when BayesAgg-MTL's warm-up ends with ``reset_encoder_optimizer=True``: the encoder's
     Adam moments were accumulated on linear-scalarisation gradients, about K times larger than
-    BayesAgg-MTL's (issue 7, an option beyond the paper).
+    BayesAgg-MTL's (an option beyond the paper, from the ablation in
+    docs/bayesagg-in-training.md).
     """
     count = 0
     for p in params:

@@ -57,7 +57,8 @@ _NEEDS_GROUPS = frozenset({"bayesagg", "bayesagg-paper"})
 class Plan:
     """A checked run, resolved once: everything training and writing need, derived here.
 
-    A run flows one way (issue 9): :func:`plan` resolves the config against the benchmark
+    A run flows one way, so that no stage can disagree with another about what the run is:
+    :func:`plan` resolves the config against the benchmark
     registry, the protocol, the method's registry entry, the STL references and the results
     layout; training reads the plan (and writes checkpoints); the result document is written
     from the plan and the training outcome. Nothing later goes back to the registry or

@@ -11,7 +11,8 @@ from __future__ import annotations
 from bayesagg.bayes_agg import PAPER_BEHAVIOUR
 from bayesagg.benchmarks.registry import Benchmark, Protocol
 
-# The authors' ChestX-ray14 trainer (PROTOCOLS.md; paper App. B): Adam 1e-3, no weight decay,
+# The authors' ChestX-ray14 trainer (docs/benchmarks.md, "Settings of the `paper` protocols";
+# paper App. B): Adam 1e-3, no weight decay,
 # x0.1 at 60 % and 80 %, heads' gradient norm clipped to 50 at every step (the shared clip is
 # commented out there), no drop_last; 1 LS epoch, s 5e-4, gamma 5e-3, 1024 Monte-Carlo samples.
 _PAPER = Protocol(

@@ -27,7 +27,7 @@ from ..splits import DataFormatError, Splits, limit_splits, warn_skipped
 
 __all__ = ["DISEASES", "GROUPS", "ChestXrayImages", "load", "locate", "read_entries"]
 
-#: The 14 labels in alphabetical order (PROTOCOLS.md, ChestX-ray14).
+#: The 14 labels in alphabetical order (docs/data.md, ChestX-ray14).
 DISEASES = (
     "Atelectasis",
     "Cardiomegaly",

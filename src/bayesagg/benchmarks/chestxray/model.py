@@ -3,7 +3,7 @@
 The paper starts from ImageNet weights; these machines reach no model hub, so the default is
 ``weights=None``. On a machine with internet access pass ``weights="IMAGENET1K_V1"`` (the
 ``--model-option weights=IMAGENET1K_V1`` flag of ``bayesagg run``) to follow the paper. Unlike
-the official code, the Linear(512->256) layer is trained (PROTOCOLS.md).
+the official code, the Linear(512->256) layer is trained (docs/benchmarks.md, "The benchmarks").
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ from __future__ import annotations
 from bayesagg.bayes_agg import PAPER_BEHAVIOUR
 from bayesagg.benchmarks.registry import Benchmark, Protocol
 
-# The authors' CIFAR-MTL trainer (PROTOCOLS.md; paper App. B): Adam 1e-3, weight decay 1e-4,
+# The authors' CIFAR-MTL trainer (docs/benchmarks.md, "Settings of the `paper` protocols";
+# paper App. B): Adam 1e-3, weight decay 1e-4,
 # x0.1 at 60 % and 80 %, heads' gradient norm clipped to 50 at every step (the shared clip is
 # commented out there), drop_last; 3 LS epochs, s 5e-4, gamma 5e-4, 1024 Monte-Carlo samples.
 _PAPER = Protocol(

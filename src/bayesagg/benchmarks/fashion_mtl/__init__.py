@@ -11,7 +11,8 @@ from __future__ import annotations
 from bayesagg.bayes_agg import PAPER_BEHAVIOUR
 from bayesagg.benchmarks.registry import Benchmark, Protocol
 
-# CIFAR-MTL's recipe (the authors' CIFAR-MTL trainer, PROTOCOLS.md) at Fashion-MNIST scale:
+# CIFAR-MTL's recipe (the authors' CIFAR-MTL trainer; docs/benchmarks.md, "Settings of the
+# `paper` protocols") at Fashion-MNIST scale:
 # Adam 1e-3, weight decay 1e-4, x0.1 at 60 % and 80 %, heads clipped to 50, drop_last;
 # 3 LS epochs, s 5e-4, gamma 5e-4, 1024 Monte-Carlo samples.
 _PAPER = Protocol(
@@ -43,7 +44,8 @@ SPEC = Benchmark(
             "quick",
             epochs=10,
             # 4,000 images keep the slowest method (a K x P Jacobian: ~9x LS) near 10 minutes
-            # here (issue 9); until 2026-11-25 it had 10,000 (today `--train-limit 10000`).
+            # here, a budget the comparison campaign can afford for every method and seed;
+            # until 2026-11-25 it had 10,000 (today `--train-limit 10000`).
             train_limit=4_000,
             eval_limit=2_000,
             note="4,000 training images (2,000 val/test), 10 epochs (BayesAgg warm-up 1)",

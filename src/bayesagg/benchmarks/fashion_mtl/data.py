@@ -1,6 +1,6 @@
 """Fashion-MNIST one-vs-rest: 10 binary tasks "class == k", the runnable stand-in for CIFAR-MTL.
 
-Not a published benchmark (PROTOCOLS.md): it mirrors CIFAR-MTL's "coarse label == k" tasks on
+Not a published benchmark (docs/data.md, Fashion-MNIST one-vs-rest): it mirrors CIFAR-MTL's "coarse label == k" tasks on
 data that is available here. Reads the four IDX files in ``<root>/fashion-mnist``. Items: ``x``
 float32 [1, 28, 28] standardised with the training images' pixel mean/std; targets a 1-tuple
 with the binary float32 [10] one-hot class vector.

@@ -1,4 +1,7 @@
-"""QM9: 11 molecular properties regressed by an MPNN (Nash-MTL's protocol, PROTOCOLS.md).
+"""QM9: 11 molecular properties regressed by an MPNN (Nash-MTL's protocol).
+
+The recipes and their sources: docs/benchmarks.md, "Settings of the `paper` protocols" (QM9)
+and "QM9: two published recipes".
 
 Data from PyPI ``qm9pack`` (no data directory needed); targets standardised with the training
 statistics; metric: MAE per task in original units, energies in meV; Delta_m against Nash-MTL's
@@ -12,7 +15,7 @@ from dataclasses import replace
 from bayesagg.bayes_agg import PAPER_BEHAVIOUR
 from bayesagg.benchmarks.registry import Benchmark, Protocol
 
-_ENERGY = 1000.0  # eV -> meV for HOMO, LUMO, ZPVE, U0, U, H, G (PROTOCOLS.md)
+_ENERGY = 1000.0  # eV -> meV for HOMO, LUMO, ZPVE, U0, U, H, G (docs/data.md, QM9)
 
 # Nash-MTL's QM9 trainer (the paper follows it, App. B): one Adam group, no weight decay, no
 # clipping. BayesAgg-MTL: 50 LS epochs and s from the grid {0.75, 0.85, 0.95} (paper App. B);
@@ -61,9 +64,9 @@ SPEC = Benchmark(
                 "otherwise as published; BayesAgg settings as in 'paper' (not tuned for it)"
             ),
         ),
-        # Sized for the comparison campaign (issue 9): an LS run of about 5 minutes on one
-        # CPU thread (10,000 molecules x 30 epochs took ~17 minutes on two); the warm-up keeps
-        # the paper's 1/6 of the epochs.
+        # Sized for the comparison campaign (every method and seed on a 2-core machine): an LS
+        # run of about 5 minutes on one CPU thread (10,000 molecules x 30 epochs took ~17
+        # minutes on two); the warm-up keeps the paper's 1/6 of the epochs.
         "quick": _PAPER.derive(
             "quick",
             epochs=24,

@@ -1,6 +1,6 @@
 """QM9 (Ramakrishnan et al., Sci. Data 2014) as molecular graphs for 11-target regression.
 
-The paper follows Nash-MTL's protocol on PyTorch Geometric's ``QM9`` (PROTOCOLS.md, QM9). The
+The paper follows Nash-MTL's protocol on PyTorch Geometric's ``QM9`` (docs/data.md, QM9). The
 same 130,831 molecules come here from the PyPI package ``qm9pack`` (its CSVs hold elements, xyz
 coordinates and the raw properties); each molecule becomes a PyG ``Data`` with PyG's QM9 node
 features (11 dims), bonds perceived from the coordinates by RDKit (``rdDetermineBonds``, charge 0),

@@ -1,6 +1,7 @@
 """QM9's message-passing network (Gilmer et al. 2017 as used by Nash-MTL and BayesAgg-MTL).
 
-PROTOCOLS.md: Linear(11->64)+ReLU; three rounds of one shared NNConv(64, 64; edge network
+As in Nash-MTL's QM9 code (summarised in docs/benchmarks.md, "The benchmarks"):
+Linear(11->64)+ReLU; three rounds of one shared NNConv(64, 64; edge network
 5->128->64*64, mean aggregation) followed by a GRU(64, 64); Set2Set(64, 3 steps) -> 128;
 Linear(128->64)+ReLU is the shared representation h (D = 64). One Linear(64->11) head for the
 regression group (BayesAgg-MTL fits one Bayesian linear layer per group).

@@ -11,7 +11,8 @@ from bayesagg.bayes_agg import PAPER_BEHAVIOUR
 from bayesagg.benchmarks.registry import Benchmark, Protocol
 from bayesagg.tasks import Multiclass, Regression
 
-# The authors' UTKFace trainer (PROTOCOLS.md, "The authors' trainers"; paper App. B): Adam 1e-3
+# The authors' UTKFace trainer (docs/benchmarks.md, "Settings of the `paper` protocols",
+# UTKFace; paper App. B): Adam 1e-3
 # with weight decay 1e-4, x0.1 at 60 % and 80 %, heads' gradient norm clipped to 10 at every
 # step and the shared parameters' to 5 after the warm-up, gender as a 2-class multiclass
 # group, a bias-free regression posterior; 10 LS epochs (paper App. B; the trainer's own
@@ -50,7 +51,8 @@ SPEC = Benchmark(
             train_limit=3_000,
             eval_limit=1_000,
             # 64 px keeps the slowest method's run (three task backward passes) near 10
-            # minutes on the project's 2-core machine (issue 9); the paper crops 128 px.
+            # minutes on the project's 2-core machine, a budget the comparison campaign can
+            # afford for every method and seed; the paper crops 128 px.
             data_options={"image_size": 64},
             note=(
                 "paper recipe on a CPU budget: 3,000 training faces at 64 px (1,000 val/test), "

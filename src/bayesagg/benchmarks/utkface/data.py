@@ -29,7 +29,7 @@ __all__ = ["AGE_MEAN", "AGE_STD", "GROUPS", "UTKFaceImages", "load", "locate", "
 
 GROUPS = (Regression("age", 1), Binary("gender", 1), Multiclass("ethnicity", 5))
 
-#: Age standardisation hard-coded in the BayesAgg-MTL code (PROTOCOLS.md, UTKFace).
+#: Age standardisation hard-coded in the BayesAgg-MTL code (docs/data.md, UTKFace).
 AGE_MEAN = 33.327
 AGE_STD = 19.927
 

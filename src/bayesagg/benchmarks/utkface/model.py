@@ -1,6 +1,6 @@
 """UTKFace's model: a ResNet-18 from scratch whose last layer is Linear(512->256) + ELU.
 
-PROTOCOLS.md / paper App. B: torchvision ResNet-18 (no pre-training), ``fc`` replaced by
+Paper App. B and the authors' trainer (docs/benchmarks.md, "The benchmarks"): torchvision ResNet-18 (no pre-training), ``fc`` replaced by
 Linear(512->256) followed by ELU, so h has D = 256; heads Linear(256->1) for age,
 Linear(256->1) for gender and Linear(256->5) for ethnicity.
 """
