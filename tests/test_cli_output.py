@@ -117,7 +117,16 @@ def test_recorded_commands_carry_paths_relative_to_the_current_directory(
     from bayesagg.cli import _portable
 
     elsewhere = str(Path(tmp_path.anchor) / "elsewhere")
-    assert _portable(
-        ["run", f"--data-dir={tmp_path}/data", "--out", elsewhere, "--method", str(tmp_path)]
-    ) == ["run", "--data-dir=data", "--out", elsewhere, "--method", str(tmp_path)]
+    argv = ["run", f"--data-dir={tmp_path}/data", "--out", elsewhere, "--method", str(tmp_path)]
+    assert _portable([*argv, "--references", f"{tmp_path}/refs.json"]) == [
+        "run",
+        "--data-dir=data",
+        "--out",
+        elsewhere,
+        "--method",
+        str(tmp_path),
+        "--references",
+        "refs.json",
+    ]
+    assert _portable(["run", "--references", "auto"]) == ["run", "--references", "auto"]
     capsys.readouterr()

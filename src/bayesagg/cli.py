@@ -444,14 +444,16 @@ def _distributed(args: argparse.Namespace, argv: list[str]) -> int:
             return int(args.func(args) or 0)
 
 
-#: Options whose value is a local path, recorded relative to the current directory.
-_PATH_OPTIONS = ("--out", "--data-dir")
+#: Options whose value is a local path, recorded relative to the current directory (a
+#: ``--references`` choice such as ``auto`` is not absolute and stays as it is).
+_PATH_OPTIONS = ("--out", "--data-dir", "--references")
 
 
 def _portable(argv: Sequence[str]) -> list[str]:
-    """Return ``argv`` as it is recorded (result.json ``command``, reports): ``--out`` and
-    ``--data-dir`` relative to the current directory when they lie under it, so that a reader
-    can re-run the command from a clone instead of getting this machine's absolute paths."""
+    """Return ``argv`` as it is recorded (result.json ``command``, reports): ``--out``,
+    ``--data-dir`` and a ``--references`` file relative to the current directory when they lie
+    under it, so that a reader can re-run the command from a clone instead of getting this
+    machine's absolute paths."""
     from pathlib import Path
 
     cwd = Path.cwd()
