@@ -410,6 +410,7 @@ def _distributed(args: argparse.Namespace, argv: list[str]) -> int:
     import contextlib
     import os
 
+    from bayesagg.runner.checks import check_nproc
     from bayesagg.runner.config import ConfigError
     from bayesagg.runner.distributed import initialised, launch, launched
     from bayesagg.runner.threads import default_threads, threads_note, using
@@ -422,6 +423,7 @@ def _distributed(args: argparse.Namespace, argv: list[str]) -> int:
     if threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
     if nproc > 1 and not launched():
+        check_nproc(nproc, getattr(args, "device", "cpu"))  # before any process starts
         return launch(nproc, argv)
     with initialised(getattr(args, "device", "cpu"), nproc) as ctx, using(threads):
         if ctx is None or ctx.is_main:
@@ -496,6 +498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except FloatingPointError as err:
         print(f"bayesagg {args.command}: training failed: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # found during the work: a full disk, a folder made read-only
+        print(f"bayesagg {args.command}: failed: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(

@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bayesagg.runner.results import file_mode
+
 __all__ = ["CHECKPOINT_FILE", "FORMAT", "Checkpoint", "Progress", "get_rng_state", "set_rng_state"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -56,6 +58,9 @@ class Progress:
     best: tuple[int, float | None, dict[str, Any], dict[str, Any]] | None = None
     #: The rows of ``epochs.csv`` so far (the file is rewritten from them).
     rows: list[dict[str, Any]] = field(default_factory=list)
+    #: The K task losses of the run's first step (the model as initialised): the reference of
+    #: the divergence check (runner/train.py). None in checkpoints written before it existed.
+    initial_losses: list[float] | None = None
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -127,6 +132,7 @@ class Checkpoint:
             prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
         )
         try:
+            os.fchmod(fd, file_mode())  # as any file the run writes (mkstemp's is 0600)
             with os.fdopen(fd, "wb") as f:
                 torch.save(_encode(state), f)
                 f.flush()

@@ -12,9 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bayesagg.runner.checks import check_all_writable
 from bayesagg.runner.config import ConfigError, RunConfig, check_device
 from bayesagg.runner.hparams import constructor_parameters
-from bayesagg.runner.results import protocol_dir
+from bayesagg.runner.results import protocol_dir, run_dir
 from bayesagg.runner.run import finished_result, plan, run
 
 __all__ = ["compare", "split_hparams"]
@@ -83,6 +84,8 @@ def compare(
     for c in configs:
         # With STL in the list, own references may not exist yet: check them after it runs.
         plan(replace(c, references="none") if "stl" in methods else c)
+    # ... and every run folder can be written, before the first run trains.
+    check_all_writable(run_dir(c) for c in configs)
     total = len(configs)
     for i, c in enumerate(configs, 1):
         if not force and c.method != "stl" and finished_result(c) is not None:

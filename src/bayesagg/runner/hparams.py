@@ -99,6 +99,45 @@ def validate_hparams(method: str, hparams: Mapping[str, Any]) -> None:
                 f"method {method!r} has no hyper-parameter {key!r}; "
                 f"accepted: {', '.join(accepted) or 'none'}"
             )
+        if key in params:
+            _check_kind(method, key, hparams[key], params[key])
+
+
+def _annotated_kinds(param: inspect.Parameter) -> set[str]:
+    """Return the type names of a parameter's annotation (``"float | None"``: float, None)."""
+    annotation = param.annotation
+    if annotation is inspect.Parameter.empty:
+        default = param.default
+        if isinstance(default, bool):
+            return {"bool"}
+        if isinstance(default, int | float):
+            return {type(default).__name__}
+        return set()
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    return {part.strip() for part in str(text).split("|")}
+
+
+def _check_kind(method: str, key: str, value: Any, param: inspect.Parameter) -> None:
+    """Raise ConfigError where a number or a truth value is expected and the text is neither.
+
+    Without it, ``--hp s_regression=abc`` reaches the constructor as the string "abc" and fails
+    there with a comparison error that does not say which value was wrong.
+    """
+    kinds = _annotated_kinds(param)
+    if not kinds or not kinds <= {"float", "int", "bool", "None"}:
+        return  # strings, literals, objects: the constructor checks them
+    if value is None and "None" in kinds:
+        return
+    if kinds & {"float", "int"} and not isinstance(value, bool | str | None):
+        return
+    if "bool" in kinds and isinstance(value, bool):
+        return
+    wanted = " or ".join(
+        {"float": "a number", "int": "an integer", "bool": "true or false", "None": "none"}[k]
+        for k in ("float", "int", "bool", "None")
+        if k in kinds and not (k == "int" and "float" in kinds)
+    )
+    raise ConfigError(f"--hp {key}={value!r}: method {method!r} expects {wanted}")
 
 
 def protocol_hparams(method: str, defaults: Mapping[str, Any]) -> dict[str, Any]:

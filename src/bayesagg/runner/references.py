@@ -7,6 +7,7 @@ Delta_m of a table against one set.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import statistics
 from collections import defaultdict
@@ -37,7 +38,7 @@ def load_references(path: str | os.PathLike[str]) -> References:
     """Return the references stored in a references JSON (ConfigError if unreadable)."""
     try:
         data = read_json(path)
-        return References(values=dict(data["values"]), kind=data["kind"], source=data["source"])
+        refs = References(values=dict(data["values"]), kind=data["kind"], source=data["source"])
     except FileNotFoundError:
         raise ConfigError(
             f"references file {path} not found: run `bayesagg run --method stl` first "
@@ -45,6 +46,27 @@ def load_references(path: str | os.PathLike[str]) -> References:
         ) from None
     except (KeyError, ValueError, TypeError) as err:
         raise ConfigError(f"references file {path} is not a references JSON ({err})") from None
+    _check_values(refs, path)
+    return refs
+
+
+def _check_values(refs: References, path: str | os.PathLike[str]) -> None:
+    """Raise ConfigError unless every STL value is a finite non-zero number.
+
+    Delta_m divides each task's difference by its STL value: a zero (or NaN, or a string) would
+    let a run train to the end and then fail to compute, or to write, its result.
+    """
+    for key, value in refs.values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problem = f"is {value!r}, not a number"
+        elif not math.isfinite(value) or value == 0:
+            problem = f"is {value}: Delta_m divides by it"
+        else:
+            continue
+        raise ConfigError(
+            f"references file {path}: the STL value of {key!r} {problem}; "
+            "give a finite non-zero value or choose --references auto|published|none"
+        )
 
 
 def resolve_references(

@@ -29,6 +29,7 @@ from bayesagg.runner.config import RunConfig
 __all__ = [
     "SCHEMA",
     "EpochLog",
+    "file_mode",
     "find_results",
     "foreign_reason",
     "method_label",
@@ -85,12 +86,33 @@ def run_dir(config: RunConfig, task: str | None = None) -> Path:
     return path
 
 
+def file_mode() -> int:
+    """Return the mode of a file created the ordinary way: 0o666 less the process's umask.
+
+    ``tempfile.mkstemp`` creates files 0600 (private), and the rename of an atomic write keeps
+    that mode: results and checkpoints would be unreadable to the group and others, unlike
+    ``epochs.csv``. Atomic writes set this mode instead, so every file of a run follows the
+    umask alike.
+    """
+    try:
+        with open("/proc/self/status") as f:  # Linux: read without changing it
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     """Write ``data`` as JSON to ``path`` through a temporary file and a rename (all or nothing)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, allow_nan=False, default=_jsonable)
             f.write("\n")

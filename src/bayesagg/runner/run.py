@@ -8,8 +8,10 @@ config (unless ``force``), resumes an interrupted one from its ``checkpoint.pt``
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -20,10 +22,12 @@ import torch
 
 from bayesagg.benchmarks.registry import Benchmark, Protocol, References
 from bayesagg.runner.checkpoint import CHECKPOINT_FILE, Checkpoint
+from bayesagg.runner.checks import check_finite_options, check_seed, check_writable
 from bayesagg.runner.config import ConfigError, RunConfig, check_device
 from bayesagg.runner.distributed import context as distributed_context
 from bayesagg.runner.distributed import distributed_fields, is_main
 from bayesagg.runner.hparams import protocol_hparams, validate_hparams
+from bayesagg.runner.lock import RunLock, remove_stale_temporaries
 from bayesagg.runner.references import resolve_references, write_own_references
 from bayesagg.runner.results import (
     EPOCH_FILE,
@@ -115,9 +119,9 @@ class Plan:
         try:
             return methods.create(self.config.method, num_tasks=self.num_tasks, **kwargs)
         except (TypeError, ValueError) as err:
-            raise ConfigError(
-                f"bad hyper-parameters for method {self.config.method!r}: {err}"
-            ) from None
+            prefix = f"bad hyper-parameters for method {self.config.method!r}: "
+            # methods.create already names the method in its TypeError: say it once.
+            raise ConfigError(prefix + str(err).removeprefix(prefix)) from None
 
 
 def _benchmark(name: str) -> Benchmark:
@@ -148,8 +152,10 @@ def effective_protocol(spec: Benchmark, config: RunConfig) -> Protocol:
     for key in ("batch_size", "lr", "train_limit", "eval_limit"):
         value = getattr(config, key)
         if value is not None:
-            if value <= 0:
-                raise ConfigError(f"--{key.replace('_', '-')} must be positive, got {value}")
+            if not value > 0 or not math.isfinite(value):
+                raise ConfigError(
+                    f"--{key.replace('_', '-')} must be a positive finite number, got {value}"
+                )
             changes[key] = value
     if config.data_options:
         changes["data_options"] = {**protocol.data_options, **config.data_options}
@@ -164,6 +170,10 @@ def plan(config: RunConfig) -> Plan:
 
     spec = _benchmark(config.benchmark)
     config = replace(config, benchmark=spec.name, method=config.method.lower())
+    check_seed(config.seed)
+    check_finite_options(config.hparams, "--hp")
+    check_finite_options(config.model_options, "--model-option")
+    check_finite_options(config.data_options, "--data-option")
     protocol = effective_protocol(spec, config)
     if config.method not in methods.names():
         raise ConfigError(
@@ -350,17 +360,61 @@ def run(
             results.append(done)
         else:
             todo.append(t)
-    if todo:
-        splits = _load_splits(p)
-        sizes = _check_splits(p, splits)
-        ctx = distributed_context()
-        where = torch.device(device) if ctx is None else ctx.device(device)
-        for t in todo:
-            results.append(_train_one(p, splits, sizes, t, progress, command, where, say, force))
+    ctx = distributed_context()
+    with contextlib.ExitStack() as locks:
+        if todo and is_main():
+            todo = _claim(p, todo, locks, results, force, command, say, recheck=ctx is None)
+        if todo:
+            splits = _load_splits(p)
+            sizes = _check_splits(p, splits)
+            where = torch.device(device) if ctx is None else ctx.device(device)
+            for t in todo:
+                results.append(
+                    _train_one(p, splits, sizes, t, progress, command, where, say, force)
+                )
     if config.method == "stl" and is_main():
         path = write_own_references(config.out, p.spec, p.folder.name)
         say(f"STL references: {path}")
     return results
+
+
+def _claim(
+    p: Plan,
+    todo: list[int | None],
+    locks: contextlib.ExitStack,
+    results: list[dict[str, Any]],
+    force: bool,
+    command: str | None,
+    say: Callable[[str], None],
+    *,
+    recheck: bool,
+) -> list[int | None]:
+    """Check, lock and tidy the folders of the runs to train; return those still to train.
+
+    Every folder is checked for writing first (nothing trains if one cannot be written), then
+    locked (:class:`RunLock`: a second process on the same run stops, naming the first), then
+    cleared of the temporary files a killed run left. ``recheck``: a run that another process
+    finished while this one waited for data or checks is taken as finished (one process only;
+    in a multi-process run every rank must train the same runs).
+    """
+    for t in todo:
+        check_writable(p.run_dir(t))
+    left: list[int | None] = []
+    for t in todo:
+        folder = p.run_dir(t)
+        locks.enter_context(RunLock(folder, command, say))
+        remove_stale_temporaries(folder, say)
+        done = (
+            None
+            if force or not recheck
+            else _finished(folder / RESULT_FILE, p.identity, p.settings)
+        )
+        if done is not None:
+            say(f"skip (finished by another process): {folder}")
+            results.append(done)
+        else:
+            left.append(t)
+    return left
 
 
 def _train_one(

@@ -16,7 +16,9 @@ no point is trained twice. Likewise, if two processes both see room for one more
 one whose trial has the higher number finds ``--trials`` trials ahead of it (complete or
 running) and steps aside (user attribute ``surplus``), so the study does not overshoot
 ``--trials``. A process killed inside a trial stops sending Optuna's heartbeat;
-after the grace period its trial is marked failed and its point is free again.
+after the grace period its trial is marked failed and its point is free again. Each trial also
+records its process (pid, host, start time), so a rerun on the same host fails the trial of a
+process that has ended at once, rather than taking it for one running elsewhere.
 
 After every trial the study's summary is written to ``<out>/sweeps/<study>.json``, which
 ``bayesagg report`` shows (the chosen settings and every trial).
@@ -33,7 +35,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bayesagg.runner.checks import check_seed, check_writable
 from bayesagg.runner.config import ConfigError, RunConfig, check_device
+from bayesagg.runner.lock import process_alive, process_record
 from bayesagg.runner.results import protocol_dir, read_json, run_dir, write_json_atomic
 
 __all__ = ["SUMMARY_DIR", "default_storage", "sweep", "sweeps_report"]
@@ -42,6 +46,8 @@ SUMMARY_DIR = "sweeps"
 #: Seconds between a running trial's heartbeats, and without one before it counts as dead.
 HEARTBEAT_SECONDS = 30
 GRACE_SECONDS = 120
+#: The trial's user attribute naming the process that runs it (runner/lock.py's record).
+PROCESS_ATTR = "process"
 
 
 def default_storage(out: str | Path) -> str:
@@ -122,6 +128,8 @@ def sweep(
         raise ConfigError(f"--trials must be >= 1, got {trials}")
     if not seeds:
         raise ConfigError("--seeds is empty: give e.g. --seeds 0,1,2")
+    for seed in seeds:
+        check_seed(seed, "--seeds")
     check_device(device)
     p = plan(replace(base, seed=seeds[0]))
     base = replace(p.config, seed=seeds[0])
@@ -136,6 +144,7 @@ def sweep(
     direction = "minimize" if criterion.mode == "min" else "maximize"
     name = study_name or f"{base.benchmark}-{protocol_dir(base).name}-{base.method}"
     url = storage or default_storage(base.out)
+    check_writable(base.out, "results folder")
     Path(base.out).mkdir(parents=True, exist_ok=True)
 
     class ChosenPoint(optuna.samplers.BaseSampler):
@@ -183,6 +192,9 @@ def sweep(
             study.set_user_attr(key, value)
 
     def objective(trial: Any) -> float:
+        # Which process runs the trial: a rerun on this host fails it at once if that process
+        # has died, instead of waiting out the heartbeat's grace period.
+        trial.set_user_attr(PROCESS_ATTR, process_record(command))
         point = {k: trial.suggest_categorical(k, list(v)) for k, v in space.grid.items()}
         first = _taken(study, trial.number).get(_key(point))
         if first is not None and first < trial.number:
@@ -233,12 +245,13 @@ def sweep(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
+        _fail_dead_trials(study, say)
         done, running = _room(study)
         if len(done) >= trials:
             say(f"study {name}: {len(done)} complete trials (asked for {trials})")
             break
         if len(done) + len(running) >= trials:
-            say(f"study {name}: the remaining trials are running in another process")
+            say(f"study {name}: the remaining trials are running in {_runners(running)}")
             break
         taken = _taken(study)
         free = [q for q in points if _key(q) not in taken]
@@ -252,6 +265,43 @@ def sweep(
         finally:
             write_summary()  # after every trial, also one cut short
     return write_summary()
+
+
+def _fail_dead_trials(study: Any, say: Callable[[str], None]) -> None:
+    """Fail the running trials whose process (on this host) has ended: their points are free.
+
+    Optuna's heartbeat frees a killed process's trial only after GRACE_SECONDS; until then a
+    rerun would take it for a trial running elsewhere. A trial records its process (pid,
+    host, start time); where that process no longer runs here, the trial is failed now.
+    Trials of other hosts, or without the record, are left to the heartbeat.
+    """
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        record = t.user_attrs.get(PROCESS_ATTR)
+        if not isinstance(record, dict) or process_alive(record) is not False:
+            continue
+        try:
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            continue  # finished or failed meanwhile, by its process or another rerun
+        say(
+            f"study {study.study_name}: trial {t.number} {t.params}: its process "
+            f"{record.get('pid')} has ended; marked failed, its point is free again"
+        )
+
+
+def _runners(running: Sequence[Any]) -> str:
+    """Return which processes run the given trials, for a message."""
+    named = []
+    for t in running:
+        record = t.user_attrs.get(PROCESS_ATTR)
+        if isinstance(record, dict):
+            named.append(f"trial {t.number}: process {record.get('pid')} on {record.get('host')}")
+        else:
+            named.append(f"trial {t.number}: another process")
+    return "another process (" + "; ".join(named) + ")" if named else "another process"
 
 
 def _open_study(optuna: Any, url: str, name: str, direction: str, sampler: Any) -> Any:

@@ -34,8 +34,10 @@ from bayesagg.runner.results import EpochLog, flatten
 from bayesagg.tasks import Multiclass, Regression, TaskGroup, task_losses, task_names
 
 __all__ = [
+    "DIVERGENCE_FACTOR",
     "Criterion",
     "TrainResult",
+    "check_divergence",
     "deterministic",
     "make_optimizer",
     "seed_everything",
@@ -45,6 +47,48 @@ __all__ = [
 
 #: Steps at the start of the timed segment left out of the median (allocator, caches, solvers).
 WARMUP_STEPS = 5
+
+#: A run stops as diverged when an epoch's mean training loss of a task exceeds this many times
+#: the task's loss at the run's first step (the model as initialised). A healthy run's losses
+#: fall from there; one a thousand times higher has left any useful region (``--lr 1000``
+#: reaches 1e8 within the first epoch), and its metrics would be written as a normal result.
+DIVERGENCE_FACTOR = 1e3
+
+
+def check_divergence(
+    epoch: int,
+    epochs: int,
+    losses: Sequence[float],
+    initial: Sequence[float] | None,
+    names: Sequence[str],
+    *,
+    watched: Sequence[int] | None = None,
+    label: str = "",
+) -> None:
+    """Raise FloatingPointError naming the epoch and task if training has diverged.
+
+    Diverged: a watched task's mean training loss of epoch ``epoch`` (0-based) is not finite,
+    or exceeds :data:`DIVERGENCE_FACTOR` times its loss at the first step (``initial``, None:
+    only the finiteness check). ``watched``: the task indices to check (default all; an STL
+    model trains one task, the others' untrained heads may drift).
+    """
+    where = f"{label}: " if label else ""
+    for k in range(len(names)) if watched is None else watched:
+        value = float(losses[k])
+        start = None if initial is None else float(initial[k])
+        if not math.isfinite(value):
+            problem = f"mean training loss {value}"
+        elif start is not None and start > 0 and value > DIVERGENCE_FACTOR * start:
+            problem = (
+                f"mean training loss {value:.3g}, {value / start:.3g} times its first step's "
+                f"{start:.3g} (the limit is {DIVERGENCE_FACTOR:g} times)"
+            )
+        else:
+            continue
+        raise FloatingPointError(
+            f"{where}training diverged in epoch {epoch + 1} of {epochs} (counted from 1, as in "
+            f"epochs.csv): task {names[k]!r} has {problem}; lower --lr or check the data"
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -522,6 +566,12 @@ def train(
     timed_from_step = done.timed_from_step
     weights_per_epoch = done.weights_per_epoch
     best = done.best
+    initial_losses = done.initial_losses
+    if initial_losses is None and history:  # a checkpoint written before initial_losses existed
+        initial_losses = list(history[0]["train_loss"])
+    first_step: Tensor | None = None
+    trained_task = getattr(method, "task", None)
+    watched = [trained_task] if isinstance(trained_task, int) else None
     # A bar only on a terminal: redirected to a log file, tqdm's carriage returns and escape
     # sequences make it unreadable, so a plain line per epoch stands in for the bar there.
     bar = progress and _is_terminal(sys.stderr)
@@ -564,8 +614,16 @@ def train(
                     model, method, optimizer, groups, x, targets, sync=sync, clip=clip
                 )
             except FloatingPointError as err:
+                # The runner counts epochs from 1 (epochs.csv, result.json); the library's
+                # own messages (``agg.epoch``) from 0: say so where both appear in one line.
+                library = (
+                    "; the library's message that follows counts from 0"
+                    if "epoch" in str(err)
+                    else ""
+                )
                 raise FloatingPointError(
-                    f"{label or method.name}: training diverged at epoch {epoch + 1}, "
+                    f"{label or method.name}: training diverged in epoch {epoch + 1} of "
+                    f"{protocol.epochs} (counted from 1, as in epochs.csv{library}), "
                     f"step {steps + 1}: {err}"
                 ) from err
             if device.type == "cuda":
@@ -573,6 +631,8 @@ def train(
             step_seconds.append(time.perf_counter() - t0)
             fetch_from = time.perf_counter()
             loss_sum += losses.detach().double().cpu()
+            if first_step is None and initial_losses is None:
+                first_step = losses.detach().double().cpu()
             if method.last_weights is not None:
                 w = method.last_weights.detach().double().cpu().reshape(-1)
                 weight_sum = w if weight_sum is None else weight_sum + w
@@ -582,6 +642,19 @@ def train(
             loss_sum = distributed.mean(loss_sum, device)
             weight_sum = None if weight_sum is None else distributed.mean(weight_sum, device)
         epoch_losses = (loss_sum / max(steps, 1)).float()
+        if initial_losses is None and first_step is not None:
+            if distributed is not None:  # the same reference on every process
+                first_step = distributed.mean(first_step, device)
+            initial_losses = first_step.tolist()
+        check_divergence(
+            epoch,
+            protocol.epochs,
+            epoch_losses.tolist(),
+            initial_losses,
+            names,
+            watched=watched,
+            label=label or method.name,
+        )
         method.end_epoch(epoch_losses.to(device))
         train_seconds = time.perf_counter() - start
 
@@ -635,7 +708,14 @@ def train(
         if checkpoint is not None and (distributed is None or distributed.rank == 0):
             rows = [] if epoch_log is None else epoch_log.rows
             done = Progress(
-                epoch + 1, history, step_seconds, timed_from_step, weights_per_epoch, best, rows
+                epoch + 1,
+                history,
+                step_seconds,
+                timed_from_step,
+                weights_per_epoch,
+                best,
+                rows,
+                initial_losses,
             )
             checkpoint.save(done, **states)
         # The last epoch's value is not the reported one: results are those of the epoch with
