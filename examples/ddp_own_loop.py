@@ -176,7 +176,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{args.nproc} process(es), gloo, method {args.method}", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         init_file = os.path.join(folder, "rendezvous")
-        mp.spawn(worker, args=(args.nproc, init_file, args), nprocs=args.nproc, join=True)
+        if args.nproc == 1:  # a group of one, in this process: no second interpreter to start
+            worker(0, 1, init_file, args)
+        else:
+            mp.spawn(worker, args=(args.nproc, init_file, args), nprocs=args.nproc, join=True)
 
 
 if __name__ == "__main__":
