@@ -110,7 +110,7 @@ SHELL_BLOCKS = [block for block in ALL_BLOCKS if block.language in SHELL]
 def test_the_blocks_are_found():
     """The extraction sees the README's two snippets and the docs' own (a guard on the parser)."""
     readme = [b for b in PYTHON_BLOCKS if b.path.name == "README.md"]
-    assert len(readme) == 2
+    assert len(readme) >= 2  # the own loop and the baselines
     assert {b.path.name for b in PYTHON_BLOCKS} >= {"bayesagg.md", "distributed.md", "methods.md"}
     assert any("python3 -m bayesagg demo" in b.text for b in SHELL_BLOCKS)
 
