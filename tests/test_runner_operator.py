@@ -264,6 +264,18 @@ def test_check_divergence():
         check_divergence(0, 5, [float("nan"), 1.0], [1.0, 1.0], names)
     # an STL model watches its own task only: the untrained heads may drift
     check_divergence(0, 5, [1.0, float("inf")], [1.0, 1.0], names, watched=[0])
+    # a head that holds a fit (BayesAgg-MTL's regression heads): finiteness only
+    check_divergence(0, 5, [1.0, 2 * DIVERGENCE_FACTOR], [1.0, 1.0], names, fitted=[1])
+    with pytest.raises(FloatingPointError, match="task 'b' has mean training loss inf"):
+        check_divergence(0, 5, [1.0, float("inf")], [1.0, 1.0], names, fitted=[1])
+
+
+def test_bayesagg_names_the_tasks_whose_heads_hold_a_fit():
+    from bayesagg import BayesAgg, Binary, Regression
+
+    groups = [Binary("b", 2), Regression("r", 2)]
+    assert BayesAgg(groups).fitted_tasks == [2, 3]
+    assert BayesAgg(groups, regression_heads="trained").fitted_tasks == []
 
 
 def test_library_epochs_are_said_to_count_from_zero(install_fake, monkeypatch, capsys, tmp_path):  # noqa: F811

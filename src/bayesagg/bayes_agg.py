@@ -334,6 +334,19 @@ class BayesAgg:
         return task_names(self.groups)
 
     @property
+    def fitted_tasks(self) -> list[int]:
+        """Return the task indices whose heads hold a fit rather than the optimiser's state.
+
+        The regression tasks with ``regression_heads="fitted"``: their training losses are those
+        of a head fitted on earlier features (last epoch's, or the last refit's), not of a head
+        that training moves, so a large value says the encoder moved, not that training
+        diverged. The runner checks only their finiteness.
+        """
+        if self.regression_heads != "fitted":
+            return []
+        return [k for k, kind in enumerate(task_kinds(self.groups)) if kind == "regression"]
+
+    @property
     def in_warmup(self) -> bool:
         """Return True while the next step is a linear-scalarisation warm-up step."""
         return self.epoch < self.warmup_epochs

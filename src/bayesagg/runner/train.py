@@ -63,6 +63,7 @@ def check_divergence(
     names: Sequence[str],
     *,
     watched: Sequence[int] | None = None,
+    fitted: Sequence[int] = (),
     label: str = "",
 ) -> None:
     """Raise FloatingPointError naming the epoch and task if training has diverged.
@@ -70,7 +71,10 @@ def check_divergence(
     Diverged: a watched task's mean training loss of epoch ``epoch`` (0-based) is not finite,
     or exceeds :data:`DIVERGENCE_FACTOR` times its loss at the first step (``initial``, None:
     only the finiteness check). ``watched``: the task indices to check (default all; an STL
-    model trains one task, the others' untrained heads may drift).
+    model trains one task, the others' untrained heads may drift). ``fitted``: tasks whose heads
+    hold a fit instead of the optimiser's state (BayesAgg-MTL's regression heads,
+    :attr:`bayesagg.BayesAgg.fitted_tasks`): only their finiteness is checked, since a fit on
+    earlier features can be far off on features the encoder has since moved.
     """
     where = f"{label}: " if label else ""
     for k in range(len(names)) if watched is None else watched:
@@ -78,7 +82,12 @@ def check_divergence(
         start = None if initial is None else float(initial[k])
         if not math.isfinite(value):
             problem = f"mean training loss {value}"
-        elif start is not None and start > 0 and value > DIVERGENCE_FACTOR * start:
+        elif (
+            k not in fitted
+            and start is not None
+            and start > 0
+            and value > DIVERGENCE_FACTOR * start
+        ):
             problem = (
                 f"mean training loss {value:.3g}, {value / start:.3g} times its first step's "
                 f"{start:.3g} (the limit is {DIVERGENCE_FACTOR:g} times)"
@@ -572,6 +581,7 @@ def train(
     first_step: Tensor | None = None
     trained_task = getattr(method, "task", None)
     watched = [trained_task] if isinstance(trained_task, int) else None
+    fitted = list(getattr(getattr(method, "aggregator", None), "fitted_tasks", []))
     # A bar only on a terminal: redirected to a log file, tqdm's carriage returns and escape
     # sequences make it unreadable, so a plain line per epoch stands in for the bar there.
     bar = progress and _is_terminal(sys.stderr)
@@ -653,6 +663,7 @@ def train(
             initial_losses,
             names,
             watched=watched,
+            fitted=fitted,
             label=label or method.name,
         )
         method.end_epoch(epoch_losses.to(device))
