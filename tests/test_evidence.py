@@ -327,3 +327,19 @@ def test_no_refresh_keeps_the_epoch_prior_within_the_epoch():
     assert torch.equal(agg.prior.posteriors[0].mean, before)
     with pytest.raises(ValueError, match="regression_refresh"):
         BayesAgg([Regression("r", 1)], regression_refresh=-1)
+
+
+def test_an_epoch_fit_without_evidence_maximiser_falls_back_to_the_fixed_prior_and_says_so():
+    h, _ = _data(n=60, p=4, o=2, seed=14)
+    noise = torch.randn(60, 2, generator=torch.Generator().manual_seed(5), dtype=F64)
+    orthogonal = noise - h @ torch.linalg.lstsq(h, noise).solution  # no signal in h
+    head = nn.Linear(4, 2, bias=False).double()
+    agg = BayesAgg.paper([Regression("r", 2)], regression_prior="evidence", gamma=0.5)
+    with pytest.warns(RuntimeWarning, match="no linear signal.*fixed prior"):
+        _epoch(agg, head, h, orthogonal)
+    assert agg.prior.evidence == [None] and agg.prior.evidence_fallbacks == [1]
+    expected = torch.linalg.solve(h.T @ h + 2 * torch.eye(4, dtype=F64), h.T @ orthogonal).T
+    assert torch.allclose(agg.prior.posteriors[0].mean, expected, atol=1e-10)
+    with pytest.warns(RuntimeWarning, match="This refit uses the fixed prior"):
+        agg.fit_regression_heads([head], [(h, [orthogonal])])
+    assert torch.allclose(head.weight.detach(), expected, atol=1e-10)

@@ -35,6 +35,7 @@ Scale: the weights sum to one over the K tasks, so the gradient sent into the en
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
@@ -742,15 +743,27 @@ class BayesAgg:
         if count == 0:
             raise ValueError("fit_regression_heads: no batch given")
         reduce = self._reducer()
-        if self.regression_prior == "evidence":
-            fitted = {
-                i: statistics[i].fit_evidence(
-                    reduce, where=f"fit_regression_heads, task group {self.groups[i].name!r}"
-                )[0]
-                for i in regression
-            }
-        else:
-            fitted = {i: statistics[i].fit(self.gamma, self.noise_var, reduce) for i in regression}
+        fitted: dict[int, Gaussian] = {}
+        for i in regression:
+            if self.regression_prior == "evidence":
+                last = self.prior.evidence[i]
+                try:
+                    fitted[i] = statistics[i].fit_evidence(
+                        reduce,
+                        initial=None
+                        if last is None
+                        else (last.prior_precision, last.noise_precision),
+                        where=f"fit_regression_heads, task group {self.groups[i].name!r}",
+                    )[0]
+                    continue
+                except NumericalError as err:  # said, never silent: the fixed prior instead
+                    warnings.warn(
+                        f"{err}. This refit uses the fixed prior N(0, gamma I) with noise "
+                        f"variance noise_var (gamma {self.gamma:g}, noise_var {self.noise_var:g})",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+            fitted[i] = statistics[i].fit(self.gamma, self.noise_var, reduce)
         _write_regression_heads(heads, fitted)
         self.regression_fit_source = f"refit on {count} examples (fit_regression_heads)"
         return {self.groups[i].name: p for i, p in fitted.items()}

@@ -23,6 +23,7 @@ device of the features that use it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 
 from bayesagg import posterior
 from bayesagg.evidence import EvidenceFit, maximise_evidence
-from bayesagg.linalg import augment, cholesky
+from bayesagg.linalg import NumericalError, augment, cholesky
 from bayesagg.newton import check_newton, newton_posterior
 from bayesagg.posterior import Gaussian
 from bayesagg.tasks import Binary, Multiclass, Regression, TaskGroup, check_groups
@@ -204,6 +205,8 @@ class EpochPrior:
         #: The evidence maximiser of each regression group's last full-data fit
         #: (``regression_prior="evidence"``; None before the first refit and for other groups).
         self.evidence: list[EvidenceFit | None] = [None] * len(groups)
+        #: Per group, how many fits found no finite evidence maximiser and used the fixed prior.
+        self.evidence_fallbacks: list[int] = [0] * len(groups)
         #: Whether each group's head has a bias (fixed by the first batch); None until then.
         self.bias: list[bool] | None = None
         #: The full-data posterior of each group from the last refit (None: isotropic prior).
@@ -319,12 +322,28 @@ class EpochPrior:
         if self.regression_prior != "evidence":
             return stats.fit(self.gamma, self.noise_var, self.reduce), None
         last = self.evidence[index]
-        return stats.fit_evidence(
-            self.reduce,
-            initial=None if last is None else (last.prior_precision, last.noise_precision),
-            where=f"{what} of regression group {self.groups[index].name!r} "
-            f"(after {self.refits} epoch fits)",
-        )
+        try:
+            return stats.fit_evidence(
+                self.reduce,
+                initial=None if last is None else (last.prior_precision, last.noise_precision),
+                where=f"{what} of regression group {self.groups[index].name!r} "
+                f"(after {self.refits} epoch fits)",
+            )
+        except NumericalError as err:
+            # No finite maximiser (typically features of an untrained encoder that carry no
+            # signal for the targets yet): this fit takes the fixed prior, said once per group,
+            # and the next fit tries the evidence again. Fallbacks are counted.
+            self.evidence_fallbacks[index] += 1
+            if self.evidence_fallbacks[index] == 1:
+                warnings.warn(
+                    f"{err}. This fit uses the fixed prior N(0, gamma I) with noise variance "
+                    f"noise_var instead (gamma {self.gamma:g}, noise_var {self.noise_var:g}); "
+                    "later fits try the evidence again (counted in "
+                    "EpochPrior.evidence_fallbacks)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            return stats.fit(self.gamma, self.noise_var, self.reduce), None
 
     def prior(
         self, index: int, num_params: int, *, dtype: torch.dtype, device: torch.device
