@@ -236,21 +236,30 @@ def test_refit_mode_leaves_heads_to_fit_regression_heads():
     heads = _heads(regression_bias=True)
     agg = BayesAgg.paper(GROUPS, gamma=0.3, regression_fit="refit", regression_bias=True)
     h, targets = _batch(9)
+    h2, targets2 = _batch(9, seed=5)
+
+    def fit(x, y):
+        mean, _ = hand.linear_regression(
+            hand.with_bias(x),
+            y,
+            torch.zeros(2, D + 1, dtype=torch.float64),
+            torch.eye(D + 1, dtype=torch.float64) / 0.3,
+        )
+        return mean
+
     agg.backward(h.clone().requires_grad_(True), heads, targets)
-    before = heads[0].weight.detach().clone()
-    agg.end_epoch()
-    torch.testing.assert_close(heads[0].weight.detach(), before)
-    halves = [(h[:4], [targets[0][:4], None, None]), (h[4:], [targets[0][4:], None, None])]
+    agg.end_epoch()  # no refit since the last end_epoch: the epoch's fit, never stale heads
+    torch.testing.assert_close(heads[0].weight.detach(), fit(h, targets[0])[:, :D])
+    assert "epoch 0" in agg.regression_fit_source
+    agg.backward(h.clone().requires_grad_(True), heads, targets)
+    halves = [(h2[:4], [targets2[0][:4], None, None]), (h2[4:], [targets2[0][4:], None, None])]
     fitted = agg.fit_regression_heads(heads, halves)
-    expected, _ = hand.linear_regression(
-        hand.with_bias(h),
-        targets[0],
-        torch.zeros(2, D + 1, dtype=torch.float64),
-        torch.eye(D + 1, dtype=torch.float64) / 0.3,
-    )
+    expected = fit(h2, targets2[0])
     torch.testing.assert_close(fitted["reg"].mean, expected)
     torch.testing.assert_close(heads[0].weight.detach(), expected[:, :D])
     torch.testing.assert_close(heads[0].bias.detach(), expected[:, D])
+    agg.end_epoch()  # a refit since the last end_epoch: the heads keep it
+    torch.testing.assert_close(heads[0].weight.detach(), expected[:, :D])
     assert agg.regression_fit_source.startswith("refit on 9 examples")
 
 

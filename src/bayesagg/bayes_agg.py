@@ -22,9 +22,10 @@ posterior mean fitted on the full training set, written by one of two explicit f
 - ``regression_fit="epoch"`` (the paper's code): at every :meth:`BayesAgg.end_epoch` from the last
   warm-up epoch on, the heads get the full-data posterior mean of the epoch's features (train-mode
   features of a drifting encoder, isotropic prior N(0, gamma I)); predictions after an epoch use it.
-- ``regression_fit="refit"``: ``end_epoch`` leaves the heads alone; call
-  :meth:`BayesAgg.fit_regression_heads` with features of the trained encoder in eval mode
-  before predicting (the cleaner choice: the features of the final encoder, in eval mode).
+- ``regression_fit="refit"``: call :meth:`BayesAgg.fit_regression_heads` with features of the
+  trained encoder in eval mode before predicting; ``end_epoch`` leaves a refit made since the
+  last ``end_epoch`` alone and otherwise writes the epoch's fit, so the heads are never more
+  than an epoch old (the cleaner choice: the features of the final encoder, in eval mode).
 
 Either way :meth:`BayesAgg.fit_regression_heads` refits on whatever features it is given, and
 ``agg.regression_fit_source`` says which fit the heads hold now.
@@ -321,6 +322,8 @@ class BayesAgg:
         self.last_weights_per_dimension: Tensor | None = None
         #: Which fit the regression heads hold now (``None``: none written yet).
         self.regression_fit_source: str | None = None
+        #: Whether fit_regression_heads ran since the last end_epoch (regression_fit="refit").
+        self._refitted_this_epoch = False
         self._heads: tuple[nn.Linear, ...] | None = None
         self._powers: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
@@ -387,6 +390,7 @@ class BayesAgg:
             "last_weights": _clone(self.last_weights),
             "last_weights_per_dimension": _clone(self.last_weights_per_dimension),
             "regression_fit_source": self.regression_fit_source,
+            "refitted_this_epoch": self._refitted_this_epoch,
             "generator": None if self.generator is None else self.generator.get_state(),
         }
 
@@ -408,6 +412,7 @@ class BayesAgg:
         self.last_weights = _clone(state["last_weights"])
         self.last_weights_per_dimension = _clone(state["last_weights_per_dimension"])
         self.regression_fit_source = state["regression_fit_source"]
+        self._refitted_this_epoch = bool(state.get("refitted_this_epoch", False))
         if self.generator is not None:
             self.generator.set_state(state["generator"])
 
@@ -660,8 +665,10 @@ class BayesAgg:
             if heads is None:
                 raise ValueError("end_epoch needs the heads: none given and no backward seen")
             self.prior.refit(heads)
+            # "refit" heads hold the caller's last eval-mode refit; an epoch without one still
+            # gets the epoch's fit, so the heads are never more than an epoch old.
             if (
-                self.regression_fit == "epoch"
+                (self.regression_fit == "epoch" or not self._refitted_this_epoch)
                 and self.regression_heads == "fitted"
                 and self.epoch + 1 >= self.warmup_epochs
             ):
@@ -692,6 +699,7 @@ class BayesAgg:
                 )
         else:
             self.prior.clear()
+        self._refitted_this_epoch = False
         self.epoch += 1
 
     def fit_regression_heads(
@@ -766,6 +774,7 @@ class BayesAgg:
             fitted[i] = statistics[i].fit(self.gamma, self.noise_var, reduce)
         _write_regression_heads(heads, fitted)
         self.regression_fit_source = f"refit on {count} examples (fit_regression_heads)"
+        self._refitted_this_epoch = True
         return {self.groups[i].name: p for i, p in fitted.items()}
 
     # ------------------------------------------------------------------ input checks
