@@ -138,6 +138,7 @@ AS_PUBLISHED = {
     "regression_bias": False,
     "regression_prior": "fixed",
     "regression_heads": "fitted",
+    "regression_fit": "epoch",
 }
 
 

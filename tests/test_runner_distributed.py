@@ -70,7 +70,11 @@ def _results(folder, method):
 def test_nproc_2_reproduces_the_one_process_run(tmp_path, capsys):
     if importlib.util.find_spec("qm9pack") is None:
         pytest.skip("qm9pack is not installed (pip install qm9pack==1.0.3)")
-    methods = ("bayesagg", "mgda-ub")
+    # Exact to float rounding: the fixed-prior BayesAgg-MTL and a gradient method. The library's
+    # default BayesAgg-MTL chooses its regression prior by the evidence, whose maximiser moves
+    # with the rounding of the per-process forward passes (alpha to ~1e-6 at 128 molecules), and
+    # training amplifies that: it is checked to 2e-2 (docs/distributed.md).
+    methods = ("bayesagg-paper", "mgda-ub", "bayesagg")
     for nproc in (1, 2):
         argv = ["compare", "-b", "qm9", "--methods", ",".join(methods), "--protocol", "smoke"]
         argv += ["--no-progress", "--out", str(tmp_path / f"n{nproc}"), "--nproc", str(nproc)]
@@ -81,13 +85,14 @@ def test_nproc_2_reproduces_the_one_process_run(tmp_path, capsys):
         assert (one["world_size"], one["backend"]) == (1, None)
         assert (two["world_size"], two["backend"]) == (2, "gloo")
         assert len(one["history"]) == len(two["history"]) == 2
+        loss_tol, test_tol = (2e-2, 2e-2) if method == "bayesagg" else (1e-5, 1e-3)
         for epoch, (a, b) in enumerate(zip(one["history"], two["history"], strict=True)):
             for k, (x, y) in enumerate(zip(a["train_loss"], b["train_loss"], strict=True)):
-                assert abs(x - y) <= 1e-5 * abs(x), (method, epoch, k, x, y)
+                assert abs(x - y) <= loss_tol * abs(x), (method, epoch, k, x, y)
         for key, x in one["test"].items():
             y = two["test"][key]
             if isinstance(x, float):
-                assert abs(x - y) <= 1e-3 * max(abs(x), 1.0), (method, key, x, y)
+                assert abs(x - y) <= test_tol * max(abs(x), 1.0), (method, key, x, y)
         assert one["selection"]["epoch"] == two["selection"]["epoch"]
 
 

@@ -96,6 +96,7 @@ PAPER_BEHAVIOUR: dict[str, Any] = {
     "regression_bias": False,
     "regression_prior": "fixed",
     "regression_heads": "fitted",
+    "regression_fit": "epoch",
 }
 
 
@@ -113,7 +114,9 @@ class BayesAgg:
             ChestX-ray14, 0.1 on UTKFace. Default 0.1. ``s = 0`` gives the plain mean over tasks.
         gamma: variance of the isotropic prior N(0, gamma I) of the full-data fits (paper
             Sec. 3.1; the authors' trainers: 5e-4 CIFAR-MTL, 5e-3 ChestX-ray14 and UTKFace, their
-            common parser's default 1.0). Default 5e-3.
+            common parser's default 1.0). Default 5e-3. Regression groups use it only before
+            their first fit under the default ``regression_prior="evidence"``; classification
+            groups always.
         noise_var: observation-noise variance sigma^2 of Bayesian linear regression (paper: 1).
         warmup_epochs: epochs of linear scalarisation before BayesAgg-MTL starts (paper: 50 QM9,
             3 CIFAR-MTL, 1 ChestX-ray14, 10 UTKFace). Default 0.
@@ -133,8 +136,9 @@ class BayesAgg:
         eps: floor on the gradient variances before taking precisions (paper: 1e-8).
         generator: random generator of the sampling estimators (on the features' device);
             ``None`` uses PyTorch's global generator.
-        regression_fit: which full-data fit regression heads hold, ``"epoch"`` or ``"refit"``
-            (see the module docstring).
+        regression_fit: which full-data fit the fitted regression heads hold, ``"epoch"`` (the
+            paper's) or ``"refit"`` (default; see the module docstring). Irrelevant to trained
+            heads (``regression_heads="trained"``).
         process_group: data parallelism (docs/distributed.md): the batch posteriors, the
             epoch prior and :meth:`fit_regression_heads` use the statistics summed over this
             ``torch.distributed`` group's processes, i.e. those of the global batch; moments and
@@ -171,7 +175,8 @@ class BayesAgg:
         reset_encoder_optimizer: a runner-level option read by the training loop
             (:mod:`bayesagg.runner.train`): reset the encoder's optimiser state (Adam's
             moments) when the warm-up ends. ``BayesAgg`` itself does nothing with it.
-        regression_prior: ``"fixed"`` (paper): the full-data regression fits use the prior
+        regression_prior: ``"evidence"`` (default) or ``"fixed"`` (paper): with ``"fixed"``
+            the full-data regression fits use the prior
             N(0, gamma I) and the noise variance ``noise_var``; ``"evidence"``: each fit
             chooses its group's prior precision alpha and noise precision beta by maximising
             the marginal likelihood of the epoch's targets (:mod:`bayesagg.evidence`; Bishop
@@ -204,7 +209,7 @@ class BayesAgg:
         nodes: int = 32,
         eps: float = 1e-8,
         generator: torch.Generator | None = None,
-        regression_fit: RegressionFit = "epoch",
+        regression_fit: RegressionFit = "refit",
         process_group: Any = None,
         regression_bias: bool = True,
         classification_heads: ClassificationHeads = "trained",
@@ -213,7 +218,7 @@ class BayesAgg:
         newton_damping: float = 0.5,
         scale_by_tasks: bool = True,
         reset_encoder_optimizer: bool = False,
-        regression_prior: RegressionPrior = "fixed",
+        regression_prior: RegressionPrior = "evidence",
         regression_heads: RegressionHeads = "fitted",
         regression_refresh: int = 0,
     ) -> None:
@@ -253,11 +258,6 @@ class BayesAgg:
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if regression_heads == "trained" and regression_fit == "refit":
-            raise ValueError(
-                "regression_fit='refit' writes fitted regression heads; with "
-                "regression_heads='trained' the optimiser owns them (use regression_fit='epoch')"
-            )
         if (
             isinstance(regression_refresh, bool)
             or not isinstance(regression_refresh, int)

@@ -544,7 +544,12 @@ def train(
     aggregator = getattr(method, "aggregator", None)
     refit = None
     refit_from = 0
-    if getattr(aggregator, "regression_fit", None) == "refit":
+    # Eval-mode refits of the regression heads BayesAgg-MTL fits (not of heads it trains).
+    if (
+        getattr(aggregator, "regression_fit", None) == "refit"
+        and getattr(aggregator, "regression_heads", "fitted") == "fitted"
+        and any(g.kind == "regression" for g in groups)
+    ):
         refit = aggregator
         refit_from = int(getattr(aggregator, "warmup_epochs", 0))
     ordered_train = make_loader(spec, splits.train, eval_size, shuffle=False, seed=seed)
