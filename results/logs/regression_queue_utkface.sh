@@ -3,6 +3,7 @@
 # the evidence and eval-mode refits (regression_prior=evidence, regression_fit=refit), the
 # family that led QM9's seed 0 (validation Delta_m 38-43 right after the warm-up). Worktree of
 # part 3 (commit 4662d0a).
+# Seeds 1-2 were started at 08:56 and stopped at 09:30 for time: seed 0 only.
 # Usage: regression_queue_utkface.sh WORKER_NAME
 WT=/work/wt/refresh
 cd $WT
