@@ -5,7 +5,8 @@
 # comparison were still running, so that the check fits in the session; no number from these
 # runs was looked at before the choice was made on seeds 0-2. Worktree of part 3 (4662d0a).
 # Seeds 4-5 (both benchmarks) were started at 09:07 by four more workers and stopped at 09:30
-# for time (the machine ran 15 processes; seed 3 and the validation runs were let finish).
+# for time (the machine ran 15 processes; seed 3 and the validation runs were let finish), then
+# resumed from their checkpoints at 09:47 once the machine had room (claims removed by hand).
 # Usage: regression_queue_heldout.sh WORKER_NAME
 WT=/work/wt/refresh
 cd $WT
