@@ -11,6 +11,6 @@ SEL=/work/main/results/qm9/quick/selection_references.json
 for s in 0 1 2; do for g in 1.0 10.0; do
   key=g${g}_s$s; mkdir "$CLAIMS/$key" 2>/dev/null || continue
   echo "$(date -u +%H:%M:%S) $1 start gamma=$g seed $s"
-  nice -n 15 $PY -m bayesagg run -b qm9 --protocol quick --method bayesagg --hp gamma=$g --seed $s --references $SEL --out /work/main/results/ablation --data-dir /work/shared/data --no-progress || echo "$(date -u +%H:%M:%S) $1 FAILED $key"
+  nice -n 15 $PY -m bayesagg run -b qm9 --protocol quick --method bayesagg --hp gamma=$g --seed $s --references $SEL --out results/ablation --data-dir ../shared/data --no-progress || echo "$(date -u +%H:%M:%S) $1 FAILED $key"
   echo "$(date -u +%H:%M:%S) $1 done $key"
 done; done

@@ -15,7 +15,7 @@ Q=/work/main/results/qm9/quick
 SEL=$Q/selection_references.json
 TASKS="mu alpha homo lumo r2 zpve u0_atom u_atom h_atom g_atom cv"
 if [ -n "$2" ]; then while kill -0 "$2" 2>/dev/null; do sleep 15; done; fi
-R="nice -n 10 $PY -m bayesagg run -b qm9 --protocol quick --out /work/main/results --data-dir /work/shared/data --no-progress"
+R="nice -n 10 $PY -m bayesagg run -b qm9 --protocol quick --out results --data-dir ../shared/data --no-progress"
 jobs=()
 for s in 0 1 2; do
   for t in $TASKS; do jobs+=("--method stl --task $t --seed $s"); done

@@ -15,15 +15,15 @@ export PYTHONPATH=$WT/src OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PY=/work/main/.venv/bin/python
 CLAIMS=/work/wt/claims-base; mkdir -p $CLAIMS
 SEL=/work/main/results/qm9/quick/selection_references.json
-R="nice -n 10 $PY -m bayesagg run --data-dir /work/shared/data --no-progress --protocol quick"
+R="nice -n 10 $PY -m bayesagg run --data-dir ../shared/data --no-progress --protocol quick"
 jobs=()
 for s in 3 4 5; do
-  jobs+=("-b qm9 --method ls --seed $s --references $SEL --out /work/main/results")
-  jobs+=("-b utkface --method ls --seed $s --out /work/main/results")
+  jobs+=("-b qm9 --method ls --seed $s --references $SEL --out results")
+  jobs+=("-b utkface --method ls --seed $s --out results")
 done
 for s in 0 1 2; do
-  jobs+=("-b qm9 --method bayesagg --hp reset_encoder_optimizer=true --seed $s --references $SEL --out /work/main/results/ablation")
-  jobs+=("-b qm9 --method bayesagg --hp noise_var=0.25 --seed $s --references $SEL --out /work/main/results/ablation")
+  jobs+=("-b qm9 --method bayesagg --hp reset_encoder_optimizer=true --seed $s --references $SEL --out results/ablation")
+  jobs+=("-b qm9 --method bayesagg --hp noise_var=0.25 --seed $s --references $SEL --out results/ablation")
 done
 for j in "${jobs[@]}"; do
   key=$(echo "$j" | cut -d' ' -f1-8 | tr ' /=' '___')

@@ -15,7 +15,7 @@ export PYTHONPATH=$WT/src OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PY=/work/main/.venv/bin/python
 CLAIMS=/work/wt/claims-refit; mkdir -p $CLAIMS
 SEL=/work/main/results/qm9/quick/selection_references.json
-R="nice -n 10 $PY -m bayesagg run --data-dir /work/shared/data --no-progress --protocol quick --out /work/main/results/ablation --method bayesagg"
+R="nice -n 10 $PY -m bayesagg run --data-dir ../shared/data --no-progress --protocol quick --out results/ablation --method bayesagg"
 jobs=()
 for s in 0 1 2; do
   jobs+=("-b qm9 --seed $s --references $SEL --hp regression_prior=evidence --hp regression_fit=refit")

@@ -10,7 +10,7 @@ cd $WT
 export PYTHONPATH=$WT/src OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PY=/work/main/.venv/bin/python
 CLAIMS=/work/wt/claims-utkface; mkdir -p $CLAIMS
-R="nice -n 10 $PY -m bayesagg run --data-dir /work/shared/data --no-progress --protocol quick --out /work/main/results/ablation --method bayesagg"
+R="nice -n 10 $PY -m bayesagg run --data-dir ../shared/data --no-progress --protocol quick --out results/ablation --method bayesagg"
 jobs=()
 for s in 0 1 2; do
   jobs+=("-b utkface --seed $s --hp regression_prior=evidence --hp regression_fit=refit")
