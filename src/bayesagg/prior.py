@@ -1,6 +1,7 @@
 """The epoch-level prior of BayesAgg-MTL: last epoch's full-data posterior, refitted once per epoch.
 
-Paper Section 3.1, "Prior selection" (and Section 3.2 for classification); docs/method.md, stage 1.
+Paper Section 3.1, "Prior selection" (and Section 3.2 for classification); docs/bayesagg-math.md,
+"The epoch-level prior".
 A batch posterior sees only B examples, so information about the whole training set enters
 through its prior: during an epoch the features and targets of every step are collected; at the
 end of the epoch the posterior of each head is fitted on all of them with the isotropic prior
