@@ -488,11 +488,16 @@ def _qmc_nodes_cpu(count: int, classes: int) -> Tensor:
     z = torch.cat([z, -z])  # antithetic: every odd moment is 0
     # Rescale so that mean_n z_n z_n^T = I exactly (the second moments of N(0, I)).
     factor = torch.linalg.cholesky(z.mT @ z / count)
-    return torch.linalg.solve_triangular(factor, z.mT, upper=False).mT.contiguous()
+    # torch types torch.linalg.solve_triangular as returning Any.
+    return torch.linalg.solve_triangular(factor, z.mT, upper=False).mT.contiguous()  # type: ignore[no-any-return]
 
 
 def qmc_nodes(
-    count: int, classes: int, *, dtype: torch.dtype = torch.float32, device=None
+    count: int,
+    classes: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> Tensor:
     """Return the ``"qmc"`` rule's nodes z [count, classes] (equal weights 1 / count).
 
@@ -598,7 +603,8 @@ def _multiclass_qmc(
                 z, w = z_fixed, w_fixed
             # One level holding the whole block (the usual case) needs no gathering.
             which = slice(None) if len(levels) == 1 else (counts == count).nonzero().squeeze(-1)
-            into = block if len(levels) == 1 else (which + first_row).to(ht.device)
+            # ``which`` is the index tensor whenever there are several levels.
+            into = block if len(levels) == 1 else (which + first_row).to(ht.device)  # type: ignore[operator, union-attr]
             mu[into], var[into] = _qmc_block(
                 z,
                 w,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +83,7 @@ def isotropic_prior(
         raise ValueError(f"prior variance gamma must be positive, got {gamma}")
     if outputs < 1 or width < 1:
         raise ValueError(f"outputs and width must be >= 1, got {outputs} and {width}")
-    options = {"dtype": dtype, "device": device}
+    options: dict[str, Any] = {"dtype": dtype, "device": device}
     mean = torch.zeros(outputs, width, **options)
     if kind == "regression":
         return mean, torch.eye(width, **options) / gamma
