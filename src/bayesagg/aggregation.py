@@ -1,7 +1,7 @@
 """Stage 3 of BayesAgg-MTL: combine the tasks' gradient moments, per example and per dimension.
 
-Paper Section 3.3 (docs/method.md covers the two stages before this one). For example i, dimension d and task k, with
-precision lambda_ikd = 1 / max(v_ikd, eps):
+Paper Eq. 7 and Section 3.3 (docs/bayesagg-math.md, "Stage 3", with the two stages before this
+one). For example i, dimension d and task k, with precision lambda_ikd = 1 / max(v_ikd, eps):
 
     alpha_ikd = lambda_ikd^s / sum_k' lambda_ik'd^s,    g_id = sum_k alpha_ikd mu_ikd.
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -95,7 +95,7 @@ class TrainingDiagnostics:
             if cuda_rng is not None:
                 torch.cuda.set_rng_state_all(cuda_rng)
             if generator is not None:
-                generator.set_state(generator_state)
+                generator.set_state(generator_state)  # type: ignore[arg-type]  # saved above
             with torch.no_grad():
                 for k, b in model.named_buffers():
                     b.copy_(buffers[k])
@@ -129,8 +129,10 @@ class TrainingDiagnostics:
         self, model: nn.Module, groups: Sequence[TaskGroup], x: Any, targets: Sequence[Tensor]
     ) -> dict[str, float]:
         agg = self.aggregator
-        heads = list(model.heads)
-        shared = [p for p in model.encoder.parameters() if p.requires_grad]
+        # The benchmark models' layout: an ``encoder`` module and a ``heads`` ModuleList of
+        # nn.Linear layers (the heads BayesAgg-MTL puts its posteriors on).
+        heads = list(cast("Sequence[nn.Linear]", model.heads))
+        shared = [p for p in cast(nn.Module, model.encoder).parameters() if p.requires_grad]
         h, outputs = model(x)
         losses = task_losses(groups, outputs, targets)
         ls = torch.autograd.grad(losses.sum(), shared, retain_graph=True, allow_unused=True)

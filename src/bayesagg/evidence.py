@@ -3,8 +3,9 @@
 BayesAgg-MTL's full-data regression fit (paper Sec. 3.1, "Prior selection") is Bayesian linear
 regression with a hand-set prior N(0, gamma I) and noise variance sigma^2 = 1. Nothing in the
 paper ties either number to the data, and a prior that is too tight shrinks the heads the
-encoder is trained against (QM9 ``quick``: docs/bayesagg.md, "Regression heads"). This module
-chooses both by type-II maximum likelihood: the prior precision ``alpha`` and the noise
+encoder is trained against (QM9 ``quick``: docs/bayesagg.md, "Regression fits without a
+hand-set prior: the evidence"; the formulas: docs/bayesagg-math.md, "The evidence"). This
+module chooses both by type-II maximum likelihood: the prior precision ``alpha`` and the noise
 precision ``beta`` that maximise the log marginal likelihood of the targets,
 
     ln p(y | alpha, beta) = P/2 ln alpha + N/2 ln beta - E(m) - 1/2 ln|A| - N/2 ln 2 pi,

@@ -215,7 +215,8 @@ def mean_rank(
         return {}
     ranks = {m: 0.0 for m in methods}
     for key in usable:
-        values = [float(table[m][key]) for m in methods]
+        # ``usable`` holds only keys whose values are finite numbers for every method.
+        values = [float(table[m][key]) for m in methods]  # type: ignore[arg-type]
         if higher_is_better(key):
             values = [-v for v in values]
         for m, r in zip(methods, rankdata(values, method="average"), strict=True):

@@ -4,7 +4,8 @@ With a Gaussian posterior on a linear head, the gradient g of an example's loss 
 representation h is a random vector. Every function returns ``(mu, var)`` of shape [B, O, D]
 ([B, 1, D] for a multiclass task): per example, per task and per dimension, E[g_d] and
 Var[g_d] (clamped at 0). Paper Eqs. 3-4 (regression) and Eq. 11 (classification);
-docs/method.md, "Stage 2", states the cheaper exact formulas these are. Losses as in :mod:`bayesagg.tasks`:
+docs/bayesagg-math.md, "Stage 2", states the cheaper exact formulas these are. Losses as in
+:mod:`bayesagg.tasks`:
 
 - regression: (y_hat - y)^2, g = 2 w (w~^T h~ - y);
 - binary: BCE with logits, g = w (sigmoid(a) - y);
@@ -94,8 +95,8 @@ def regression(
 ) -> tuple[Tensor, Tensor]:
     """Return exact (mu, var) [B, O, D] of the squared-error gradient of each regression output.
 
-    Per output with weights w~ ~ N(m~, S~) and residual e = w~^T h~ - y (docs/method.md stage 2):
-    c = (S~ h~)[:D], q = h~^T S~ h~, rho = m~^T h~ - y, s_d = S~[d, d],
+    Per output with weights w~ ~ N(m~, S~) and residual e = w~^T h~ - y (docs/bayesagg-math.md
+    stage 2): c = (S~ h~)[:D], q = h~^T S~ h~, rho = m~^T h~ - y, s_d = S~[d, d],
         E[g_d] = 2 (rho m_d + c_d),
         Var[g_d] = 4 (m_d^2 q + rho^2 s_d + s_d q + c_d^2 + 2 m_d rho c_d),
     the product moments of the jointly Gaussian w_d and e; equal to the diagonal of paper
@@ -177,7 +178,7 @@ def binary(
 
     ``mean`` [O, P], ``cov`` [O, P, P] (tasks independent), y [B, O] (soft targets allowed).
 
-    ``"rao_blackwell"`` (default, deterministic; docs/method.md stage 2): the logit is
+    ``"rao_blackwell"`` (default, deterministic; docs/bayesagg-math.md stage 2): the logit is
     a ~ N(mu_a, q) and w | a ~ N(m + c t, S - c c^T / q), t = (a - mu_a) / q, so with
     r = sigmoid(a) - y and u = c / sqrt(q),
         E[g_d] = m_d E[r] + u_d E[r z],
@@ -291,7 +292,7 @@ def multiclass(
     paper's Monte Carlo, 256 for the lower-variance Rao-Blackwellised estimator) and, for
     ``"qmc"``, to the width-dependent rule sizes of :data:`QMC_LEVELS`.
 
-    ``"qmc"`` (default, deterministic; docs/method.md stage 2, a fixed node set in place of
+    ``"qmc"`` (default, deterministic; docs/bayesagg-math.md stage 2, a fixed node set in place of
     the logit draws): the same conditional formulas as ``"rao_blackwell"`` (weights integrated
     analytically given the logits a = mu_a + L z), averaged over a fixed rule z_1..z_N of
     :func:`qmc_nodes`: scrambled Sobol points (seed 0) mapped to N(0, I_C), made antithetic
@@ -306,7 +307,7 @@ def multiclass(
     ``num_samples`` fixes it (even, >= 2C). O(B C^2 P^2 + sum_i N_i C^2 D) work.
     Same inputs, same outputs; ``generator`` is unused.
 
-    ``"rao_blackwell"`` (docs/method.md stage 2): draw only the C logits
+    ``"rao_blackwell"`` (docs/bayesagg-math.md stage 2): draw only the C logits
     a ~ N(mu_a, V) per example (standard-normal draws shared by the batch), and integrate the
     weights analytically: u_d = W[:, d] | a ~ N(m_d + K_d V^-1 (a - mu_a), S_d - K_d V^-1 K_d^T),
     E[g_d | a] = E[u_d | a]^T r(a), E[g_d^2 | a] = E[g_d | a]^2 + r^T Cov(u_d | a) r.
@@ -487,11 +488,16 @@ def _qmc_nodes_cpu(count: int, classes: int) -> Tensor:
     z = torch.cat([z, -z])  # antithetic: every odd moment is 0
     # Rescale so that mean_n z_n z_n^T = I exactly (the second moments of N(0, I)).
     factor = torch.linalg.cholesky(z.mT @ z / count)
-    return torch.linalg.solve_triangular(factor, z.mT, upper=False).mT.contiguous()
+    # torch types torch.linalg.solve_triangular as returning Any.
+    return torch.linalg.solve_triangular(factor, z.mT, upper=False).mT.contiguous()  # type: ignore[no-any-return]
 
 
 def qmc_nodes(
-    count: int, classes: int, *, dtype: torch.dtype = torch.float32, device=None
+    count: int,
+    classes: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> Tensor:
     """Return the ``"qmc"`` rule's nodes z [count, classes] (equal weights 1 / count).
 
@@ -597,7 +603,8 @@ def _multiclass_qmc(
                 z, w = z_fixed, w_fixed
             # One level holding the whole block (the usual case) needs no gathering.
             which = slice(None) if len(levels) == 1 else (counts == count).nonzero().squeeze(-1)
-            into = block if len(levels) == 1 else (which + first_row).to(ht.device)
+            # ``which`` is the index tensor whenever there are several levels.
+            into = block if len(levels) == 1 else (which + first_row).to(ht.device)  # type: ignore[operator, union-attr]
             mu[into], var[into] = _qmc_block(
                 z,
                 w,

@@ -4,7 +4,7 @@ The paper's classification posterior is *one* undamped Newton step of the summed
 prior, taken around the head as it is (Sec. 3.2, Eqs. 8-10; :func:`bayesagg.posterior.binary`,
 :func:`bayesagg.posterior.multiclass`). On a whole epoch of data with a weak isotropic prior
 that one step can land far from the head (1.2-2.1 x ||theta|| on MultiMNIST, measured in the
-ablation of docs/bayesagg-in-training.md).
+ablation of docs/bayesagg.md, "The ablation that chose the defaults").
 This module iterates the same step, optionally damped:
 
     theta_{t+1} = theta_t + damping * (newton(theta_t) - theta_t),   t = 0 .. steps - 1,

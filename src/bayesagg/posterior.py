@@ -1,9 +1,9 @@
 """Stage 1 of BayesAgg-MTL: the Gaussian posterior over each task group's linear head.
 
 Paper Section 3.1 (regression, Eq. 2) and Section 3.2 (classification, Eqs. 8-10);
-docs/method.md, "Stage 1". Every function returns a :class:`Gaussian` holding the mean, the precision and the
-precision's lower Cholesky factor (one factorisation per call; the covariance is derived from
-the factor on demand).
+docs/bayesagg-math.md, "Stage 1". Every function returns a :class:`Gaussian` holding the mean,
+the precision and the precision's lower Cholesky factor (one factorisation per call; the
+covariance is derived from the factor on demand).
 
 Layouts (P = D, or D + 1 with the bias last):
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +83,7 @@ def isotropic_prior(
         raise ValueError(f"prior variance gamma must be positive, got {gamma}")
     if outputs < 1 or width < 1:
         raise ValueError(f"outputs and width must be >= 1, got {outputs} and {width}")
-    options = {"dtype": dtype, "device": device}
+    options: dict[str, Any] = {"dtype": dtype, "device": device}
     mean = torch.zeros(outputs, width, **options)
     if kind == "regression":
         return mean, torch.eye(width, **options) / gamma
@@ -162,7 +162,8 @@ def regression_from_statistics(
     """Return the exact Bayesian-linear-regression posterior from H~^T H~ [P, P] and H~^T Y [P, O].
 
     P = P0 + H~^T H~ / sigma^2 and m_o = P^-1 (P0 m0_o + H~^T y_o / sigma^2) (paper Eq. 2,
-    docs/method.md stage 1); all outputs share P: one Cholesky, one multi-right-hand-side solve.
+    docs/bayesagg-math.md stage 1); all outputs share P: one Cholesky, one
+    multi-right-hand-side solve.
     The sufficient statistics let the epoch-level prior be accumulated batch by batch.
     ``check=False`` skips the finiteness checks of the values (shapes are always checked), for
     callers that validated their inputs already.
@@ -204,8 +205,9 @@ def regression(
 ) -> Gaussian:
     """Return the exact regression-head posterior (mean [O, P], precision [P, P] shared).
 
-    Bayesian linear regression (paper Eq. 2, docs/method.md stage 1) on h [B, D] (H~ = [H, 1] with
-    ``bias``), targets y [B, O], prior N(prior_mean [O, P], prior_precision^-1 [P, P]).
+    Bayesian linear regression (paper Eq. 2, docs/bayesagg-math.md stage 1) on h [B, D]
+    (H~ = [H, 1] with ``bias``), targets y [B, O], prior N(prior_mean [O, P],
+    prior_precision^-1 [P, P]).
     The paper's code has no bias; ``bias=False`` reproduces it. ``check=False`` skips the
     finiteness checks (shapes are always checked). ``reduce`` (data parallelism): a sum over
     processes applied to the statistics H~^T H~ and H~^T Y of the local examples.
@@ -274,7 +276,8 @@ def binary(
     """Return the one-Newton-step posterior of O binary heads (mean [O, P], precision [O, P, P]).
 
     Second-order Taylor expansion of the summed BCE loss plus the prior around
-    theta_hat = [weight, bias] (paper Eqs. 8-10, docs/method.md stage 1): with p = sigmoid(a),
+    theta_hat = [weight, bias] (paper Eqs. 8-10, docs/bayesagg-math.md stage 1): with
+    p = sigmoid(a),
         P_o = sum_i p_io (1 - p_io) h~_i h~_i^T + P0_o,
         m_o = theta_hat_o - P_o^-1 (sum_i (p_io - y_io) h~_i + P0_o (theta_hat_o - m0_o)).
     The GGN is the exact Hessian for a linear head. Tasks are independent, so the precision is
@@ -338,7 +341,7 @@ def multiclass(
     """Return the one-Newton-step posterior of a C-class head (mean [C, P], precision [C*P, C*P]).
 
     Second-order Taylor expansion of the summed cross-entropy plus the prior around
-    theta_hat = [weight, bias] (paper Eqs. 8-10, docs/method.md stage 1), with the full logit
+    theta_hat = [weight, bias] (paper Eqs. 8-10, docs/bayesagg-math.md stage 1), with the full logit
     Hessian H_i = diag(p_i) - p_i p_i^T, so P = sum_i kron(H_i, h~_i h~_i^T) + P0 over the
     row-major flattened [C, P] mean. Built block by block,
         P[(c, d), (c', e)] = sum_i (delta_cc' p_ic - p_ic p_ic') h~_id h~_ie + P0,

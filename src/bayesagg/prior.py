@@ -1,6 +1,7 @@
 """The epoch-level prior of BayesAgg-MTL: last epoch's full-data posterior, refitted once per epoch.
 
-Paper Section 3.1, "Prior selection" (and Section 3.2 for classification); docs/method.md, stage 1.
+Paper Section 3.1, "Prior selection" (and Section 3.2 for classification); docs/bayesagg-math.md,
+"The epoch-level prior".
 A batch posterior sees only B examples, so information about the whole training set enters
 through its prior: during an epoch the features and targets of every step are collected; at the
 end of the epoch the posterior of each head is fitted on all of them with the isotropic prior
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -265,14 +266,14 @@ class EpochPrior:
         for i, (group, y) in enumerate(zip(self.groups, targets, strict=True)):
             if isinstance(group, Regression):
                 features = h
-                if self.bias[i]:
+                if self.bias[i]:  # type: ignore[index]  # set by check_bias above
                     h_tilde = augment(h, True) if h_tilde is None else h_tilde
                     features = h_tilde
                 if self._statistics[i] is None:
                     self._statistics[i] = RegressionStatistics(
                         features.shape[1], group.outputs, device=h.device
                     )
-                self._statistics[i].update(features, y)
+                self._statistics[i].update(features, y)  # type: ignore[union-attr]  # created above
                 if self.refresh_every:
                     self._remember(i, group, features, y)
             else:
@@ -395,7 +396,7 @@ class EpochPrior:
                 )
             if features is None:
                 features = torch.cat(self._features).to(self.fit_dtype)
-            head = heads[i]
+            head = cast(nn.Linear, heads[i])  # a classification head is an nn.Linear
             weight = head.weight.detach().to(device=features.device, dtype=self.fit_dtype)
             bias = head.bias.detach().to(device=features.device, dtype=self.fit_dtype)
             y = torch.cat(self._targets[i])
