@@ -12,7 +12,7 @@ the reference's own median relative standard error (its noise floor).
 Posteriors are those BayesAgg-MTL builds: the Laplace posterior of a random C-class head
 (:func:`bayesagg.posterior.multiclass`, unit prior precision, labels drawn from the head's own
 softmax), its covariance scaled so that the median logit standard deviation sqrt(V_kk) over the
-evaluated examples is the requested width. Rules (docs/method.md, stage 2; all but ``monte_carlo``
+evaluated examples is the requested width. Rules (docs/bayesagg-math.md, stage 2; all but ``monte_carlo``
 integrate the weights analytically given the logits):
 
 - ``qmc`` (the default): the antithetic, moment-matched scrambled-Sobol rule with its

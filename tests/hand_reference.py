@@ -1,8 +1,8 @@
 """Hand-written float64 references for tests: no function of :mod:`bayesagg` is used here.
 
 Bayesian linear regression in closed form, one Newton step of the summed BCE / cross-entropy
-plus a Gaussian prior written example by example (docs/method.md, stage 1), and the exact
-regression gradient moments from E[w w^T] = S + m m^T (docs/method.md, stage 2).
+plus a Gaussian prior written example by example (docs/bayesagg-math.md, stage 1), and the exact
+regression gradient moments from E[w w^T] = S + m m^T (docs/bayesagg-math.md, stage 2).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def newton_multiclass(
 def regression_gradient(h: Tensor, y: Tensor, mean: Tensor, cov: Tensor, s: float) -> Tensor:
     """Return the aggregated per-example gradient g [B, D] of one regression group (bias-free).
 
-    mu_kd = E[2 w_d (w^T x - y_k)] = 2 ((S + m m^T)[d] x - m_d y_k) and its variance (docs/method.md,
+    mu_kd = E[2 w_d (w^T x - y_k)] = 2 ((S + m m^T)[d] x - m_d y_k) and its variance (docs/bayesagg-math.md,
     stage 2), then precision^s weights over the group's outputs (eps 1e-8).
     """
     b, d = h.shape
@@ -106,7 +106,7 @@ def sampled_moments(
 
     Weights w ~ N(mean, precision^-1) with ``mean`` [O or C, D+1] (bias last) and
     ``precision`` [O, D+1, D+1] (binary, per task) or [C(D+1), C(D+1)] (multiclass); the
-    explicit per-sample gradients w.r.t. h (docs/method.md, stage 2): binary w_o (sigmoid(a_o) - y_o),
+    explicit per-sample gradients w.r.t. h (docs/bayesagg-math.md, stage 2): binary w_o (sigmoid(a_o) - y_o),
     multiclass W^T (softmax(a) - e_y).
     """
     g = torch.Generator().manual_seed(seed)

@@ -88,7 +88,7 @@ def _reference_gradient(h, heads, targets, *, gamma, s_reg, s_cls):
     )
     cov = torch.linalg.inv(precision)
     mus, variances = [], []
-    for k in range(2):  # regression outputs, exact (docs/method.md, stage 2)
+    for k in range(2):  # regression outputs, exact (docs/bayesagg-math.md, stage 2)
         one = hand.regression_gradient(h, targets[0][:, k : k + 1], mean[k : k + 1], cov, 0.0)
         mus.append(one[:, None])
     variances.append(_regression_variances(h, targets[0], mean, cov))
@@ -113,7 +113,7 @@ def _reference_gradient(h, heads, targets, *, gamma, s_reg, s_cls):
 
 
 def _regression_variances(h, y, mean, cov):
-    """Var[g_d] of each regression output (docs/method.md, stage 2), written out: [B, O, D]."""
+    """Var[g_d] of each regression output (docs/bayesagg-math.md, stage 2), written out: [B, O, D]."""
     out = torch.zeros(h.shape[0], mean.shape[0], D, dtype=F64)
     for i in range(h.shape[0]):
         x = h[i]

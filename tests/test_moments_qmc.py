@@ -102,7 +102,7 @@ def _per_node(h, y, mean, cov, nodes):
     Written out one example and one dimension at a time: u_j = W[:, j] given the logits
     a = mu_a + L z is Gaussian with mean m_j + K_j V^-1 (a - mu_a) and covariance
     S_j - K_j V^-1 K_j^T, so E[g_j | a] = E[u_j | a]^T r and
-    E[g_j^2 | a] = E[g_j | a]^2 + r^T Cov(u_j | a) r (docs/method.md, stage 2).
+    E[g_j^2 | a] = E[g_j | a]^2 + r^T Cov(u_j | a) r (docs/bayesagg-math.md, stage 2).
     """
     c, p = mean.shape
     d = h.shape[1]

@@ -228,7 +228,7 @@ class IndexedImages(Dataset):
         torch's DataLoader calls this instead of ``__getitem__`` per item (and ``Subset``
         forwards it); the result is what ``default_collate`` makes of the items, marked as
         collated so that :func:`collate` passes it through. Per-item fetching and stacking cost
-        about a third of a MultiMNIST epoch on a CPU (docs/speed.md, "Training-loop costs").
+        about a third of a MultiMNIST epoch on a CPU (docs/speed.md, "The training loop's own costs").
         Transforms other than :class:`ScaleNormalise` may be random per image: those fall back
         to one item at a time.
         """

@@ -170,7 +170,7 @@ def load(
     and resized once and kept as a uint8 tensor file in ``cache_dir`` (default
     ``$BAYESAGG_CACHE_DIR/utkface``, else ``~/.cache/bayesagg/utkface``; about 1.4 GB at 128 px,
     0.35 GB at 64 px) so epochs skip JPEG decoding, which otherwise costs about as much as the
-    model's step on a CPU (docs/speed.md, "Training-loop costs"); ``cache=False`` decodes every
+    model's step on a CPU (docs/speed.md, "The training loop's own costs"); ``cache=False`` decodes every
     image at every epoch. ``seed`` only picks the ``limit`` subset.
     """
     folder = dataset_dir("utkface", data_dir)
