@@ -5,16 +5,14 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from bayesagg.methods.base import Aggregator
-from bayesagg.methods.gradient._min_norm import gramian
+from bayesagg.methods.gramian import Gramian, GramianWeighting
 
 __all__ = ["CAGrad"]
 
 
-class CAGrad(Aggregator):
+class CAGrad(GramianWeighting):
     """Conflict-averse gradient descent (Liu et al. 2021, NeurIPS, Algorithm 1).
 
     Maximises the worst task's improvement ``min_i g_i . d`` within the ball
@@ -39,6 +37,7 @@ class CAGrad(Aggregator):
 
     name = "cagrad"
     space = "parameters"
+    hyperparameters = ("c", "rescale")
 
     def __init__(self, num_tasks: int, *, c: float = 0.4, rescale: Literal[0, 1, 2] = 1) -> None:
         super().__init__(num_tasks)
@@ -52,14 +51,13 @@ class CAGrad(Aggregator):
         self.solver_failures = 0
         self._dual: dict | None = None
 
-    def aggregate(self, jacobian: Tensor) -> Tensor:
-        """Return the CAGrad direction [P] (rescaled, times K) for a Jacobian [K, P]."""
-        m = gramian(jacobian)
+    def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
+        """Return the CAGrad weights (rescaled, times K): ``d = J^T weights``."""
+        m = gramian.numpy()
         k = m.shape[0]
         scale = np.trace(m) / k
-        if not scale > 0:
-            self.last_weights = torch.full((k,), 1.0, dtype=torch.float64)
-            return jacobian.sum(dim=0)
+        if not scale > 0:  # a zero Jacobian: any weights give the zero direction
+            return np.ones(k)
         m = m / scale
         mean = np.full(k, 1.0 / k)
         b = m @ mean  # J g_0
@@ -67,10 +65,7 @@ class CAGrad(Aggregator):
         w = self._solve_dual(m, b, c_norm)
         gw_norm = np.sqrt(max(w @ m @ w, 0.0))
         coef = mean + (c_norm / gw_norm * w if gw_norm > 1e-12 else 0.0)
-        coef = coef * k / {0: 1.0, 1: 1.0 + self.c**2, 2: 1.0 + self.c}[self.rescale]
-        weights = torch.as_tensor(coef, dtype=jacobian.dtype, device=jacobian.device)
-        self.last_weights = weights.detach().cpu()
-        return weights @ jacobian
+        return coef * k / {0: 1.0, 1: 1.0 + self.c**2, 2: 1.0 + self.c}[self.rescale]
 
     def _solve_dual(self, m: np.ndarray, b: np.ndarray, c_norm: float) -> np.ndarray:
         k = m.shape[0]
@@ -115,6 +110,3 @@ class CAGrad(Aggregator):
             return np.full(k, 1.0 / k)
         w = np.clip(w, 0.0, None)
         return w / w.sum()
-
-    def __repr__(self) -> str:
-        return f"CAGrad(num_tasks={self.num_tasks}, c={self.c}, rescale={self.rescale})"
