@@ -268,6 +268,19 @@ class Aggregator(StepMethod):
     #: loses it unless it declares it again in its own body (its rule may look at single
     #: coordinates of the Jacobian, which the data-parallel forms do not see).
     data_parallel: ClassVar[bool] = False
+    #: What the method guarantees for every Jacobian, checked for every registered aggregator
+    #: by tests/test_methods_properties.py: "non_conflicting" (``min_i g_i . d >= 0``: no
+    #: task's loss increases to first order), "permutation_invariant" (reordering the tasks
+    #: leaves ``d`` unchanged), "scale_homogeneous" (``d(s J) = s d(J)`` for ``s > 0``).
+    #: :meth:`claims` refines them by the hyper-parameters.
+    properties: ClassVar[frozenset[str]] = frozenset()
+    #: The relative accuracy of the method's solver, to which its properties hold beyond
+    #: rounding (0: a closed form or an exact solver).
+    accuracy: ClassVar[float] = 0.0
+
+    def claims(self) -> frozenset[str]:
+        """Return the properties this instance guarantees (default: the class's)."""
+        return self.properties
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

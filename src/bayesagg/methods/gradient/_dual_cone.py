@@ -11,10 +11,18 @@ import numpy as np
 __all__ = ["dual_cone_weights", "gramian_factor", "project_weights"]
 
 
-def gramian_factor(m: np.ndarray) -> np.ndarray:
-    """Return A [K, K] with ``A^T A = m`` for a symmetric PSD ``m`` (negative rounding clipped)."""
+def gramian_factor(m: np.ndarray, eps: float = 0.0) -> np.ndarray:
+    """Return A [K, K] with ``A^T A = m`` for a symmetric PSD ``m``.
+
+    Eigenvalues up to ``K eps lambda_max`` are set to 0: with ``eps`` the precision of the
+    gradients the Gramian came from, they are rounding (a Gramian computed in float32 from
+    exactly rank-deficient gradients has them of order 1e-7 lambda_max), and keeping them
+    turns an exactly zero projection into noise of about 1e-6 to 1e-5 of the gradients.
+    (``eps = 0``: only the negative rounding is clipped.)
+    """
     lam, vec = np.linalg.eigh(m)
-    return np.sqrt(np.clip(lam, 0.0, None))[:, None] * vec.T
+    lam = np.where(lam > lam.max() * m.shape[0] * eps, lam, 0.0)
+    return np.sqrt(lam)[:, None] * vec.T
 
 
 def project_weights(factor: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -31,10 +39,10 @@ def project_weights(factor: np.ndarray, u: np.ndarray) -> np.ndarray:
     return u + s
 
 
-def dual_cone_weights(m: np.ndarray, u: np.ndarray) -> np.ndarray:
+def dual_cone_weights(m: np.ndarray, u: np.ndarray, eps: float = 0.0) -> np.ndarray:
     """Return ``v = argmin_{v >= u} v^T m v`` for a PSD Gramian ``m`` [K, K] and ``u`` [K].
 
     ``m`` should be normalised (e.g. by its mean diagonal) by the caller: the projection is
-    scale-free.
+    scale-free. ``eps``: the precision of the gradients (:func:`gramian_factor`).
     """
-    return project_weights(gramian_factor(m), u)
+    return project_weights(gramian_factor(m, eps), u)

@@ -36,6 +36,7 @@ class AlignedMTL(GramianWeighting):
     name = "aligned-mtl"
     space = "parameters"
     hyperparameters = ("scale_mode", "scale_task_gradients")
+    properties = frozenset({"permutation_invariant", "scale_homogeneous"})
 
     def __init__(
         self,

@@ -49,6 +49,7 @@ class ConFIG(GramianWeighting):
     # aggregate is overridden (the direction from the rows, not w @ J) but stays a function of
     # the Gramian: still exact under data parallelism
     data_parallel: ClassVar[bool] = True
+    properties = frozenset({"permutation_invariant", "scale_homogeneous"})
 
     @staticmethod
     def _solve(rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -62,8 +63,9 @@ class ConFIG(GramianWeighting):
         best = pinv @ ones
         length = best.norm()
         k = rows.shape[0]
-        # rounding of pinv @ 1: k eps |pinv|_F |1|; below it U^+ 1 is 0 (see the class doc)
-        noise = k * torch.finfo(rows.dtype).eps * float(pinv.norm()) * k**0.5
+        # the rounding of pinv @ 1 (pinv's relative accuracy: max(K, P) eps, its rank cut);
+        # below it U^+ 1 is 0 (see the class doc)
+        noise = max(rows.shape) * torch.finfo(rows.dtype).eps * float(pinv.norm()) * k**0.5
         if not length > noise:
             return torch.zeros_like(rows[0]), torch.zeros(k, dtype=rows.dtype)
         unit = best / length

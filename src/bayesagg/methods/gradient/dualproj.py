@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from bayesagg.methods.gradient._dual_cone import dual_cone_weights
@@ -28,6 +29,7 @@ class DualProj(GramianWeighting):
 
     name = "dualproj"
     space = "parameters"
+    properties = frozenset({"non_conflicting", "permutation_invariant", "scale_homogeneous"})
 
     def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
         """Return ``v = argmin_{v >= 1/K} v^T G v`` (on the normalised Gramian)."""
@@ -36,5 +38,5 @@ class DualProj(GramianWeighting):
         scale = np.trace(m) / k
         weights = np.full(k, 1.0 / k)
         if scale > 0:
-            weights = dual_cone_weights(m / scale, weights)
+            weights = dual_cone_weights(m / scale, weights, torch.finfo(gramian.dtype).eps)
         return weights

@@ -43,6 +43,9 @@ class ExcessMTL(Aggregator):
     space = "parameters"
     hyperparameters = ("robust_step_size",)
     state_fields = ("squared_sum", "baseline", "log_weights", "steps")
+    # not scale-homogeneous: the official 1e-7 under the square root of the squared-gradient
+    # sums dominates for gradients below ~3e-4, changing the weights' ratios
+    properties = frozenset({"permutation_invariant"})
     #: Read by bayesagg.methods.representation: no "-ub" variant (see above).
     per_coordinate_state: ClassVar[bool] = True
 

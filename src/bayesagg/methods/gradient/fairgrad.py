@@ -38,6 +38,10 @@ class FairGrad(ClippedGramianWeighting):
     name = "fairgrad"
     space = "parameters"
     hyperparameters = ("alpha", "max_norm")
+    # not homogeneous (w ~ |J|^(-2 alpha / (alpha + 1)), and the clip); not
+    # permutation-invariant either: for a singular Gramian the equations have no solution and
+    # the solver's last iterate depends on the order of the tasks
+    properties: frozenset[str] = frozenset()
 
     def __init__(self, num_tasks: int, *, alpha: float = 1.0, max_norm: float = 1.0) -> None:
         super().__init__(num_tasks)

@@ -37,6 +37,7 @@ class GradDrop(Aggregator):
     space = "representation"
     hyperparameters = ("leak", "seed")
     state_fields = ("generator",)
+    properties = frozenset({"permutation_invariant", "scale_homogeneous"})
     # the sign purity needs only the batch sums of sign(h) * dL_i/dh: exact with one K x D
     # all-reduce (data_parallel_direction)
     data_parallel: ClassVar[bool] = True

@@ -37,6 +37,7 @@ class GradVac(GramianWeighting):
     space = "parameters"
     hyperparameters = ("beta", "eps", "seed")
     state_fields = ("phi_hat", "generator")
+    properties = frozenset({"scale_homogeneous"})  # random order: not permutation-invariant
 
     def __init__(
         self, num_tasks: int, *, beta: float = 0.5, eps: float = 1e-8, seed: int | None = None
@@ -76,7 +77,9 @@ class GradVac(GramianWeighting):
             for idx in torch.randperm(k - 1, generator=self.generator).tolist():
                 j = others[idx]
                 norm_i = np.sqrt(max(c_m @ c, 0.0))
-                phi = c_m[j] / (norm_i * norms[j] + self.eps)
+                # a cosine: rounding (rank-deficient rows in float32) can push the ratio past
+                # +-1, and a target phi_hat past +-1 makes Eq. 5's denominator vanish
+                phi = min(max(c_m[j] / (norm_i * norms[j] + self.eps), -1.0), 1.0)
                 target = self.phi_hat[i, j]
                 if phi < target:
                     root_target = np.sqrt(max(1.0 - target**2, 0.0))

@@ -28,6 +28,7 @@ class IMTLG(GramianWeighting):
 
     name = "imtl-g"
     space = "parameters"
+    properties = frozenset({"permutation_invariant", "scale_homogeneous"})
 
     def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
         """Return the IMTL-G weights alpha (sum 1, or 0 when none exists)."""

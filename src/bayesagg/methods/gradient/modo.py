@@ -36,6 +36,7 @@ class MoDo(GramianWeighting):
     space = "parameters"
     hyperparameters = ("gamma", "rho")
     state_fields = (("lambda", "lam"),)
+    properties = frozenset({"permutation_invariant"})  # gamma acts on the raw Gramian
 
     def __init__(self, num_tasks: int, *, gamma: float = 1e-3, rho: float = 0.1) -> None:
         super().__init__(num_tasks)

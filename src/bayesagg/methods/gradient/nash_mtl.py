@@ -172,6 +172,8 @@ class NashMTL(ClippedGramianWeighting):
     space = "parameters"
     hyperparameters = ("update_weights_every", "optim_niter", "max_norm", "on_solver_failure")
     state_fields = ("step", "alpha", "solver_failures")
+    # alpha scales as 1 / |J| (and the clip): not homogeneous
+    properties = frozenset({"permutation_invariant"})
 
     def __init__(
         self,

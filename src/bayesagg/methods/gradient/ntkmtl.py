@@ -53,6 +53,7 @@ class NTKMTL(ClippedGramianWeighting):
     name = "ntkmtl"
     space = "parameters"
     hyperparameters = ("ntk_exp", "max_norm")
+    properties = frozenset({"permutation_invariant"})  # clipped: not homogeneous
 
     def __init__(self, num_tasks: int, *, ntk_exp: float = 0.5, max_norm: float = 1.0) -> None:
         super().__init__(num_tasks)
@@ -101,6 +102,7 @@ class NTKMTLSR(Aggregator):
     name = "ntkmtl-sr"
     space = "representation"
     hyperparameters = ("ntk_exp", "num_chunks")
+    properties = frozenset({"permutation_invariant", "scale_homogeneous"})
     # the chunks' squared norms are summed over the processes: exact (data_parallel_direction)
     data_parallel: ClassVar[bool] = True
 

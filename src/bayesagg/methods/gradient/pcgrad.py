@@ -30,6 +30,8 @@ class PCGrad(GramianWeighting):
     space = "parameters"
     hyperparameters = ("seed",)
     state_fields = ("generator",)
+    # not permutation-invariant: the projection order is random
+    properties = frozenset({"scale_homogeneous"})
 
     def __init__(self, num_tasks: int, *, seed: int | None = None) -> None:
         super().__init__(num_tasks)

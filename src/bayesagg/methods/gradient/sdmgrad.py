@@ -40,6 +40,9 @@ class SDMGrad(GramianWeighting):
     space = "parameters"
     hyperparameters = ("lambda_", "n_iter", "lr", "momentum")
     state_fields = ("w",)
+    # not permutation-invariant: the inner projected SGD (official lr=10) is unstable on a
+    # singular Gramian, where it amplifies the rounding of a reordering to O(1) changes
+    properties = frozenset({"scale_homogeneous"})
 
     def __init__(
         self,

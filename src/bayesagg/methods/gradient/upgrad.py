@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from bayesagg.methods.gradient._dual_cone import gramian_factor, project_weights
@@ -29,6 +30,7 @@ class UPGrad(GramianWeighting):
 
     name = "upgrad"
     space = "parameters"
+    properties = frozenset({"non_conflicting", "permutation_invariant", "scale_homogeneous"})
 
     def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
         """Return ``1/K sum_i v_i``, ``v_i`` the dual-cone weights of the unit vector ``e_i``."""
@@ -37,5 +39,5 @@ class UPGrad(GramianWeighting):
         scale = np.trace(m) / k
         if not scale > 0:
             return np.full(k, 1.0 / k)
-        factor = gramian_factor(m / scale)
+        factor = gramian_factor(m / scale, torch.finfo(gramian.dtype).eps)
         return np.stack([project_weights(factor, e) for e in np.eye(k)]).mean(axis=0)
