@@ -25,6 +25,7 @@ from bayesagg.methods.__init__ import _REGISTRY
 
 EXPECTED = [
     "ls", "stl", "si", "rlw", "dwa", "uw", "gradnorm", "igbv2", "famo", "db-mtl", "stch", "go4align",
+    "uw-so",
     "mgda", "mgda-ub", "pcgrad", "cagrad", "imtl-g", "imtl-g-ub", "nash-mtl",
     "aligned-mtl", "aligned-mtl-ub", "upgrad", "graddrop", "gradvac",
     "fairgrad", "config", "dualproj", "excess-mtl", "modo", "sdmgrad", "ntkmtl", "ntkmtl-sr",
@@ -48,7 +49,7 @@ REQUIRED_HPARAMS: dict[str, dict[str, object]] = {
 
 def test_names_lists_every_entry_in_order() -> None:
     assert names() == EXPECTED
-    assert len(names()) == len(set(names())) == 45
+    assert len(names()) == len(set(names())) == 46
     assert all(describe(n) for n in names())
 
 

@@ -50,6 +50,11 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
         "smooth Tchebycheff scalarisation (Lin et al. 2024)",
     ),
     "go4align": ("weighting.go4align", "GO4Align", "group risk minimisation (Shen et al. 2024)"),
+    "uw-so": (
+        "weighting.uw_so",
+        "SoftOptimalUncertaintyWeighting",
+        "analytical uncertainty weights, softmax (Kirchdorfer et al. 2024)",
+    ),
     # gradient aggregators
     "mgda": (
         "gradient.mgda",

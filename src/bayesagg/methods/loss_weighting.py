@@ -1,6 +1,6 @@
 """Loss weightings: methods whose every parameter receives the gradient of one scalar objective.
 
-LS, SI, STL, RLW, DWA, UW, STCH, GO4Align, UW-SO differ only in that objective of the K task
+LS, SI, STL, RLW, DWA, UW, UW-SO, STCH, GO4Align, IGBv2 differ only in that objective of the K task
 losses (a weighted sum, a sum of logs, a smooth maximum) and in the state their weights
 carry from step to step. A subclass states its :meth:`LossWeighting.objective` (which also
 records ``last_weights``); the base does the rest the same way for all: check the losses,
