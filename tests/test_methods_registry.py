@@ -180,3 +180,16 @@ def test_state_and_repr_round_trip(name: str) -> None:
     for key, value in state.items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(value, loaded[key]), key
+
+
+def test_listing_the_names_loads_no_solver() -> None:
+    """Deriving the registry imports every method module, but no solver library."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bayesagg.methods as m; m.names(); "
+        "print(sorted(x for x in ('scipy', 'cvxpy', 'sklearn') if x in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

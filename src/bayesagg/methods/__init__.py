@@ -1,8 +1,12 @@
 """Every multi-task method behind one interface: ``names()`` and ``create(name, num_tasks=K)``.
 
-Each method lives in its own module and is imported only when created, so a user of one
-method never imports the solvers of another. See :mod:`bayesagg.methods.base` for the
-training-loop contract.
+Each method lives in its own module. What the registry knows about a method beyond its
+entry (its ``-ub`` form, whether it is Gramian-based, which keywords it requires) is derived
+from its class, so listing the names imports every method module once; the solvers (SciPy,
+cvxpy, scikit-learn) are imported only when a method first uses them, so a user of one method
+never loads the solvers of another. See :mod:`bayesagg.methods.base` for the training-loop
+contract, :mod:`bayesagg.methods.gramian` and :mod:`bayesagg.methods.loss_weighting` for the
+two bases most methods are built on, and CONTRIBUTING.md for adding one.
 """
 
 from __future__ import annotations

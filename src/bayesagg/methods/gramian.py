@@ -146,6 +146,6 @@ class ClippedGramianWeighting(GramianWeighting):
     def combine(self, weights: Tensor, jacobian: Tensor) -> Tensor:
         """Return ``weights @ jacobian`` rescaled to norm ``max_norm`` when longer."""
         direction = weights @ jacobian
-        factor = clip_factor(float(direction.norm()), self.max_norm)
+        factor = clip_factor(float(direction.detach().norm()), self.max_norm)
         self.last_weights = (weights * factor).detach().cpu()
         return direction * factor
