@@ -108,6 +108,22 @@ class IGBv2(LossWeighting):
     """
 
     name = "igbv2"
+    hyperparameters = (
+        "random_epochs",
+        "base_epoch",
+        "update_after_epochs",
+        "update_every",
+        "sac_lr",
+        "buffer_size",
+        "batch_size",
+        "discount",
+        "tau",
+        "hidden",
+        "init_temperature",
+        "reward_scale",
+        "log_prob",
+        "seed",
+    )
     # data parallelism: the agent's state and d log L need the global batch's losses
     global_losses = True
 
@@ -407,14 +423,3 @@ class IGBv2(LossWeighting):
             if self._generator is None:
                 self._generator = torch.Generator()
             self._generator.set_state(state["rng_state"])
-
-    def __repr__(self) -> str:
-        return (
-            f"IGBv2(num_tasks={self.num_tasks}, random_epochs={self.random_epochs}, "
-            f"base_epoch={self.base_epoch}, update_after_epochs={self.update_after_epochs}, "
-            f"update_every={self.update_every}, sac_lr={self.sac_lr}, "
-            f"buffer_size={self.buffer_size}, batch_size={self.batch_size}, "
-            f"discount={self.discount}, tau={self.tau}, hidden={self.hidden}, "
-            f"init_temperature={self.init_temperature}, reward_scale={self.reward_scale}, "
-            f"log_prob={self.log_prob!r}, seed={self.seed})"
-        )
