@@ -8,30 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from bayesagg.methods import create, method_class
+from bayesagg.methods import Aggregator, create, method_class, names, representation_forms
 from bayesagg.methods.gradient._min_norm import frank_wolfe, min_norm_2
 
+# every registered aggregator (the derived -ub forms: test_methods_representation)
 GRADIENT = [
-    "mgda",
-    "mgda-ub",
-    "pcgrad",
-    "cagrad",
-    "imtl-g",
-    "imtl-g-ub",
-    "nash-mtl",
-    "aligned-mtl",
-    "aligned-mtl-ub",
-    "upgrad",
-    "graddrop",
-    "gradvac",
-    "fairgrad",
-    "config",
-    "dualproj",
-    "excess-mtl",
-    "modo",
-    "sdmgrad",
-    "ntkmtl",
-    "ntkmtl-sr",
+    n
+    for n in names()
+    if n not in representation_forms() and issubclass(method_class(n), Aggregator)
 ]
 DETERMINISTIC = ["mgda", "cagrad", "imtl-g", "nash-mtl", "aligned-mtl", "upgrad"]
 DETERMINISTIC += ["fairgrad", "config", "dualproj", "excess-mtl", "modo", "sdmgrad", "ntkmtl"]

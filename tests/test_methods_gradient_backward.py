@@ -8,13 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from bayesagg.methods import create
+from bayesagg.methods import create, gramian_based, method_class, names, representation_forms
 from bayesagg.methods._jacobian import jacobians
 
 K, B, D = 3, 7, 5
-PARAMETER = ["mgda", "pcgrad", "cagrad", "imtl-g", "nash-mtl", "aligned-mtl", "upgrad", "gradvac"]
-PARAMETER += ["fairgrad", "config", "dualproj", "modo", "sdmgrad", "ntkmtl"]
-REPRESENTATION = ["mgda-ub", "imtl-g-ub", "aligned-mtl-ub"]
+# the Gramian weightings, from the registry: in parameter space, and those registered in
+# representation space as their own classes (the derived -ub forms: test_methods_representation)
+GRAMIAN = [n for n in names() if gramian_based(n) and n not in representation_forms()]
+PARAMETER = [n for n in GRAMIAN if method_class(n).space == "parameters"]
+REPRESENTATION = [n for n in GRAMIAN if method_class(n).space == "representation"]
 
 
 def make(name: str, **kwargs):

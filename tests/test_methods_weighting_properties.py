@@ -21,8 +21,9 @@ from bayesagg.methods import Method, create
 
 F64 = torch.float64
 WEIGHTINGS = ["ls", "stl", "si", "rlw", "dwa", "uw", "gradnorm", "igbv2", "famo", "db-mtl"]
+WEIGHTINGS += ["uw-so"]
 STATEFUL = ["rlw", "dwa", "uw", "gradnorm", "igbv2", "famo", "db-mtl"]
-DETERMINISTIC_SYMMETRIC = ["ls", "si", "dwa", "uw", "gradnorm", "famo", "db-mtl"]
+DETERMINISTIC_SYMMETRIC = ["ls", "si", "dwa", "uw", "gradnorm", "famo", "db-mtl", "uw-so"]
 
 
 def config(name: str) -> dict[str, object]:

@@ -1,18 +1,35 @@
 """Every multi-task method behind one interface: ``names()`` and ``create(name, num_tasks=K)``.
 
-Each method lives in its own module and is imported only when created, so a user of one
-method never imports the solvers of another. See :mod:`bayesagg.methods.base` for the
-training-loop contract.
+Each method lives in its own module. What the registry knows about a method beyond its
+entry (its ``-ub`` form, whether it is Gramian-based, which keywords it requires) is derived
+from its class, so listing the names imports every method module once; the solvers (SciPy,
+cvxpy, scikit-learn) are imported only when a method first uses them, so a user of one method
+never loads the solvers of another. See :mod:`bayesagg.methods.base` for the training-loop
+contract, :mod:`bayesagg.methods.gramian` and :mod:`bayesagg.methods.loss_weighting` for the
+two bases most methods are built on, and CONTRIBUTING.md for adding one.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 from typing import Any
 
 from bayesagg.methods.base import Aggregator, Method
 
-__all__ = ["Aggregator", "Method", "create", "describe", "method_class", "names"]
+__all__ = [
+    "Aggregator",
+    "Method",
+    "create",
+    "describe",
+    "gramian_based",
+    "method_class",
+    "names",
+    "needs_groups",
+    "representation_forms",
+    "required_arguments",
+]
 
 # name -> (module under bayesagg.methods, class name, one-line description)
 _REGISTRY: dict[str, tuple[str, str, str]] = {
@@ -37,6 +54,11 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
         "smooth Tchebycheff scalarisation (Lin et al. 2024)",
     ),
     "go4align": ("weighting.go4align", "GO4Align", "group risk minimisation (Shen et al. 2024)"),
+    "uw-so": (
+        "weighting.uw_so",
+        "SoftOptimalUncertaintyWeighting",
+        "analytical uncertainty weights, softmax (Kirchdorfer et al. 2024)",
+    ),
     # gradient aggregators
     "mgda": (
         "gradient.mgda",
@@ -87,35 +109,46 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     ),
 }
 
-# "<method>-ub" -> "<method>": the aggregator applied to the per-example gradients w.r.t. the
-# shared representation (bayesagg.methods.representation). Listed by names() after _REGISTRY.
-# MGDA-UB, IMTL-G-UB and Aligned-MTL-UB are in _REGISTRY (own classes, official defaults);
-# GradDrop is defined on the representation already; ExcessMTL keeps per-coordinate state
-# (bayesagg.methods.representation.representation_variant refuses it).
-_REPRESENTATION: dict[str, str] = {
-    "pcgrad-ub": "pcgrad",
-    "cagrad-ub": "cagrad",
-    "nash-mtl-ub": "nash-mtl",
-    "upgrad-ub": "upgrad",
-    "gradvac-ub": "gradvac",
-    "fairgrad-ub": "fairgrad",
-    "config-ub": "config",
-    "dualproj-ub": "dualproj",
-    "modo-ub": "modo",
-    "sdmgrad-ub": "sdmgrad",
-    "ntkmtl-ub": "ntkmtl",
-}
+
+def _own_class(name: str) -> type[Method]:
+    module, cls, _ = _REGISTRY[name]
+    return getattr(importlib.import_module(f"bayesagg.methods.{module}"), cls)
+
+
+@functools.cache
+def representation_forms() -> dict[str, str]:
+    """Return ``{"<method>-ub": "<method>"}``: the derived representation-level variants.
+
+    Every registered parameter-space aggregator has one (:mod:`bayesagg.methods.representation`:
+    the aggregator applied to the per-example gradients w.r.t. the shared representation),
+    except those that keep state per coordinate of the Jacobian (ExcessMTL) and those whose
+    ``-ub`` form is registered as its own class (MGDA-UB, IMTL-G-UB, Aligned-MTL-UB: their
+    official defaults differ). Methods already in representation space (GradDrop) have none.
+    Imports every registered module once (cheap: the solvers are imported on first use).
+    """
+    out: dict[str, str] = {}
+    for name in _REGISTRY:
+        cls = _own_class(name)
+        if (
+            issubclass(cls, Aggregator)
+            and cls.space == "parameters"
+            and not getattr(cls, "per_coordinate_state", False)
+            and f"{name}-ub" not in _REGISTRY
+        ):
+            out[f"{name}-ub"] = name
+    return out
 
 
 def names() -> list[str]:
     """Return the registry names of every method, in a stable order."""
-    return list(_REGISTRY) + list(_REPRESENTATION)
+    return list(_REGISTRY) + list(representation_forms())
 
 
 def describe(name: str) -> str:
     """Return the one-line description of a registered method."""
-    if name.lower() in _REPRESENTATION:
-        return f"{_REPRESENTATION[name.lower()]} on the representation's per-example gradients"
+    forms = representation_forms()
+    if name.lower() in forms:
+        return f"{forms[name.lower()]} on the representation's per-example gradients"
     return _entry(name)[2]
 
 
@@ -128,13 +161,46 @@ def _entry(name: str) -> tuple[str, str, str]:
 
 def method_class(name: str) -> type[Method]:
     """Return the class of a registered method (imports its module on first use)."""
-    if name.lower() in _REPRESENTATION:
+    forms = representation_forms()
+    if name.lower() in forms:
         from bayesagg.methods.representation import representation_variant
 
-        base = method_class(_REPRESENTATION[name.lower()])
+        base = method_class(forms[name.lower()])
         return representation_variant(base, name.lower())  # type: ignore[arg-type]
-    module, cls, _ = _entry(name)
-    return getattr(importlib.import_module(f"bayesagg.methods.{module}"), cls)
+    _entry(name)
+    return _own_class(name.lower())
+
+
+def gramian_based(name: str) -> bool:
+    """Whether method ``name`` is a Gramian weighting (direction ``w(J J^T, losses) @ J``).
+
+    Derived from the class (:class:`bayesagg.methods.gramian.GramianWeighting`, not overridden
+    in a way that loses its data-parallel form): such a method is exact under data parallelism
+    through the Gramian's square root, and its weights are what ``last_weights`` holds.
+    """
+    from bayesagg.methods.gramian import GramianWeighting
+
+    cls = method_class(name)
+    return issubclass(cls, GramianWeighting) and cls.data_parallel
+
+
+def required_arguments(name: str) -> list[str]:
+    """Return the keyword arguments method ``name`` cannot be built without (beyond num_tasks).
+
+    Read from the constructor: ``["groups"]`` for BayesAgg-MTL (it needs the task groups),
+    ``["task"]`` for STL, ``[]`` for the others.
+    """
+    signature = inspect.signature(method_class(name).__init__)
+    return [
+        p.name
+        for p in signature.parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+    ]
+
+
+def needs_groups(name: str) -> bool:
+    """Whether method ``name`` needs the task groups (``groups=``) to be built."""
+    return "groups" in required_arguments(name)
 
 
 def create(name: str, *, num_tasks: int, **hparams: Any) -> Method:

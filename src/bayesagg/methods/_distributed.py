@@ -6,7 +6,7 @@ J_r (of the local mean losses over B/N examples) divided by N. So
 
 - the Gramian of the global Jacobian is ``G = sum_r J_r J_r^T / N^2``: one K x K all-reduce;
 - a method whose direction is ``w(G) @ J`` (the weights depend on the Jacobian only through
-  its Gramian, and on the global losses: :data:`GRAMIAN_METHODS`) gives on process r's
+  its Gramian, and on the global losses: a Gramian weighting) gives on process r's
   examples ``w @ J_r / N``; each process pushes ``w @ J_r`` through the encoder and the mean
   over processes of the encoder gradients (DDP's, or
   :func:`bayesagg.distributed.average_gradients`) is the one-process gradient of the global
@@ -18,13 +18,16 @@ J_r (of the local mean losses over B/N examples) divided by N. So
   process adds its rows' squared norms into the chunks they belong to: one K x C all-reduce
   (C chunks).
 
-The weights of a Gramian method are obtained from the method itself by applying it to a K x K
-square root S of the all-reduced Gramian (``S S^T = G``): its ``last_weights`` are the w of
-``w @ S``, i.e. the weights it would give the global Jacobian, computed identically on every
-process. That holds when the method is invariant under ``J -> J Q`` for any Q with orthonormal
-rows (``J = S Q`` for some such Q): its coefficients are functions of ``J J^T`` only, and it
-does not look at single coordinates (ExcessMTL's per-coordinate sums, GradDrop's per-coordinate
-signs are not). Checked here on every call: the direction on S must be ``last_weights @ S``.
+The weights of a Gramian weighting (:class:`bayesagg.methods.gramian.GramianWeighting`) are
+obtained from the method itself by applying it to a K x K square root S of the all-reduced
+Gramian (``S S^T = G``): its ``last_weights`` are the w of ``w @ S``, i.e. the weights it would
+give the global Jacobian, computed identically on every process. That holds because such a
+rule sees J only through its Gramian: it is invariant under ``J -> J Q`` for any Q with
+orthonormal rows (``J = S Q`` for some such Q). ExcessMTL's per-coordinate sums and GradDrop's
+per-coordinate signs are not of that kind; GradDrop and NTKMTL-SR have their own exact forms
+(their ``data_parallel_direction``), ExcessMTL none. Which classes qualify is declared with
+the classes (``Aggregator.data_parallel``), not listed here; this module does not import the
+methods. Checked on every call: the direction on S must be ``last_weights @ S``.
 """
 
 from __future__ import annotations
@@ -35,33 +38,13 @@ import torch
 from torch import Tensor
 
 from bayesagg.distributed import all_reduce_mean, all_reduce_sum, rank, world_size
-from bayesagg.methods.base import Aggregator
 
-__all__ = ["GRAMIAN_METHODS", "gramian_square_root", "representation_direction"]
-
-#: Aggregators (module, class) whose direction is ``w(J J^T, losses) @ J`` with ``last_weights``
-#: = w: rotation-invariant, so exact under data parallelism through the Gramian's square root.
-#: Why each qualifies: MGDA (Frank-Wolfe on G), IMTL-G, Aligned-MTL (eigen-decomposition of G),
-#: PCGrad and GradVac (projections and cosines from G; the random orders have the shape K,
-#: whatever J), CAGrad, Nash-MTL, UPGrad, DualProj, FairGrad, MoDo, SDMGrad (solvers on G; the
-#: norms clipped by Nash-MTL and FairGrad are sqrt(w G w^T)), ConFIG (the unit rows' Gramian is
-#: D G D with D the inverse row norms; U^+ 1 = U^T (U U^T)^+ 1), NTKMTL (diag G).
-GRAMIAN_METHODS: tuple[tuple[str, str], ...] = (
-    ("mgda", "MGDA"),
-    ("imtl", "IMTLG"),
-    ("aligned_mtl", "AlignedMTL"),
-    ("pcgrad", "PCGrad"),
-    ("cagrad", "CAGrad"),
-    ("nash_mtl", "NashMTL"),
-    ("upgrad", "UPGrad"),
-    ("gradvac", "GradVac"),
-    ("fairgrad", "FairGrad"),
-    ("config", "ConFIG"),
-    ("dualproj", "DualProj"),
-    ("modo", "MoDo"),
-    ("sdmgrad", "SDMGrad"),
-    ("ntkmtl", "NTKMTL"),
-)
+__all__ = [
+    "gramian_square_root",
+    "ntkmtl_sr_eigenvalues",
+    "representation_direction",
+    "square_root_direction",
+]
 
 
 def gramian_square_root(gramian: Tensor) -> Tensor:
@@ -70,47 +53,26 @@ def gramian_square_root(gramian: Tensor) -> Tensor:
     return vec * lam.clamp(min=0).sqrt()
 
 
-def _is_gramian_method(method: Aggregator) -> bool:
-    """Whether ``method`` is one of :data:`GRAMIAN_METHODS` (or its ``-ub`` variant).
-
-    A subclass that overrides ``aggregate`` or ``direction`` is not: its rule may look at the
-    coordinates, so it must be added here explicitly after checking.
-    """
-    import importlib
-
-    for module, name in GRAMIAN_METHODS:
-        cls = getattr(importlib.import_module(f"bayesagg.methods.gradient.{module}"), name)
-        if (
-            isinstance(method, cls)
-            and type(method).aggregate is cls.aggregate
-            and type(method).direction is cls.direction
-        ):
-            return True
-    return False
-
-
 def representation_direction(
-    method: Aggregator, jacobian: Tensor, losses: Tensor, representation: Tensor, group: Any
+    method: Any, jacobian: Tensor, losses: Tensor, representation: Tensor, group: Any
 ) -> Tensor:
     """Return this process's direction [B/N, D] so that the mean over processes is exact.
 
     ``jacobian`` [K, B/N, D]: the local mean losses' gradients w.r.t. the local representation.
-    Raises ``NotImplementedError`` for a representation-level method with no exact form.
+    Raises ``NotImplementedError`` for a representation-level method with no exact form
+    (``method.data_parallel`` False); otherwise the method's own ``data_parallel_direction``.
     """
-    from bayesagg.methods.gradient.graddrop import GradDrop
-    from bayesagg.methods.gradient.ntkmtl import NTKMTLSR
-
-    k = jacobian.shape[0]
-    if isinstance(method, GradDrop) and type(method).direction is GradDrop.direction:
-        signed = (torch.sign(representation.detach()) * jacobian).sum(dim=1)
-        return method._masked_sum(all_reduce_sum(signed, group), jacobian)
-    if isinstance(method, NTKMTLSR) and type(method).direction is NTKMTLSR.direction:
-        return _ntkmtl_sr_direction(method, jacobian, group)
-    if not _is_gramian_method(method):
+    if not getattr(method, "data_parallel", False):
         raise NotImplementedError(
             f"{method.name or type(method).__name__} in representation space has no exact "
             "data-parallel form (its direction is not w(J J^T) @ J); run it on one process"
         )
+    return method.data_parallel_direction(jacobian, losses, representation, group)
+
+
+def square_root_direction(method: Any, jacobian: Tensor, losses: Tensor, group: Any) -> Tensor:
+    """A Gramian weighting's local direction: its weights on S, applied to the local rows."""
+    k = jacobian.shape[0]
     flat = jacobian.reshape(k, -1)
     n = world_size(group)
     gramian = all_reduce_sum(flat.double() @ flat.double().mT, group) / n**2
@@ -132,8 +94,8 @@ def representation_direction(
     return (weights @ flat).view(jacobian.shape[1:])
 
 
-def _ntkmtl_sr_direction(method: Any, jacobian: Tensor, group: Any) -> Tensor:
-    """NTKMTL-SR's weights from the chunks of the global batch (``torch.chunk`` of B indices).
+def ntkmtl_sr_eigenvalues(num_chunks: int, jacobian: Tensor, group: Any) -> Tensor:
+    """NTKMTL-SR's eigenvalues [K] from the chunks of the global batch (``torch.chunk`` of B).
 
     Process r holds the global rows ``r b .. (r+1) b - 1`` (equal shares b = B/N, checked with
     the same all-reduce), and its Jacobian rows are N times the global ones. Each chunk's
@@ -145,7 +107,7 @@ def _ntkmtl_sr_direction(method: Any, jacobian: Tensor, group: Any) -> Tensor:
     chunk_of = torch.cat(
         [
             torch.full((c.numel(),), i)
-            for i, c in enumerate(torch.chunk(torch.arange(total), method.num_chunks))
+            for i, c in enumerate(torch.chunk(torch.arange(total), num_chunks))
         ]
     )
     sizes = torch.bincount(chunk_of).double()
@@ -157,8 +119,7 @@ def _ntkmtl_sr_direction(method: Any, jacobian: Tensor, group: Any) -> Tensor:
     sums = all_reduce_sum(sums.to(jacobian.device), group).cpu()
     if not torch.all(sums[:, -1] == total):
         raise ValueError(
-            f"{method.name}: the processes hold unequal parts of the batch (this one {b}, "
+            f"ntkmtl-sr: the processes hold unequal parts of the batch (this one {b}, "
             f"{int(sums[0, -1])} in all over {n}); data parallelism needs equal shares"
         )
-    eigenvalues = ((total / sizes) ** 2 * sums[:, :-1]).max(dim=1).values
-    return method._weighted(eigenvalues, jacobian)
+    return ((total / sizes) ** 2 * sums[:, :-1]).max(dim=1).values

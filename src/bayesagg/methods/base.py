@@ -33,12 +33,21 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Aggregator", "Method", "Space", "check_losses"]
+__all__ = [
+    "Aggregator",
+    "DeclaredFields",
+    "Method",
+    "Space",
+    "StepInputs",
+    "StepMethod",
+    "check_losses",
+]
 
 Space = Literal["loss", "parameters", "representation"]
 
@@ -128,23 +137,96 @@ class Method(ABC):
         return f"{type(self).__name__}(num_tasks={self.num_tasks})"
 
 
-class Aggregator(Method):
-    """A method that combines a K x P Jacobian into one direction of length P.
+class DeclaredFields:
+    """``__repr__`` and ``state_dict`` / ``load_state_dict`` from fields a class declares.
 
-    Subclasses implement :meth:`aggregate`; ``backward`` computes the Jacobian of the losses
-    w.r.t. the shared parameters (``space = "parameters"``) or w.r.t. the representation,
-    flattened per example to B*D as in Sener & Koltun 2018 (``space = "representation"``),
-    and applies the direction.
+    Mixed in before :class:`Method` (``class X(DeclaredFields, Method)``). A class lists
+
+    - :attr:`hyperparameters`: the constructor keywords ``repr`` shows, read from the attributes
+      of the same name (a tensor is shown as a list);
+    - :attr:`state_fields`: the attributes that make up its resumable state, each saved under
+      its own name, or ``(key, attribute)`` where the checkpoint key differs from the attribute.
+
+    What is saved depends on the attribute's current value: a ``torch.Generator`` its
+    ``get_state()``, a tensor a detached copy, a NumPy array a copy, anything else as is. On
+    loading, the type of the attribute's current value decides again (an array comes back as a
+    float64 array, a tensor as a copy with the saved dtype, an int as an int), so every field
+    round-trips without a hand-written pair of methods. A subclass inherits the declarations
+    (it redeclares them to change them); a class whose state needs more (a check, an in-place
+    copy, a sub-object's own state) extends the two methods.
     """
 
-    def __init__(self, num_tasks: int) -> None:
-        super().__init__(num_tasks)
-        # whether batched (vmap) Jacobians work for the caller's graph; found on first use
-        self._jacobian_state: dict[str, bool] = {}
+    #: Constructor keywords shown by ``repr`` after ``num_tasks``, in order.
+    hyperparameters: ClassVar[tuple[str, ...]] = ()
+    #: Attributes saved by ``state_dict``: a name, or ``(checkpoint key, attribute)``.
+    state_fields: ClassVar[tuple[str | tuple[str, str], ...]] = ()
 
-    @abstractmethod
-    def aggregate(self, jacobian: Tensor) -> Tensor:
-        """Return the combined direction [P] of a Jacobian [K, P] (rows are task gradients)."""
+    num_tasks: int
+
+    @classmethod
+    def _fields(cls) -> list[tuple[str, str]]:
+        return [(f, f) if isinstance(f, str) else f for f in cls.state_fields]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the base state plus every declared state field (copied)."""
+        state = super().state_dict()  # type: ignore[misc]
+        for key, attr in self._fields():
+            value = getattr(self, attr)
+            if isinstance(value, torch.Generator):
+                value = value.get_state()
+            elif isinstance(value, Tensor):
+                value = value.detach().clone()
+            elif isinstance(value, np.ndarray):
+                value = value.copy()
+            elif isinstance(value, list):
+                value = [v.clone() if isinstance(v, Tensor) else v for v in value]
+            state[key] = value
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the base state and every declared state field."""
+        super().load_state_dict(state)  # type: ignore[misc]
+        for key, attr in self._fields():
+            current, value = getattr(self, attr), state[key]
+            if isinstance(current, torch.Generator):
+                current.set_state(value)
+                continue
+            if value is None:
+                pass
+            elif isinstance(current, np.ndarray):
+                value = np.array(value, dtype=np.float64)
+            elif isinstance(value, Tensor):
+                value = value.detach().clone()
+            elif isinstance(value, list):
+                value = [v.detach().clone() if isinstance(v, Tensor) else v for v in value]
+            elif isinstance(current, int | float) and not isinstance(current, bool):
+                value = type(current)(value)
+            setattr(self, attr, value)
+
+    def __repr__(self) -> str:
+        shown = [f"num_tasks={self.num_tasks}"]
+        for name in self.hyperparameters:
+            value = getattr(self, name)
+            shown.append(f"{name}={(value.tolist() if isinstance(value, Tensor) else value)!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+
+class StepInputs(NamedTuple):
+    """What :meth:`StepMethod.fill_gradients` receives of ``backward``'s keywords."""
+
+    shared_parameters: Sequence[Tensor]
+    task_parameters: Sequence[Tensor]
+    representation: Tensor | None
+
+
+class StepMethod(DeclaredFields, Method):
+    """A method that needs, of the training step, only the losses, the parameters and (for the
+    representation-space aggregators) the representation.
+
+    ``backward`` spells out the contract's keywords once: it checks the losses and calls
+    :meth:`fill_gradients`, which subclasses implement. BayesAgg-MTL, which also needs the
+    heads and targets, implements ``backward`` itself.
+    """
 
     def backward(
         self,
@@ -156,6 +238,89 @@ class Aggregator(Method):
         heads: Sequence[nn.Module] | None = None,
         targets: Sequence[Tensor] | None = None,
     ) -> None:
+        """Check the losses, then :meth:`fill_gradients` (``heads``, ``targets`` unused)."""
+        check_losses(losses, self.num_tasks)
+        self.fill_gradients(losses, StepInputs(shared_parameters, task_parameters, representation))
+
+    @abstractmethod
+    def fill_gradients(self, losses: Tensor, inputs: StepInputs) -> None:
+        """Accumulate this step's gradients into the parameters' ``.grad`` (losses checked)."""
+
+
+class Aggregator(StepMethod):
+    """A method that combines a K x P Jacobian into one direction of length P.
+
+    Subclasses implement :meth:`aggregate`; ``backward`` computes the Jacobian of the losses
+    w.r.t. the shared parameters (``space = "parameters"``) or w.r.t. the representation,
+    flattened per example to B*D as in Sener & Koltun 2018 (``space = "representation"``),
+    and applies the direction. Most aggregators are Gramian weightings
+    (:class:`bayesagg.methods.gramian.GramianWeighting`): they state only how the K x K
+    Gramian gives the task weights.
+
+    ``aggregate`` of a Jacobian that requires grad returns a direction that keeps its graph as
+    ``w @ J`` would with the weights ``w`` held constant: the weights are computed from the
+    detached Jacobian (solvers, NumPy), never differentiated.
+    """
+
+    #: Whether :meth:`data_parallel_direction` gives the exact global direction under data
+    #: parallelism in representation space (docs/distributed.md). Declared by the class that
+    #: provides that form; a subclass that overrides ``aggregate``, ``direction`` or ``combine``
+    #: loses it unless it declares it again in its own body (its rule may look at single
+    #: coordinates of the Jacobian, which the data-parallel forms do not see).
+    data_parallel: ClassVar[bool] = False
+    #: What the method guarantees for every Jacobian, checked for every registered aggregator
+    #: by tests/test_methods_properties.py: "non_conflicting" (``min_i g_i . d >= 0``: no
+    #: task's loss increases to first order), "permutation_invariant" (reordering the tasks
+    #: leaves ``d`` unchanged), "scale_homogeneous" (``d(s J) = s d(J)`` for ``s > 0``).
+    #: :meth:`claims` refines them by the hyper-parameters.
+    properties: ClassVar[frozenset[str]] = frozenset()
+    #: The relative accuracy of the method's solver, to which its properties hold beyond
+    #: rounding (0: a closed form or an exact solver).
+    accuracy: ClassVar[float] = 0.0
+
+    def claims(self) -> frozenset[str]:
+        """Return the properties this instance guarantees (default: the class's)."""
+        return self.properties
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        if {"aggregate", "direction", "combine"} & own.keys() and "data_parallel" not in own:
+            cls.data_parallel = False
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__(num_tasks)
+        # whether batched (vmap) Jacobians work for the caller's graph; found on first use
+        self._jacobian_state: dict[str, bool] = {}
+
+    @abstractmethod
+    def aggregate(self, jacobian: Tensor) -> Tensor:
+        """Return the combined direction [P] of a Jacobian [K, P] (rows are task gradients)."""
+
+    def check_rows(self, jacobian: Tensor) -> None:
+        """Raise ``ValueError`` unless ``jacobian`` has one row per task."""
+        if jacobian.ndim < 1 or jacobian.shape[0] != self.num_tasks:
+            raise ValueError(
+                f"{self.name or type(self).__name__}: expected a Jacobian with {self.num_tasks} "
+                f"rows (one per task), got shape {tuple(jacobian.shape)}"
+            )
+
+    def data_parallel_direction(
+        self, jacobian: Tensor, losses: Tensor, representation: Tensor, group: Any
+    ) -> Tensor:
+        """Return this process's share [B/N, *D] of the global batch's direction.
+
+        ``jacobian`` [K, B/N, *D] holds the local mean losses' gradients w.r.t. the local
+        representation; the mean over processes of what each pushes through the encoder must
+        be the one-process gradient of the global batch. Only classes with
+        :attr:`data_parallel` provide it.
+        """
+        raise NotImplementedError(
+            f"{self.name or type(self).__name__} in representation space has no exact "
+            "data-parallel form (its direction is not w(J J^T) @ J); run it on one process"
+        )
+
+    def fill_gradients(self, losses: Tensor, inputs: StepInputs) -> None:
         """Fill ``.grad`` with the aggregated direction (shared) and the summed gradient (heads).
 
         One differentiation gives both the K x P Jacobian (w.r.t. the shared parameters, or
@@ -172,10 +337,10 @@ class Aggregator(Method):
         The Jacobian is one batched (``vmap``) backward pass; if the graph has an op that
         cannot be batched, the first call finds out, logs it and uses K passes from then on.
         """
+        shared_parameters, task_parameters, representation = inputs
         from bayesagg.distributed import all_reduce_mean, resolve_group
         from bayesagg.methods._jacobian import accumulate_grad, check_inputs, jacobians_auto
 
-        check_losses(losses, self.num_tasks)
         shared = check_inputs(shared_parameters, "shared_parameters")
         task = check_inputs(task_parameters, "task_parameters")
         if {id(t) for t in shared} & {id(t) for t in task}:

@@ -58,13 +58,6 @@ def representation_variant(cls: type[Aggregator], name: str) -> type[Aggregator]
             "(Sener & Koltun 2018's upper-bound trick, per example, flattened to B*D); see "
             f":mod:`bayesagg.methods.representation` and :class:`{cls.__module__}.{cls.__name__}`."
         )
-        base_repr = cls.__repr__
-
-        def __repr__(self: Aggregator) -> str:
-            text = base_repr(self)
-            prefix = cls.__name__ + "("
-            return qualname + text[len(cls.__name__) :] if text.startswith(prefix) else text
-
         variant = type(
             qualname,
             (cls,),
@@ -73,7 +66,6 @@ def representation_variant(cls: type[Aggregator], name: str) -> type[Aggregator]
                 "space": "representation",
                 "__doc__": doc,
                 "__module__": __name__,
-                "__repr__": __repr__,
             },
         )
         variant.__qualname__ = qualname

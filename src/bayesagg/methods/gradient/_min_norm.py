@@ -1,20 +1,15 @@
 """The minimum-norm point of the convex hull of K gradients (Sener & Koltun 2018, Alg. 1 and 2).
 
-Both solvers work on the K x K Gramian ``M = J J^T`` only, in float64 NumPy: the per-task
-gradients never leave the device, and the loop runs on a matrix of a few hundred numbers.
+Both solvers work on the K x K Gramian ``M = J J^T`` only, in float64 NumPy (from
+:class:`bayesagg.methods.gramian.Gramian`): the per-task gradients never leave the device, and
+the loop runs on a matrix of a few hundred numbers.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from torch import Tensor
 
-__all__ = ["frank_wolfe", "gramian", "min_norm_2"]
-
-
-def gramian(jacobian: Tensor) -> np.ndarray:
-    """Return the K x K Gramian ``J J^T`` of a torch Jacobian [K, P] as a float64 array."""
-    return (jacobian @ jacobian.T).double().cpu().numpy()
+__all__ = ["frank_wolfe", "min_norm_2"]
 
 
 def min_norm_2(v11: float, v12: float, v22: float) -> float:

@@ -8,15 +8,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bayesagg.methods.base import Aggregator
-from bayesagg.methods.gradient._min_norm import gramian
+from bayesagg.methods.gramian import Gramian, GramianWeighting
 
 __all__ = ["AlignedMTL", "AlignedMTLUB", "ScaleMode"]
 
 ScaleMode = Literal["min", "median", "rmse"]
 
 
-class AlignedMTL(Aggregator):
+class AlignedMTL(GramianWeighting):
     """Independent component alignment (Senushkin et al. 2023, CVPR, Algorithm 1).
 
     With the Gramian ``G = J J^T = V diag(lambda) V^T`` (eigenvalues above
@@ -36,6 +35,8 @@ class AlignedMTL(Aggregator):
 
     name = "aligned-mtl"
     space = "parameters"
+    hyperparameters = ("scale_mode", "scale_task_gradients")
+    properties = frozenset({"permutation_invariant", "scale_homogeneous"})
 
     def __init__(
         self,
@@ -52,12 +53,12 @@ class AlignedMTL(Aggregator):
         self.scale_mode: ScaleMode = scale_mode
         self.scale_task_gradients = scale_task_gradients
 
-    def aggregate(self, jacobian: Tensor) -> Tensor:
-        """Return the sum of the aligned task gradients ``J^T B 1`` [P] of a Jacobian [K, P]."""
-        m = gramian(jacobian)
+    def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
+        """Return ``B 1``: the weights of the sum of the aligned task gradients ``J^T B 1``."""
+        m = gramian.numpy()
         k = m.shape[0]
         lam, vec = np.linalg.eigh(m)
-        keep = lam > lam.max() * k * torch.finfo(jacobian.dtype).eps
+        keep = lam > lam.max() * k * torch.finfo(gramian.dtype).eps
         if not keep.any():
             b = np.eye(k)
         else:
@@ -69,20 +70,12 @@ class AlignedMTL(Aggregator):
             else:
                 sigma = lam.mean()
             b = np.sqrt(sigma) * (vec / np.sqrt(lam)) @ vec.T
-        weights = torch.as_tensor(b.sum(axis=1), dtype=jacobian.dtype, device=jacobian.device)
-        self.last_weights = weights.detach().cpu()
-        return weights @ jacobian
+        return b.sum(axis=1)
 
     def task_weights(self) -> Tensor:
         if self.scale_task_gradients and self.last_weights is not None:
             return self.last_weights
         return torch.ones(self.num_tasks)
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(num_tasks={self.num_tasks}, scale_mode={self.scale_mode!r}, "
-            f"scale_task_gradients={self.scale_task_gradients})"
-        )
 
 
 class AlignedMTLUB(AlignedMTL):

@@ -8,13 +8,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bayesagg.methods.base import Aggregator
-from bayesagg.methods.gradient._min_norm import gramian
+from bayesagg.methods.gramian import Gramian, GramianWeighting
 
 __all__ = ["CAGrad"]
 
 
-class CAGrad(Aggregator):
+class CAGrad(GramianWeighting):
     """Conflict-averse gradient descent (Liu et al. 2021, NeurIPS, Algorithm 1).
 
     Maximises the worst task's improvement ``min_i g_i . d`` within the ball
@@ -34,11 +33,17 @@ class CAGrad(Aggregator):
     are handled). The official ``1e-8`` stabilisers are left out; if ``|g_w|`` is 0 (the
     origin is in the hull) the correction term is dropped and ``d = g_0``, which is what the
     official ``1e-8`` gives. A solver failure is counted in :attr:`solver_failures` and logged,
-    and that step uses the uniform weights (``d = (1 + c) g_0`` before rescaling).
+    and that step uses the uniform weights (``d = (1 + c) g_0`` before rescaling). For
+    ``c >= 1`` CAGrad is non-conflicting (the ball holds 0); where the dual's direction
+    conflicts (near Pareto-stationary inputs, where it is solver noise) the mean gradient's
+    projection onto the dual cone is used instead (:meth:`_stationary_fallback`).
     """
 
     name = "cagrad"
     space = "parameters"
+    hyperparameters = ("c", "rescale")
+    properties = frozenset({"permutation_invariant", "scale_homogeneous"})
+    accuracy = 1e-7  # Clarabel's default tolerances on the dual
 
     def __init__(self, num_tasks: int, *, c: float = 0.4, rescale: Literal[0, 1, 2] = 1) -> None:
         super().__init__(num_tasks)
@@ -52,14 +57,18 @@ class CAGrad(Aggregator):
         self.solver_failures = 0
         self._dual: dict | None = None
 
-    def aggregate(self, jacobian: Tensor) -> Tensor:
-        """Return the CAGrad direction [P] (rescaled, times K) for a Jacobian [K, P]."""
-        m = gramian(jacobian)
+    def claims(self) -> frozenset[str]:
+        """Non-conflicting for ``c >= 1``: the ball then holds ``d = 0``, so the worst task's
+        improvement at the optimum is at least 0 (Liu et al. 2021, Sec. 3)."""
+        return self.properties | ({"non_conflicting"} if self.c >= 1 else frozenset())
+
+    def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
+        """Return the CAGrad weights (rescaled, times K): ``d = J^T weights``."""
+        m = gramian.numpy()
         k = m.shape[0]
         scale = np.trace(m) / k
-        if not scale > 0:
-            self.last_weights = torch.full((k,), 1.0, dtype=torch.float64)
-            return jacobian.sum(dim=0)
+        if not scale > 0:  # a zero Jacobian: any weights give the zero direction
+            return np.ones(k)
         m = m / scale
         mean = np.full(k, 1.0 / k)
         b = m @ mean  # J g_0
@@ -67,10 +76,26 @@ class CAGrad(Aggregator):
         w = self._solve_dual(m, b, c_norm)
         gw_norm = np.sqrt(max(w @ m @ w, 0.0))
         coef = mean + (c_norm / gw_norm * w if gw_norm > 1e-12 else 0.0)
-        coef = coef * k / {0: 1.0, 1: 1.0 + self.c**2, 2: 1.0 + self.c}[self.rescale]
-        weights = torch.as_tensor(coef, dtype=jacobian.dtype, device=jacobian.device)
-        self.last_weights = weights.detach().cpu()
-        return weights @ jacobian
+        if self.c >= 1 and np.min(m @ coef) < 0:
+            coef = self._stationary_fallback(m, mean, gramian.dtype)
+        return coef * k / {0: 1.0, 1: 1.0 + self.c**2, 2: 1.0 + self.c}[self.rescale]
+
+    @staticmethod
+    def _stationary_fallback(m: np.ndarray, mean: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+        """Weights of the mean gradient projected onto the dual cone ``{d : J d >= 0}``.
+
+        For ``c >= 1`` the ball holds ``d = 0``, so the optimum has ``min_i g_i . d >= 0``.
+        Near a Pareto-stationary point (the origin in, or within the solver's accuracy of,
+        the convex hull of the gradients) that optimum is 0 and ``|g_w|`` vanishes: the dual
+        formula ``g_0 + c |g_0| g_w / |g_w|`` then turns solver noise into a direction of the
+        size of the gradients, conflicting and even outside the ball (the official ``1e-8``
+        returns ``g_0``, also conflicting). The projection of ``g_0`` onto the dual cone
+        attains the optimum 0, lies in the ball (``|pi(g_0) - g_0| <= |0 - g_0|``) and is
+        the maximiser closest to ``g_0``; it is used whenever the dual's direction conflicts.
+        """
+        from bayesagg.methods.gradient._dual_cone import dual_cone_weights
+
+        return dual_cone_weights(m, mean, torch.finfo(dtype).eps)
 
     def _solve_dual(self, m: np.ndarray, b: np.ndarray, c_norm: float) -> np.ndarray:
         k = m.shape[0]
@@ -115,6 +140,3 @@ class CAGrad(Aggregator):
             return np.full(k, 1.0 / k)
         w = np.clip(w, 0.0, None)
         return w / w.sum()
-
-    def __repr__(self) -> str:
-        return f"CAGrad(num_tasks={self.num_tasks}, c={self.c}, rescale={self.rescale})"

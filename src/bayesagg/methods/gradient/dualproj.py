@@ -6,14 +6,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bayesagg.methods.base import Aggregator
 from bayesagg.methods.gradient._dual_cone import dual_cone_weights
-from bayesagg.methods.gradient._min_norm import gramian
+from bayesagg.methods.gramian import Gramian, GramianWeighting
 
 __all__ = ["DualProj"]
 
 
-class DualProj(Aggregator):
+class DualProj(GramianWeighting):
     """Projection of the mean gradient onto the dual cone (Quinton & Rey 2024, "Jacobian descent").
 
     ``d = pi_J(1/K sum_i g_i)``, where ``pi_J`` projects onto ``{x : J x >= 0}``: the closest
@@ -23,23 +22,21 @@ class DualProj(Aggregator):
     projects each gradient, then averages). By their Proposition 1, ``pi_J(J^T u) = J^T v``
     with ``v = argmin_{v >= u} v^T G v``, here solved exactly by non-negative least squares on
     the Gramian divided by its mean diagonal (as :class:`~bayesagg.methods.gradient.upgrad.UPGrad`;
-    torchjd solves the same programme with quadprog after adding ``1e-4 I``, so it differs by
-    O(1e-4)). Mean scale, as UPGrad and torchjd. ``last_weights`` = ``v``.
+    torchjd solves the same programme with quadprog after adding ``1e-4 I``, a regularisation
+    that moves its answer by O(1) of the gradients where the exact answer is 0). Mean scale,
+    as UPGrad and torchjd. ``last_weights`` = ``v``.
     """
 
     name = "dualproj"
     space = "parameters"
+    properties = frozenset({"non_conflicting", "permutation_invariant", "scale_homogeneous"})
 
-    def aggregate(self, jacobian: Tensor) -> Tensor:
-        """Return the DualProj direction [P] of a Jacobian [K, P]."""
-        m = gramian(jacobian)
+    def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
+        """Return ``v = argmin_{v >= 1/K} v^T G v`` (on the normalised Gramian)."""
+        m = gramian.numpy()
         k = m.shape[0]
-        if k != self.num_tasks:
-            raise ValueError(f"expected {self.num_tasks} rows, got {k}")
         scale = np.trace(m) / k
         weights = np.full(k, 1.0 / k)
         if scale > 0:
-            weights = dual_cone_weights(m / scale, weights)
-        w = torch.as_tensor(weights, dtype=jacobian.dtype, device=jacobian.device)
-        self.last_weights = w.detach().cpu()
-        return w @ jacobian
+            weights = dual_cone_weights(m / scale, weights, torch.finfo(gramian.dtype).eps)
+        return weights

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -41,6 +41,11 @@ class ExcessMTL(Aggregator):
 
     name = "excess-mtl"
     space = "parameters"
+    hyperparameters = ("robust_step_size",)
+    state_fields = ("squared_sum", "baseline", "log_weights", "steps")
+    # not scale-homogeneous: the official 1e-7 under the square root of the squared-gradient
+    # sums dominates for gradients below ~3e-4, changing the weights' ratios
+    properties = frozenset({"permutation_invariant"})
     #: Read by bayesagg.methods.representation: no "-ub" variant (see above).
     per_coordinate_state: ClassVar[bool] = True
 
@@ -95,26 +100,3 @@ class ExcessMTL(Aggregator):
         if self.last_weights is None:
             return torch.ones(self.num_tasks)
         return self.last_weights
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "squared_sum": None if self.squared_sum is None else self.squared_sum.clone(),
-            "baseline": None if self.baseline is None else self.baseline.clone(),
-            "log_weights": self.log_weights.clone(),
-            "steps": self.steps,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        copy = lambda t: None if t is None else t.clone()  # noqa: E731 - state is updated in place
-        self.squared_sum = copy(state["squared_sum"])
-        self.baseline = copy(state["baseline"])
-        self.log_weights = state["log_weights"].clone()
-        self.steps = int(state["steps"])
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(num_tasks={self.num_tasks}, "
-            f"robust_step_size={self.robust_step_size})"
-        )

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from bayesagg.methods.base import Aggregator
-from bayesagg.methods.gradient._min_norm import gramian
+from bayesagg.methods.gramian import ClippedGramianWeighting, Gramian
 
 __all__ = ["FairGrad"]
 
 
-class FairGrad(Aggregator):
+class FairGrad(ClippedGramianWeighting):
     """Fair resource allocation in MTL (Ban & Ji 2024, ICML, Sec. 4, Eq. 4 and Algorithm 1).
 
     The update ``d = J^T w`` maximises ``sum_i (g_i . d)^(1 - alpha) / (1 - alpha)`` over a
@@ -39,6 +37,11 @@ class FairGrad(Aggregator):
 
     name = "fairgrad"
     space = "parameters"
+    hyperparameters = ("alpha", "max_norm")
+    # not homogeneous (w ~ |J|^(-2 alpha / (alpha + 1)), and the clip); not
+    # permutation-invariant either: for a singular Gramian the equations have no solution and
+    # the solver's last iterate depends on the order of the tasks
+    properties: frozenset[str] = frozenset()
 
     def __init__(self, num_tasks: int, *, alpha: float = 1.0, max_norm: float = 1.0) -> None:
         super().__init__(num_tasks)
@@ -49,7 +52,11 @@ class FairGrad(Aggregator):
         self.alpha = float(alpha)
         self.max_norm = float(max_norm)
 
-    def weights(self, m: np.ndarray) -> np.ndarray:
+    def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
+        """Return ``K w`` (before the clip) for the FairGrad weights w of the Gramian."""
+        return self.fair_weights(gramian.numpy()) * self.num_tasks
+
+    def fair_weights(self, m: np.ndarray) -> np.ndarray:
         """Return the FairGrad weights w [K] (before the factor K) of a Gramian ``m``."""
         from scipy.optimize import least_squares
 
@@ -67,18 +74,3 @@ class FairGrad(Aggregator):
 
         w = least_squares(residual, uniform, bounds=(0.0, np.inf)).x
         return w * scale ** (-self.alpha / (self.alpha + 1.0))
-
-    def aggregate(self, jacobian: Tensor) -> Tensor:
-        """Return ``K J^T w`` [P], clipped to norm ``max_norm``, for a Jacobian [K, P]."""
-        if jacobian.shape[0] != self.num_tasks:
-            raise ValueError(f"expected {self.num_tasks} rows, got {jacobian.shape[0]}")
-        w = self.weights(gramian(jacobian)) * self.num_tasks
-        weights = torch.as_tensor(w, dtype=jacobian.dtype, device=jacobian.device)
-        direction = weights @ jacobian
-        norm = float(direction.norm())
-        factor = self.max_norm / norm if 0 < self.max_norm < norm else 1.0
-        self.last_weights = (weights * factor).detach().cpu()
-        return direction * factor
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_tasks={self.num_tasks}, alpha={self.alpha}, max_norm={self.max_norm})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -34,6 +35,12 @@ class GradDrop(Aggregator):
 
     name = "graddrop"
     space = "representation"
+    hyperparameters = ("leak", "seed")
+    state_fields = ("generator",)
+    properties = frozenset({"permutation_invariant", "scale_homogeneous"})
+    # the sign purity needs only the batch sums of sign(h) * dL_i/dh: exact with one K x D
+    # all-reduce (data_parallel_direction)
+    data_parallel: ClassVar[bool] = True
 
     def __init__(
         self, num_tasks: int, *, leak: float | Sequence[float] = 0.0, seed: int | None = None
@@ -69,8 +76,7 @@ class GradDrop(Aggregator):
 
     def aggregate(self, jacobian: Tensor) -> Tensor:
         """Return the GradDrop combination [P] of a Jacobian [K, P] (each column one feature)."""
-        if jacobian.shape[0] != self.num_tasks:
-            raise ValueError(f"expected {self.num_tasks} rows, got {jacobian.shape[0]}")
+        self.check_rows(jacobian)
         # When the masks come from the rows themselves, sum_i M_i g_i only needs the column sums
         # of the positive and negative parts: [P > U] sum_i g_i^+ + [P < U] sum_i g_i^-, and
         # P = 1/2 (1 + sum_i g_i / sum_i |g_i|) = pos / (pos - neg). Two passes over J.
@@ -97,12 +103,11 @@ class GradDrop(Aggregator):
         signed = (torch.sign(representation.detach()) * jacobian).sum(dim=1)
         return self._masked_sum(signed, jacobian)
 
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "generator": self.generator.get_state()}
+    def data_parallel_direction(
+        self, jacobian: Tensor, losses: Tensor, representation: Tensor, group: Any
+    ) -> Tensor:
+        """The masks from the all-reduced batch sums ``sum_b sign(h) dL_i/dh`` [K, D]."""
+        from bayesagg.distributed import all_reduce_sum
 
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.generator.set_state(state["generator"])
-
-    def __repr__(self) -> str:
-        return f"GradDrop(num_tasks={self.num_tasks}, leak={self.leak.tolist()}, seed={self.seed})"
+        signed = (torch.sign(representation.detach()) * jacobian).sum(dim=1)
+        return self._masked_sum(all_reduce_sum(signed, group), jacobian)

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from torch import Tensor
 
-from bayesagg.methods.base import Aggregator
-from bayesagg.methods.gradient._min_norm import gramian
+from bayesagg.methods.gramian import Gramian, GramianWeighting
 
 __all__ = ["GradVac"]
 
 
-class GradVac(Aggregator):
+class GradVac(GramianWeighting):
     """Gradient vaccine (Wang et al. 2021, ICLR, Sec. 3.3 and Algorithm 1).
 
     For each task i and every other task j in a random order, with ``phi = cos(g_i^PC, g_j)``
@@ -38,6 +35,9 @@ class GradVac(Aggregator):
 
     name = "gradvac"
     space = "parameters"
+    hyperparameters = ("beta", "eps", "seed")
+    state_fields = ("phi_hat", "generator")
+    properties = frozenset({"scale_homogeneous"})  # random order: not permutation-invariant
 
     def __init__(
         self, num_tasks: int, *, beta: float = 0.5, eps: float = 1e-8, seed: int | None = None
@@ -61,12 +61,10 @@ class GradVac(Aggregator):
         seed = self.seed if self.seed is not None else int(torch.randint(2**62, ()).item())
         self.generator.manual_seed(seed)
 
-    def aggregate(self, jacobian: Tensor) -> Tensor:
-        """Return ``sum_i g_i^PC`` [P] for a Jacobian [K, P], updating phi_hat."""
-        m = gramian(jacobian)
+    def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
+        """Return the weights of ``sum_i g_i^PC``, updating phi_hat."""
+        m = gramian.numpy()
         k = m.shape[0]
-        if k != self.num_tasks:
-            raise ValueError(f"expected {self.num_tasks} rows, got {k}")
         scale = np.trace(m) / k
         if scale > 0:
             m = m / scale
@@ -79,7 +77,9 @@ class GradVac(Aggregator):
             for idx in torch.randperm(k - 1, generator=self.generator).tolist():
                 j = others[idx]
                 norm_i = np.sqrt(max(c_m @ c, 0.0))
-                phi = c_m[j] / (norm_i * norms[j] + self.eps)
+                # a cosine: rounding (rank-deficient rows in float32) can push the ratio past
+                # +-1, and a target phi_hat past +-1 makes Eq. 5's denominator vanish
+                phi = min(max(c_m[j] / (norm_i * norms[j] + self.eps), -1.0), 1.0)
                 target = self.phi_hat[i, j]
                 if phi < target:
                     root_target = np.sqrt(max(1.0 - target**2, 0.0))
@@ -91,24 +91,4 @@ class GradVac(Aggregator):
                     c[j] += w
                     c_m = c_m + w * m[j]
                 self.phi_hat[i, j] = (1.0 - self.beta) * target + self.beta * phi
-        weights = torch.as_tensor(coef.sum(axis=0), dtype=jacobian.dtype, device=jacobian.device)
-        self.last_weights = weights.detach().cpu()
-        return weights @ jacobian
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "phi_hat": self.phi_hat.copy(),
-            "generator": self.generator.get_state(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.phi_hat = np.array(state["phi_hat"], dtype=np.float64)
-        self.generator.set_state(state["generator"])
-
-    def __repr__(self) -> str:
-        return (
-            f"GradVac(num_tasks={self.num_tasks}, beta={self.beta}, eps={self.eps}, "
-            f"seed={self.seed})"
-        )
+        return coef.sum(axis=0)

@@ -6,13 +6,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bayesagg.methods.base import Aggregator
-from bayesagg.methods.gradient._min_norm import gramian
+from bayesagg.methods.gramian import Gramian, GramianWeighting
 
 __all__ = ["IMTLG", "IMTLGUB"]
 
 
-class IMTLG(Aggregator):
+class IMTLG(GramianWeighting):
     """Impartial MTL, gradient part (Liu et al. 2021, ICLR, Sec. 3.2, closed form of Eq. 5).
 
     Finds ``d = sum_t alpha_t g_t`` with ``sum_t alpha_t = 1`` whose projections on the unit
@@ -29,10 +28,11 @@ class IMTLG(Aggregator):
 
     name = "imtl-g"
     space = "parameters"
+    properties = frozenset({"permutation_invariant", "scale_homogeneous"})
 
-    def aggregate(self, jacobian: Tensor) -> Tensor:
-        """Return ``J^T alpha`` [P] for the IMTL-G weights alpha of a Jacobian [K, P]."""
-        m = gramian(jacobian)
+    def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
+        """Return the IMTL-G weights alpha (sum 1, or 0 when none exists)."""
+        m = gramian.numpy()
         k = m.shape[0]
         scale = np.trace(m) / k
         alpha = np.zeros(k)
@@ -40,15 +40,13 @@ class IMTLG(Aggregator):
             m = m / scale
             # pseudo-inverse with the rank cut of the Jacobian's precision (torch's pinv default)
             lam, vec = np.linalg.eigh(m)
-            keep = lam > lam.max() * k * torch.finfo(jacobian.dtype).eps
+            keep = lam > lam.max() * k * torch.finfo(gramian.dtype).eps
             norms = np.sqrt(np.clip(np.diag(m), 0.0, None))
             v = vec[:, keep] @ ((vec[:, keep].T @ norms) / lam[keep])
             total = v.sum()
             if abs(total) > 1e-12:
                 alpha = v / total
-        weights = torch.as_tensor(alpha, dtype=jacobian.dtype, device=jacobian.device)
-        self.last_weights = weights.detach().cpu()
-        return weights @ jacobian
+        return alpha
 
 
 class IMTLGUB(IMTLG):

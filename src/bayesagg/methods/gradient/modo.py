@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
-import torch
 from torch import Tensor
 
-from bayesagg.methods.base import Aggregator
-from bayesagg.methods.gradient._min_norm import gramian
 from bayesagg.methods.gradient._simplex import project_onto_simplex
+from bayesagg.methods.gramian import Gramian, GramianWeighting
 
 __all__ = ["MoDo"]
 
 
-class MoDo(Aggregator):
+class MoDo(GramianWeighting):
     """Multi-objective gradient with double sampling (Chen, Fernando, Ying & Chen 2023, NeurIPS).
 
     "Three-way trade-off in multi-objective learning", Algorithm 1 (Eq. 2.9): instead of
@@ -38,6 +34,9 @@ class MoDo(Aggregator):
 
     name = "modo"
     space = "parameters"
+    hyperparameters = ("gamma", "rho")
+    state_fields = (("lambda", "lam"),)
+    properties = frozenset({"permutation_invariant"})  # gamma acts on the raw Gramian
 
     def __init__(self, num_tasks: int, *, gamma: float = 1e-3, rho: float = 0.1) -> None:
         super().__init__(num_tasks)
@@ -53,27 +52,11 @@ class MoDo(Aggregator):
         """Restart from the uniform weights."""
         self.lam = np.full(self.num_tasks, 1.0 / self.num_tasks)
 
-    def aggregate(self, jacobian: Tensor) -> Tensor:
-        """Take one step on lambda with this Jacobian's Gramian; return ``J^T lambda`` [P]."""
-        m = gramian(jacobian)
-        if m.shape[0] != self.num_tasks:
-            raise ValueError(f"expected {self.num_tasks} rows, got {m.shape[0]}")
+    def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
+        """Take one step on lambda with this Gramian; return lambda."""
+        m = gramian.numpy()
         step = self.lam - self.gamma * (m @ self.lam + self.rho * self.lam)
         if not np.all(np.isfinite(step)):
             raise FloatingPointError(f"MoDo: non-finite weight update {step} (Gramian {m})")
         self.lam = project_onto_simplex(step)
-        weights = torch.as_tensor(self.lam, dtype=jacobian.dtype, device=jacobian.device)
-        self.last_weights = weights.detach().cpu()
-        return weights @ jacobian
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "lambda": self.lam.copy()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.lam = np.asarray(state["lambda"], dtype=np.float64)
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(num_tasks={self.num_tasks}, gamma={self.gamma}, rho={self.rho})"
-        )
+        return self.lam

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from bayesagg.methods.base import Aggregator
+from bayesagg.methods.base import StepInputs
+from bayesagg.methods.gramian import ClippedGramianWeighting, Gramian, clip_factor
 
 __all__ = ["NashBargainingError", "NashMTL", "NashMTLSolverError", "nash_bargaining_weights"]
 
@@ -115,7 +115,7 @@ def nash_bargaining_weights(
     )
 
 
-class NashMTL(Aggregator):
+class NashMTL(ClippedGramianWeighting):
     """Multi-task learning as a bargaining game (Navon et al. 2022, ICML, Algorithm 1).
 
     The Nash bargaining solution is ``d = J^T alpha`` with ``alpha_i (G alpha)_i = 1`` for all i
@@ -170,6 +170,10 @@ class NashMTL(Aggregator):
 
     name = "nash-mtl"
     space = "parameters"
+    hyperparameters = ("update_weights_every", "optim_niter", "max_norm", "on_solver_failure")
+    state_fields = ("step", "alpha", "solver_failures")
+    # alpha scales as 1 / |J| (and the clip): not homogeneous
+    properties = frozenset({"permutation_invariant"})
 
     def __init__(
         self,
@@ -217,26 +221,15 @@ class NashMTL(Aggregator):
             self.solver_failures = 0
 
     # -- the weights ---------------------------------------------------------------------------
-    def aggregate(self, jacobian: Tensor) -> Tensor:
-        """Return ``J^T alpha`` [P], alpha updated every ``update_weights_every`` calls."""
-        if jacobian.shape[0] != self.num_tasks:
-            raise ValueError(f"expected {self.num_tasks} rows, got {jacobian.shape[0]}")
+    def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
+        """Return alpha (before the clip), updated every ``update_weights_every`` calls."""
         if self.step % self.update_weights_every == 0:
-            g = (jacobian @ jacobian.T).double().cpu().numpy()
+            g = gramian.numpy()
             scale = float(np.linalg.norm(g))
             if scale > 0:  # a zero Jacobian leaves nothing to bargain over
                 self.alpha = self._solve(g / scale, scale)
         self.step += 1
-        weights = torch.as_tensor(self.alpha, dtype=jacobian.dtype, device=jacobian.device)
-        direction = weights @ jacobian
-        factor = self._clip_factor(direction.norm())
-        self.last_weights = (weights * factor).detach().cpu()
-        return direction * factor
-
-    def _clip_factor(self, norm: Tensor) -> float:
-        if self.max_norm > 0 and float(norm) > self.max_norm:
-            return self.max_norm / float(norm)
-        return 1.0
+        return self.alpha
 
     def _build(self) -> dict[str, Any]:
         import cvxpy as cp
@@ -354,30 +347,15 @@ class NashMTL(Aggregator):
         _log.log(level, "%s; keeping the previous weights", message)
 
     # -- steps that reuse the weights need no Jacobian ------------------------------------------
-    def backward(
-        self,
-        losses: Tensor,
-        *,
-        shared_parameters: Sequence[Tensor],
-        task_parameters: Sequence[Tensor] = (),
-        representation: Tensor | None = None,
-        heads: Sequence[nn.Module] | None = None,
-        targets: Sequence[Tensor] | None = None,
-    ) -> None:
+    def fill_gradients(self, losses: Tensor, inputs: StepInputs) -> None:
         """As :meth:`Aggregator.backward`; between updates, one backward of ``sum alpha_i L_i``."""
+        shared_parameters, task_parameters, representation = inputs
         if self.step % self.update_weights_every == 0:
-            super().backward(
-                losses,
-                shared_parameters=shared_parameters,
-                task_parameters=task_parameters,
-                representation=representation,
-            )
+            super().fill_gradients(losses, inputs)
             return
         from bayesagg.distributed import all_reduce_mean, all_reduce_sum, resolve_group, world_size
         from bayesagg.methods._jacobian import accumulate_grad, check_inputs
-        from bayesagg.methods.base import check_losses
 
-        check_losses(losses, self.num_tasks)
         shared = check_inputs(shared_parameters, "shared_parameters")
         task = check_inputs(task_parameters, "task_parameters")
         weights = torch.as_tensor(self.alpha, dtype=losses.dtype, device=losses.device)
@@ -392,7 +370,7 @@ class NashMTL(Aggregator):
             if group is not None:  # data parallelism: the global direction's norm, whose rows
                 # are this process's rows / N (docs/distributed.md)
                 norm = all_reduce_sum(norm.square(), group).sqrt() / world_size(group)
-            factor = self._clip_factor(norm)
+            factor = clip_factor(float(norm), self.max_norm)
             self.step += 1
             self.last_weights = (weights * factor).detach().cpu()
             if task:
@@ -409,30 +387,9 @@ class NashMTL(Aggregator):
         direction = torch.cat([g.reshape(-1) for g in grads])
         # data parallelism: the clip factor needs the global direction (docs/distributed.md)
         direction = all_reduce_mean(direction, resolve_group(self.process_group))
-        factor = self._clip_factor(direction.norm())
+        factor = clip_factor(float(direction.norm()), self.max_norm)
         self.step += 1
         self.last_weights = (weights * factor).detach().cpu()
         accumulate_grad(shared, direction * factor)
         if task:
             torch.autograd.backward(losses.sum(), inputs=task)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "step": self.step,
-            "alpha": self.alpha.copy(),
-            "solver_failures": self.solver_failures,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.step = int(state["step"])
-        self.alpha = np.asarray(state["alpha"], dtype=np.float64)
-        self.solver_failures = int(state["solver_failures"])
-
-    def __repr__(self) -> str:
-        return (
-            f"NashMTL(num_tasks={self.num_tasks}, update_weights_every="
-            f"{self.update_weights_every}, optim_niter={self.optim_niter}, "
-            f"max_norm={self.max_norm}, on_solver_failure={self.on_solver_failure!r})"
-        )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from bayesagg.methods.base import Aggregator
+from bayesagg.methods.gramian import ClippedGramianWeighting, Gramian
 
 __all__ = ["NTKMTL", "NTKMTLSR"]
 
@@ -29,7 +31,7 @@ def ntk_weights(eigenvalues: Tensor, exponent: float) -> Tensor:
     return out
 
 
-class NTKMTL(Aggregator):
+class NTKMTL(ClippedGramianWeighting):
     """NTKMTL with one NTK sample per task (Qin, Wang, Liao & Yan 2025, NeurIPS, Algorithm 1).
 
     The extended NTK of task i on n samples is ``J_i J_i^T`` (n x n, ``J_i`` the per-sample
@@ -50,6 +52,8 @@ class NTKMTL(Aggregator):
 
     name = "ntkmtl"
     space = "parameters"
+    hyperparameters = ("ntk_exp", "max_norm")
+    properties = frozenset({"permutation_invariant"})  # clipped: not homogeneous
 
     def __init__(self, num_tasks: int, *, ntk_exp: float = 0.5, max_norm: float = 1.0) -> None:
         super().__init__(num_tasks)
@@ -60,23 +64,13 @@ class NTKMTL(Aggregator):
         self.ntk_exp = float(ntk_exp)
         self.max_norm = float(max_norm)
 
-    def aggregate(self, jacobian: Tensor) -> Tensor:
-        """Return ``K J^T w`` [P] (clipped) with ``w_i = (sum_j |g_j|^2 / |g_i|^2)^ntk_exp``."""
-        if jacobian.shape[0] != self.num_tasks:
-            raise ValueError(f"expected {self.num_tasks} rows, got {jacobian.shape[0]}")
-        squared = (jacobian.double() ** 2).sum(dim=1)
-        w = self.num_tasks * ntk_weights(squared, self.ntk_exp).to(jacobian)
-        direction = w @ jacobian
-        norm = float(direction.norm())
-        factor = self.max_norm / norm if 0 < self.max_norm < norm else 1.0
-        self.last_weights = (w * factor).detach().cpu()
-        return direction * factor
+    def weights(self, gramian: Gramian, losses: Tensor | None) -> Tensor:
+        """Return ``K w`` (before the clip), ``w_i = (sum_j |g_j|^2 / |g_i|^2)^ntk_exp``.
 
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(num_tasks={self.num_tasks}, ntk_exp={self.ntk_exp}, "
-            f"max_norm={self.max_norm})"
-        )
+        The squared norms (the Gramian's diagonal) are summed in float64 from the factor's rows.
+        """
+        squared = (gramian.factor.double() ** 2).sum(dim=1)
+        return self.num_tasks * ntk_weights(squared, self.ntk_exp).to(gramian.factor)
 
 
 class NTKMTLSR(Aggregator):
@@ -107,6 +101,10 @@ class NTKMTLSR(Aggregator):
 
     name = "ntkmtl-sr"
     space = "representation"
+    hyperparameters = ("ntk_exp", "num_chunks")
+    properties = frozenset({"permutation_invariant", "scale_homogeneous"})
+    # the chunks' squared norms are summed over the processes: exact (data_parallel_direction)
+    data_parallel: ClassVar[bool] = True
 
     def __init__(self, num_tasks: int, *, ntk_exp: float = 0.5, num_chunks: int = 4) -> None:
         super().__init__(num_tasks)
@@ -142,25 +140,25 @@ class NTKMTLSR(Aggregator):
 
     def aggregate(self, jacobian: Tensor) -> Tensor:
         """Return ``J^T w`` [P] with one chunk (``lambda_i = |g_i|^2``)."""
-        if jacobian.shape[0] != self.num_tasks:
-            raise ValueError(f"expected {self.num_tasks} rows, got {jacobian.shape[0]}")
-        return self._weighted((jacobian.double() ** 2).sum(dim=1).cpu(), jacobian)
+        self.check_rows(jacobian)
+        return self._weighted((jacobian.detach().double() ** 2).sum(dim=1).cpu(), jacobian)
 
     def direction(
         self, jacobian: Tensor, *, losses: Tensor, representation: Tensor | None
     ) -> Tensor:
         if representation is None or jacobian.ndim < 3:
             return super().direction(jacobian, losses=losses, representation=representation)
-        if jacobian.shape[0] != self.num_tasks:
-            raise ValueError(f"expected {self.num_tasks} rows, got {jacobian.shape[0]}")
-        return self._weighted(self.eigenvalues(jacobian), jacobian)
+        self.check_rows(jacobian)
+        return self._weighted(self.eigenvalues(jacobian.detach()), jacobian)
+
+    def data_parallel_direction(
+        self, jacobian: Tensor, losses: Tensor, representation: Tensor, group: Any
+    ) -> Tensor:
+        """The weights from the chunks of the global batch, applied to the local rows."""
+        from bayesagg.methods._distributed import ntkmtl_sr_eigenvalues
+
+        return self._weighted(ntkmtl_sr_eigenvalues(self.num_chunks, jacobian, group), jacobian)
 
     def task_weights(self) -> Tensor:
         """A loss weighting: the task-specific parameters get ``w_i`` times their gradients."""
         return torch.ones(self.num_tasks) if self.last_weights is None else self.last_weights
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(num_tasks={self.num_tasks}, ntk_exp={self.ntk_exp}, "
-            f"num_chunks={self.num_chunks})"
-        )

@@ -6,13 +6,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bayesagg.methods.base import Aggregator
-from bayesagg.methods.gradient._min_norm import gramian
+from bayesagg.methods.gramian import Gramian, GramianWeighting
 
 __all__ = ["PCGrad"]
 
 
-class PCGrad(Aggregator):
+class PCGrad(GramianWeighting):
     """Projecting conflicting gradients (Yu et al. 2020, "Gradient Surgery", Algorithm 1).
 
     For each task i, ``g_i^PC = g_i``; for every other task j in a random order, if
@@ -29,6 +28,10 @@ class PCGrad(Aggregator):
 
     name = "pcgrad"
     space = "parameters"
+    hyperparameters = ("seed",)
+    state_fields = ("generator",)
+    # not permutation-invariant: the projection order is random
+    properties = frozenset({"scale_homogeneous"})
 
     def __init__(self, num_tasks: int, *, seed: int | None = None) -> None:
         super().__init__(num_tasks)
@@ -43,9 +46,9 @@ class PCGrad(Aggregator):
         seed = self.seed if self.seed is not None else int(torch.randint(2**62, ()).item())
         self.generator.manual_seed(seed)
 
-    def aggregate(self, jacobian: Tensor) -> Tensor:
-        """Return ``sum_i g_i^PC`` [P] for a Jacobian [K, P]."""
-        m = gramian(jacobian)
+    def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
+        """Return the weights of ``sum_i g_i^PC`` (each ``g_i^PC`` a combination of rows)."""
+        m = gramian.numpy()
         k = m.shape[0]
         weights = np.zeros(k)
         for i in range(k):
@@ -58,16 +61,4 @@ class PCGrad(Aggregator):
                 if dot < 0.0:
                     c[j] -= dot / m[j, j]
             weights += c
-        w = torch.as_tensor(weights, dtype=jacobian.dtype, device=jacobian.device)
-        self.last_weights = w.detach().cpu()
-        return w @ jacobian
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.generator.set_state(state["generator"])
-
-    def __repr__(self) -> str:
-        return f"PCGrad(num_tasks={self.num_tasks}, seed={self.seed})"
+        return weights

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
-import torch
 from torch import Tensor
 
-from bayesagg.methods.base import Aggregator
-from bayesagg.methods.gradient._min_norm import gramian
 from bayesagg.methods.gradient._simplex import project_onto_simplex
+from bayesagg.methods.gramian import Gramian, GramianWeighting
 
 __all__ = ["SDMGrad"]
 
 
-class SDMGrad(Aggregator):
+class SDMGrad(GramianWeighting):
     """Stochastic direction-oriented multi-objective gradient (Xiao, Ban & Ji 2023, NeurIPS).
 
     "Direction-oriented multi-objective learning", Algorithm 1 (Eq. 6-9): the weights ``w`` (on
@@ -42,6 +38,11 @@ class SDMGrad(Aggregator):
 
     name = "sdmgrad"
     space = "parameters"
+    hyperparameters = ("lambda_", "n_iter", "lr", "momentum")
+    state_fields = ("w",)
+    # not permutation-invariant: the inner projected SGD (official lr=10) is unstable on a
+    # singular Gramian, where it amplifies the rounding of a reordering to O(1) changes
+    properties = frozenset({"scale_homogeneous"})
 
     def __init__(
         self,
@@ -71,12 +72,10 @@ class SDMGrad(Aggregator):
         """Restart from the uniform weights."""
         self.w = np.full(self.num_tasks, 1.0 / self.num_tasks)
 
-    def aggregate(self, jacobian: Tensor) -> Tensor:
-        """Run the inner solver from the previous ``w``; return the SDMGrad direction [P]."""
-        m = gramian(jacobian)
+    def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
+        """Run the inner solver from the previous ``w``; return ``(w + lambda / K) / (1 + lambda)``."""
+        m = gramian.numpy()
         k = m.shape[0]
-        if k != self.num_tasks:
-            raise ValueError(f"expected {self.num_tasks} rows, got {k}")
         preferred = np.full(k, 1.0 / k)
         scale = np.sqrt(np.clip(np.diag(m), 0.0, None)).mean() ** 2
         if scale > 0:
@@ -87,20 +86,4 @@ class SDMGrad(Aggregator):
                 velocity = grad if i == 0 else self.momentum * velocity + grad
                 w = project_onto_simplex(w - self.lr * velocity)
             self.w = w
-        coef = (self.w + self.lambda_ * preferred) / (1.0 + self.lambda_)
-        weights = torch.as_tensor(coef, dtype=jacobian.dtype, device=jacobian.device)
-        self.last_weights = weights.detach().cpu()
-        return weights @ jacobian
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "w": self.w.copy()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.w = np.asarray(state["w"], dtype=np.float64)
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(num_tasks={self.num_tasks}, lambda_={self.lambda_}, n_iter={self.n_iter}, "
-            f"lr={self.lr}, momentum={self.momentum})"
-        )
+        return (self.w + self.lambda_ * preferred) / (1.0 + self.lambda_)

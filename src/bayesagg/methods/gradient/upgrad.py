@@ -6,13 +6,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bayesagg.methods.base import Aggregator
-from bayesagg.methods.gradient._min_norm import gramian
+from bayesagg.methods.gradient._dual_cone import gramian_factor, project_weights
+from bayesagg.methods.gramian import Gramian, GramianWeighting
 
 __all__ = ["UPGrad"]
 
 
-class UPGrad(Aggregator):
+class UPGrad(GramianWeighting):
     """Unconflicting projection of gradients (Quinton & Rey 2024, "Jacobian descent", Eq. 5).
 
     ``d = 1/K sum_i pi_J(g_i)``, where ``pi_J`` projects onto the dual cone
@@ -21,30 +21,23 @@ class UPGrad(Aggregator):
     (``G = J J^T``). With ``v = e_i + s`` and a factor ``G = A^T A`` this is the non-negative
     least-squares problem ``min_{s >= 0} |A s + A e_i|^2``, solved exactly by SciPy's
     Lawson-Hanson ``nnls`` on the Gramian divided by its mean diagonal (the projection is
-    scale-free). torchjd solves the same quadratic programme with quadprog after adding
-    ``1e-4 I`` to the normalised Gramian, so it differs from the exact projection by O(1e-4).
-    ``last_weights`` are ``1/K sum_i v_i``.
+    scale-free; :mod:`~bayesagg.methods.gradient._dual_cone`). torchjd solves the same
+    quadratic programme with quadprog after adding ``1e-4 I`` to the normalised Gramian: a
+    regularisation, not a rounding, so its answer differs from the exact projection by a
+    relative O(1e-4) on well-conditioned Jacobians but by O(1) of the gradients where the exact
+    answer is 0 (e.g. two opposite gradients). ``last_weights`` are ``1/K sum_i v_i``.
     """
 
     name = "upgrad"
     space = "parameters"
+    properties = frozenset({"non_conflicting", "permutation_invariant", "scale_homogeneous"})
 
-    def aggregate(self, jacobian: Tensor) -> Tensor:
-        """Return the UPGrad direction [P] of a Jacobian [K, P]."""
-        from scipy.optimize import nnls
-
-        m = gramian(jacobian)
+    def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
+        """Return ``1/K sum_i v_i``, ``v_i`` the dual-cone weights of the unit vector ``e_i``."""
+        m = gramian.numpy()
         k = m.shape[0]
         scale = np.trace(m) / k
-        weights = np.full(k, 1.0 / k)
-        if scale > 0:
-            lam, vec = np.linalg.eigh(m / scale)
-            factor = np.sqrt(np.clip(lam, 0.0, None))[:, None] * vec.T  # A with A^T A = G
-            v = np.eye(k)
-            for i in range(k):
-                s, _ = nnls(factor, -factor[:, i])
-                v[i] += s
-            weights = v.mean(axis=0)
-        w = torch.as_tensor(weights, dtype=jacobian.dtype, device=jacobian.device)
-        self.last_weights = w.detach().cpu()
-        return w @ jacobian
+        if not scale > 0:
+            return np.full(k, 1.0 / k)
+        factor = gramian_factor(m / scale, torch.finfo(gramian.dtype).eps)
+        return np.stack([project_weights(factor, e) for e in np.eye(k)]).mean(axis=0)

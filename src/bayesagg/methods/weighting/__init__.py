@@ -14,6 +14,7 @@ from bayesagg.methods.weighting.rlw import RandomLossWeighting
 from bayesagg.methods.weighting.si import ScaleInvariant
 from bayesagg.methods.weighting.stl import SingleTask
 from bayesagg.methods.weighting.uw import UncertaintyWeighting
+from bayesagg.methods.weighting.uw_so import SoftOptimalUncertaintyWeighting
 
 __all__ = [
     "DBMTL",
@@ -25,5 +26,6 @@ __all__ = [
     "RandomLossWeighting",
     "ScaleInvariant",
     "SingleTask",
+    "SoftOptimalUncertaintyWeighting",
     "UncertaintyWeighting",
 ]

@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from bayesagg.distributed import all_reduce_mean, global_losses, resolve_group
-from bayesagg.methods.base import Method, check_losses
+from bayesagg.methods.base import StepInputs, StepMethod
 from bayesagg.methods.weighting._common import (
     accumulate,
     check_probability,
-    clone_or_none,
     unique_parameters,
 )
 
 __all__ = ["DBMTL"]
 
 
-class DBMTL(Method):
+class DBMTL(StepMethod):
     """Dual-balancing MTL: shared direction ``sum_k alpha_k g_k`` of EMA'd log-loss gradients.
 
     Lin, Ye, Xu, Shi & Zhang 2023, "Dual-Balancing for Multi-Task Learning" (arXiv 2308.12029),
@@ -43,6 +40,8 @@ class DBMTL(Method):
 
     name = "db-mtl"
     space = "parameters"
+    hyperparameters = ("beta", "beta_sigma", "eps")
+    state_fields = ("step", "buffer")
 
     def __init__(
         self, num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8
@@ -62,18 +61,9 @@ class DBMTL(Method):
         self.buffer: Tensor | None = None  # [K, P] EMA of the log-loss gradients
         self.last_weights = None
 
-    def backward(
-        self,
-        losses: Tensor,
-        *,
-        shared_parameters: Sequence[Tensor],
-        task_parameters: Sequence[Tensor] = (),
-        representation: Tensor | None = None,
-        heads: Sequence[nn.Module] | None = None,
-        targets: Sequence[Tensor] | None = None,
-    ) -> None:
+    def fill_gradients(self, losses: Tensor, inputs: StepInputs) -> None:
         """Accumulate the balanced direction into shared, ``grad sum log L`` into task params."""
-        check_losses(losses, self.num_tasks)
+        shared_parameters, task_parameters, _ = inputs
         neg = (losses.detach() + self.eps <= 0).nonzero().flatten().tolist()
         if neg:
             raise ValueError(
@@ -131,16 +121,3 @@ class DBMTL(Method):
     def reduces_shared_gradients(self) -> bool:
         """The direction is computed from the all-reduced K x P gradients (True)."""
         return True
-
-    def state_dict(self) -> dict[str, Any]:
-        """Return the base state, the step count and the EMA buffer."""
-        return {**super().state_dict(), "step": self.step, "buffer": clone_or_none(self.buffer)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the state from :meth:`state_dict`."""
-        super().load_state_dict(state)
-        self.step = int(state["step"])
-        self.buffer = clone_or_none(state["buffer"])
-
-    def __repr__(self) -> str:
-        return f"DBMTL(num_tasks={self.num_tasks}, beta={self.beta}, beta_sigma={self.beta_sigma}, eps={self.eps})"

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from bayesagg.distributed import all_reduce_mean, resolve_group
-from bayesagg.methods.base import Method, check_losses
-from bayesagg.methods.weighting._common import backward_objective, clone_or_none
+from bayesagg.methods.base import check_losses
+from bayesagg.methods.loss_weighting import LossWeighting
 
 __all__ = ["DynamicWeightAverage"]
 
 
-class DynamicWeightAverage(Method):
+class DynamicWeightAverage(LossWeighting):
     """Dynamic weight average (DWA): gradient of ``sum_k lambda_k L_k`` with epoch-wise weights.
 
     Liu, Johns & Davison 2019, "End-to-End Multi-Task Learning with Attention" (CVPR), Eq. 7:
@@ -36,7 +34,8 @@ class DynamicWeightAverage(Method):
     """
 
     name = "dwa"
-    space = "loss"
+    hyperparameters = ("temperature",)
+    state_fields = ("history", "weights")
 
     def __init__(self, num_tasks: int, *, temperature: float = 2.0) -> None:
         super().__init__(num_tasks)
@@ -69,35 +68,8 @@ class DynamicWeightAverage(Method):
             ratio = self.history[1] / self.history[0]
             self.weights = self.num_tasks * torch.softmax(ratio / self.temperature, dim=0)
 
-    def backward(
-        self,
-        losses: Tensor,
-        *,
-        shared_parameters: Sequence[Tensor],
-        task_parameters: Sequence[Tensor] = (),
-        representation: Tensor | None = None,
-        heads: Sequence[nn.Module] | None = None,
-        targets: Sequence[Tensor] | None = None,
-    ) -> None:
-        """Accumulate the gradient of ``sum_k lambda_k L_k`` with this epoch's weights."""
-        check_losses(losses, self.num_tasks)
+    def objective(self, losses: Tensor) -> Tensor:
+        """Return ``sum_k lambda_k L_k`` with this epoch's weights."""
         w = self.weights.to(device=losses.device, dtype=losses.dtype)
         self.last_weights = w
-        backward_objective((w * losses).sum(), self.name, shared_parameters, task_parameters)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Return the base state, the epoch history and the current weights."""
-        return {
-            **super().state_dict(),
-            "history": [h.clone() for h in self.history],
-            "weights": self.weights.clone(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the state from :meth:`state_dict`."""
-        super().load_state_dict(state)
-        self.history = [torch.as_tensor(h, dtype=torch.float64).clone() for h in state["history"]]
-        self.weights = clone_or_none(torch.as_tensor(state["weights"], dtype=torch.float64))
-
-    def __repr__(self) -> str:
-        return f"DynamicWeightAverage(num_tasks={self.num_tasks}, temperature={self.temperature})"
+        return (w * losses).sum()

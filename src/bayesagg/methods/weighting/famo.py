@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from bayesagg.distributed import all_reduce_mean, global_losses, resolve_group
-from bayesagg.methods.base import Method, check_losses
+from bayesagg.methods.base import StepInputs, StepMethod, check_losses
 from bayesagg.methods.weighting._common import (
     Adam,
     accumulate,
@@ -22,7 +22,7 @@ from bayesagg.methods.weighting._common import (
 __all__ = ["FAMO"]
 
 
-class FAMO(Method):
+class FAMO(StepMethod):
     """FAMO: gradient of ``sum_k z_k log(L_k - m_k + eps) / c`` with ``z = softmax(xi)``.
 
     Liu, Liu, Jin, Stone & Liu 2023, "FAMO: Fast Adaptive Multitask Optimization" (NeurIPS),
@@ -59,6 +59,8 @@ class FAMO(Method):
     name = "famo"
     space = "loss"
     needs_after_step = True
+    hyperparameters = ("lr", "gamma", "eps", "min_losses", "max_norm")
+    state_fields = ("logits",)
 
     def __init__(
         self,
@@ -124,18 +126,9 @@ class FAMO(Method):
             )
         return D
 
-    def backward(
-        self,
-        losses: Tensor,
-        *,
-        shared_parameters: Sequence[Tensor],
-        task_parameters: Sequence[Tensor] = (),
-        representation: Tensor | None = None,
-        heads: Sequence[nn.Module] | None = None,
-        targets: Sequence[Tensor] | None = None,
-    ) -> None:
+    def fill_gradients(self, losses: Tensor, inputs: StepInputs) -> None:
         """Accumulate the gradient of the FAMO objective and remember ``D(t)`` for the update."""
-        check_losses(losses, self.num_tasks)
+        shared_parameters, task_parameters, _ = inputs
         if self._pending is not None:
             self._warn_no_after_step()
         # data parallelism: the objective's log-gaps need the global batch's losses
@@ -180,7 +173,7 @@ class FAMO(Method):
             "optimizer.step(), call method.after_step(new_losses) with the same batch's task "
             "losses recomputed by the updated model (method.needs_after_step is True)",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # _warn, fill_gradients, backward: the caller
         )
 
     def logit_gradient(self, delta: Tensor) -> Tensor:
@@ -207,7 +200,6 @@ class FAMO(Method):
         """Return the base state, logits, Adam state, min_losses and any pending ``D(t)``."""
         return {
             **super().state_dict(),
-            "logits": self.logits.clone(),
             "optimizer": self._opt.state_dict(),
             "min_losses": self.min_losses.clone(),
             "pending": clone_or_none(self._pending),
@@ -216,18 +208,11 @@ class FAMO(Method):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the state from :meth:`state_dict`."""
         super().load_state_dict(state)
-        self.logits = torch.as_tensor(state["logits"], dtype=torch.float64).clone()
         self._opt.load_state_dict(state["optimizer"])
         self.min_losses = self._check_min_losses(state["min_losses"])
         pending = state.get("pending")
         self._pending = (
             None if pending is None else torch.as_tensor(pending, dtype=torch.float64).clone()
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"FAMO(num_tasks={self.num_tasks}, lr={self.lr}, gamma={self.gamma}, eps={self.eps}, "
-            f"min_losses={self.min_losses.tolist()}, max_norm={self.max_norm})"
         )
 
 

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from bayesagg.methods.base import Method, check_losses
-from bayesagg.methods.weighting._common import backward_objective, check_positive, clone_or_none
+from bayesagg.methods.loss_weighting import LossWeighting
+from bayesagg.methods.weighting._common import check_positive
 
 __all__ = ["GO4Align"]
 
 
-class GO4Align(Method):
+class GO4Align(LossWeighting):
     """Group optimisation for multi-task alignment (Shen et al. 2024, NeurIPS, Sec. 3-4).
 
     Adaptive group risk minimisation, loss-oriented (no per-task gradients). At each step, with
@@ -47,7 +44,8 @@ class GO4Align(Method):
     """
 
     name = "go4align"
-    space = "loss"
+    hyperparameters = ("num_groups", "robust_step_size")
+    state_fields = ("probs",)
 
     def __init__(
         self, num_tasks: int, *, num_groups: int = 2, robust_step_size: float = 1e-4
@@ -88,38 +86,16 @@ class GO4Align(Method):
         centres = kmeans.cluster_centers_.reshape(-1)
         return torch.as_tensor(centres[labels], dtype=torch.float64)
 
-    def backward(
-        self,
-        losses: Tensor,
-        *,
-        shared_parameters: Sequence[Tensor],
-        task_parameters: Sequence[Tensor] = (),
-        representation: Tensor | None = None,
-        heads: Sequence[nn.Module] | None = None,
-        targets: Sequence[Tensor] | None = None,
-    ) -> None:
-        """Accumulate the gradient of ``sum_i w_i L_i`` into the shared and task parameters."""
+    def check(self, losses: Tensor) -> None:
+        check_positive(losses, self.name)
+
+    def objective(self, losses: Tensor) -> Tensor:
+        """Return ``sum_i w_i L_i`` with the group weights of this step's losses."""
         from bayesagg.distributed import all_reduce_mean, resolve_group
 
-        check_losses(losses, self.num_tasks)
-        check_positive(losses, self.name)
         # data parallelism: the indicators (and p's update) from the global batch's losses, so
         # every process clusters the same values; the weighted sum's gradient is then averaged
         values = all_reduce_mean(losses.detach(), resolve_group(self.process_group))
         weights = self.group_weights(self.indicators(values))
         self.last_weights = weights
-        objective = (weights.to(losses) * losses).sum()
-        backward_objective(objective, self.name, shared_parameters, task_parameters)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "probs": clone_or_none(self.probs)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.probs = state["probs"].clone()
-
-    def __repr__(self) -> str:
-        return (
-            f"GO4Align(num_tasks={self.num_tasks}, num_groups={self.num_groups}, "
-            f"robust_step_size={self.robust_step_size})"
-        )
+        return (weights.to(losses) * losses).sum()

@@ -7,16 +7,16 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from bayesagg.distributed import all_reduce_mean, global_losses, resolve_group
-from bayesagg.methods.base import Method, check_losses
-from bayesagg.methods.weighting._common import SGD, Adam, backward_objective, clone_or_none
+from bayesagg.methods.base import StepInputs, StepMethod
+from bayesagg.methods.weighting._common import SGD, Adam, backward_objective
 
 __all__ = ["GradNorm"]
 
 
-class GradNorm(Method):
+class GradNorm(StepMethod):
     """GradNorm: gradient of ``sum_k w_k L_k`` for all parameters, ``w`` tuned by a norm loss.
 
     Chen, Badrinarayanan, Lee & Rabinovich 2018, "GradNorm: Gradient Normalization for Adaptive
@@ -49,6 +49,8 @@ class GradNorm(Method):
 
     name = "gradnorm"
     space = "loss"
+    hyperparameters = ("alpha", "lr", "optimizer", "last_shared_tensors", "min_weight")
+    state_fields = ("weights", "initial_losses")
 
     def __init__(
         self,
@@ -139,18 +141,9 @@ class GradNorm(Method):
             (grad,) = torch.autograd.grad(l_grad, w)
         return grad
 
-    def backward(
-        self,
-        losses: Tensor,
-        *,
-        shared_parameters: Sequence[Tensor],
-        task_parameters: Sequence[Tensor] = (),
-        representation: Tensor | None = None,
-        heads: Sequence[nn.Module] | None = None,
-        targets: Sequence[Tensor] | None = None,
-    ) -> None:
+    def fill_gradients(self, losses: Tensor, inputs: StepInputs) -> None:
         """Accumulate the gradient of ``sum_k w_k L_k``, then update ``w`` from ``L_grad``."""
-        check_losses(losses, self.num_tasks)
+        shared_parameters, task_parameters, _ = inputs
         if not losses.requires_grad:
             raise ValueError(
                 "gradnorm: the losses carry no autograd graph (computed under no_grad?)"
@@ -175,27 +168,10 @@ class GradNorm(Method):
         self.weights = new * (self.num_tasks / new.sum())
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the base state, weights, initial losses and the weights' optimiser state."""
-        return {
-            **super().state_dict(),
-            "weights": self.weights.clone(),
-            "initial_losses": clone_or_none(self.initial_losses),
-            "optimizer": self._opt.state_dict(),
-        }
+        """Return the declared state and the weights' optimiser state."""
+        return {**super().state_dict(), "optimizer": self._opt.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the state from :meth:`state_dict`."""
         super().load_state_dict(state)
-        self.weights = torch.as_tensor(state["weights"], dtype=torch.float64).clone()
-        init = state["initial_losses"]
-        self.initial_losses = (
-            None if init is None else torch.as_tensor(init, dtype=torch.float64).clone()
-        )
         self._opt.load_state_dict(state["optimizer"])
-
-    def __repr__(self) -> str:
-        return (
-            f"GradNorm(num_tasks={self.num_tasks}, alpha={self.alpha}, lr={self.lr}, "
-            f"optimizer={self.optimizer!r}, last_shared_tensors={self.last_shared_tensors}, "
-            f"min_weight={self.min_weight})"
-        )

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bayesagg.distributed import all_reduce_mean, global_losses, resolve_group
-from bayesagg.methods.base import Method, check_losses
+from bayesagg.distributed import all_reduce_mean, resolve_group
+from bayesagg.methods.base import check_losses
+from bayesagg.methods.loss_weighting import LossWeighting
 from bayesagg.methods.weighting._common import (
-    backward_objective,
     check_positive,
     check_probability,
     clone_or_none,
@@ -61,7 +61,7 @@ class _TwinCritic(nn.Module):
         return self.q1(sa), self.q2(sa)
 
 
-class IGBv2(Method):
+class IGBv2(LossWeighting):
     """IGBv2: gradient of ``sum_k w_k log L_k``, ``w`` from a soft actor-critic policy.
 
     Dai, Fei & Lu 2023, "Improvable Gap Balancing for Multi-Task Learning" (UAI; arXiv
@@ -108,7 +108,24 @@ class IGBv2(Method):
     """
 
     name = "igbv2"
-    space = "loss"
+    hyperparameters = (
+        "random_epochs",
+        "base_epoch",
+        "update_after_epochs",
+        "update_every",
+        "sac_lr",
+        "buffer_size",
+        "batch_size",
+        "discount",
+        "tau",
+        "hidden",
+        "init_temperature",
+        "reward_scale",
+        "log_prob",
+        "seed",
+    )
+    # data parallelism: the agent's state and d log L need the global batch's losses
+    global_losses = True
 
     def __init__(
         self,
@@ -311,20 +328,8 @@ class IGBv2(Method):
         self.sac_updates += 1
 
     # ----------------------------------------------------------------------------- hooks
-    def backward(
-        self,
-        losses: Tensor,
-        *,
-        shared_parameters: Sequence[Tensor],
-        task_parameters: Sequence[Tensor] = (),
-        representation: Tensor | None = None,
-        heads: Sequence[nn.Module] | None = None,
-        targets: Sequence[Tensor] | None = None,
-    ) -> None:
-        """Store the last transition, train the agent on schedule, pick ``w``, back-propagate."""
-        check_losses(losses, self.num_tasks)
-        # data parallelism: the agent's state and d log L need the global batch's losses
-        losses = global_losses(losses, resolve_group(self.process_group))
+    def objective(self, losses: Tensor) -> Tensor:
+        """Store the last transition, train the agent on schedule, pick ``w``; ``sum w log L``."""
         check_positive(losses, self.name)
         if losses.device != self.device:
             if self.sac_updates > 0:
@@ -350,8 +355,7 @@ class IGBv2(Method):
         self.step += 1
         weights = w.detach().to(dtype=losses.dtype)
         self.last_weights = weights
-        objective = (weights * losses.log()).sum()
-        backward_objective(objective, self.name, shared_parameters, task_parameters)
+        return (weights * losses.log()).sum()
 
     def end_epoch(self, losses: Tensor | None = None) -> None:
         """Count the epoch; at ``base_epoch`` keep its mean losses [K] as ``L^base``."""
@@ -419,14 +423,3 @@ class IGBv2(Method):
             if self._generator is None:
                 self._generator = torch.Generator()
             self._generator.set_state(state["rng_state"])
-
-    def __repr__(self) -> str:
-        return (
-            f"IGBv2(num_tasks={self.num_tasks}, random_epochs={self.random_epochs}, "
-            f"base_epoch={self.base_epoch}, update_after_epochs={self.update_after_epochs}, "
-            f"update_every={self.update_every}, sac_lr={self.sac_lr}, "
-            f"buffer_size={self.buffer_size}, batch_size={self.batch_size}, "
-            f"discount={self.discount}, tau={self.tau}, hidden={self.hidden}, "
-            f"init_temperature={self.init_temperature}, reward_scale={self.reward_scale}, "
-            f"log_prob={self.log_prob!r}, seed={self.seed})"
-        )

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from bayesagg.methods.base import Method, check_losses
-from bayesagg.methods.weighting._common import backward_objective
+from bayesagg.methods.loss_weighting import LossWeighting
 
 __all__ = ["LinearScalarization"]
 
 
-class LinearScalarization(Method):
+class LinearScalarization(LossWeighting):
     """Linear scalarisation (LS): every parameter gets the gradient of ``sum_k L_k``.
 
     The uniform-weight baseline of the BayesAgg-MTL paper (Sec. 5, "LS"). It is also what
@@ -22,19 +19,8 @@ class LinearScalarization(Method):
     """
 
     name = "ls"
-    space = "loss"
 
-    def backward(
-        self,
-        losses: Tensor,
-        *,
-        shared_parameters: Sequence[Tensor],
-        task_parameters: Sequence[Tensor] = (),
-        representation: Tensor | None = None,
-        heads: Sequence[nn.Module] | None = None,
-        targets: Sequence[Tensor] | None = None,
-    ) -> None:
-        """Accumulate the gradient of ``losses.sum()`` into the shared and task parameters."""
-        check_losses(losses, self.num_tasks)
+    def objective(self, losses: Tensor) -> Tensor:
+        """Return ``sum_k L_k``."""
         self.last_weights = torch.ones_like(losses.detach())
-        backward_objective(losses.sum(), self.name, shared_parameters, task_parameters)
+        return losses.sum()

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from bayesagg.methods.base import Method, check_losses
-from bayesagg.methods.weighting._common import backward_objective
+from bayesagg.methods.loss_weighting import LossWeighting
 
 __all__ = ["RandomLossWeighting"]
 
 
-class RandomLossWeighting(Method):
+class RandomLossWeighting(LossWeighting):
     """Random loss weighting (RLW): gradient of ``sum_k lambda_k L_k``, ``lambda = softmax(z)``.
 
     Lin et al. 2022, "Reasonable Effectiveness of Random Weighting: A Litmus Test for Multi-Task
@@ -29,7 +27,7 @@ class RandomLossWeighting(Method):
     """
 
     name = "rlw"
-    space = "loss"
+    hyperparameters = ("seed", "sum_to_num_tasks")
 
     def __init__(
         self, num_tasks: int, *, seed: int | None = None, sum_to_num_tasks: bool = False
@@ -54,21 +52,11 @@ class RandomLossWeighting(Method):
         w = torch.softmax(z, dim=0)
         return w * self.num_tasks if self.sum_to_num_tasks else w
 
-    def backward(
-        self,
-        losses: Tensor,
-        *,
-        shared_parameters: Sequence[Tensor],
-        task_parameters: Sequence[Tensor] = (),
-        representation: Tensor | None = None,
-        heads: Sequence[nn.Module] | None = None,
-        targets: Sequence[Tensor] | None = None,
-    ) -> None:
-        """Accumulate the gradient of ``sum_k lambda_k L_k`` with fresh random ``lambda``."""
-        check_losses(losses, self.num_tasks)
+    def objective(self, losses: Tensor) -> Tensor:
+        """Return ``sum_k lambda_k L_k`` with fresh random ``lambda``."""
         w = self.sample_weights().to(device=losses.device, dtype=losses.dtype)
         self.last_weights = w
-        backward_objective((w * losses).sum(), self.name, shared_parameters, task_parameters)
+        return (w * losses).sum()
 
     def state_dict(self) -> dict[str, Any]:
         """Return the base state plus the generator state (when seeded)."""
@@ -82,9 +70,3 @@ class RandomLossWeighting(Method):
             if self._generator is None:
                 self._generator = torch.Generator()
             self._generator.set_state(state["rng_state"])
-
-    def __repr__(self) -> str:
-        return (
-            f"RandomLossWeighting(num_tasks={self.num_tasks}, seed={self.seed}, "
-            f"sum_to_num_tasks={self.sum_to_num_tasks})"
-        )

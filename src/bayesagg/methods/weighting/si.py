@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from bayesagg.distributed import global_losses, resolve_group
-from bayesagg.methods.base import Method, check_losses
-from bayesagg.methods.weighting._common import backward_objective, check_positive
+from bayesagg.methods.loss_weighting import LossWeighting
+from bayesagg.methods.weighting._common import check_positive
 
 __all__ = ["ScaleInvariant"]
 
 
-class ScaleInvariant(Method):
+class ScaleInvariant(LossWeighting):
     """Scale-invariant (SI): every parameter gets the gradient of ``sum_k log L_k``.
 
     The SI baseline of Navon et al. 2022 (Nash-MTL, experiments) and of the BayesAgg-MTL paper
@@ -25,22 +22,13 @@ class ScaleInvariant(Method):
     """
 
     name = "si"
-    space = "loss"
+    # data parallelism: d log L = dL / L needs the global batch's L (docs/distributed.md)
+    global_losses = True
 
-    def backward(
-        self,
-        losses: Tensor,
-        *,
-        shared_parameters: Sequence[Tensor],
-        task_parameters: Sequence[Tensor] = (),
-        representation: Tensor | None = None,
-        heads: Sequence[nn.Module] | None = None,
-        targets: Sequence[Tensor] | None = None,
-    ) -> None:
-        """Accumulate the gradient of ``sum_k log L_k`` into the shared and task parameters."""
-        check_losses(losses, self.num_tasks)
+    def check(self, losses: Tensor) -> None:
         check_positive(losses, self.name)
+
+    def objective(self, losses: Tensor) -> Tensor:
+        """Return ``sum_k log L_k``."""
         self.last_weights = torch.ones_like(losses.detach())
-        # data parallelism: d log L = dL / L needs the global batch's L (docs/distributed.md)
-        losses = global_losses(losses, resolve_group(self.process_group))
-        backward_objective(losses.log().sum(), self.name, shared_parameters, task_parameters)
+        return losses.log().sum()

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from bayesagg.methods.base import Method, check_losses
-from bayesagg.methods.weighting._common import backward_objective, check_positive, clone_or_none
+from bayesagg.methods.base import check_losses
+from bayesagg.methods.loss_weighting import LossWeighting
+from bayesagg.methods.weighting._common import check_positive
 
 __all__ = ["SmoothTchebycheff"]
 
 
-class SmoothTchebycheff(Method):
+class SmoothTchebycheff(LossWeighting):
     """Smooth Tchebycheff scalarisation (Lin, Zhang, Zhang & Liu 2024, ICML, Eq. 9).
 
     The Tchebycheff scalarisation ``max_i lambda_i (f_i - z_i)`` is smoothed into
@@ -43,7 +41,11 @@ class SmoothTchebycheff(Method):
     """
 
     name = "stch"
-    space = "loss"
+    hyperparameters = ("mu", "warmup_epochs")
+    state_fields = ("epoch", "nadir", ("nadir_sum", "_nadir_sum"), ("nadir_count", "_nadir_count"))
+    # data parallelism: the objective (and the nadir point) takes the global batch's losses
+    # with this process's gradient (bayesagg.distributed.global_losses)
+    global_losses = True
 
     def __init__(self, num_tasks: int, *, mu: float = 1.0, warmup_epochs: int = 4) -> None:
         super().__init__(num_tasks)
@@ -89,46 +91,3 @@ class SmoothTchebycheff(Method):
         scaled = (losses / self.nadir.to(losses)).log() / self.mu
         self.last_weights = (self.num_tasks * torch.softmax(scaled.detach(), 0)).double().cpu()
         return self.num_tasks * self.mu * torch.logsumexp(scaled, dim=0)
-
-    def backward(
-        self,
-        losses: Tensor,
-        *,
-        shared_parameters: Sequence[Tensor],
-        task_parameters: Sequence[Tensor] = (),
-        representation: Tensor | None = None,
-        heads: Sequence[nn.Module] | None = None,
-        targets: Sequence[Tensor] | None = None,
-    ) -> None:
-        """Accumulate the gradient of :meth:`objective` into the shared and task parameters.
-
-        Under data parallelism the objective (and the nadir point) takes the global batch's
-        losses with this process's gradient (:func:`bayesagg.distributed.global_losses`).
-        """
-        from bayesagg.distributed import global_losses, resolve_group
-
-        check_losses(losses, self.num_tasks)
-        losses = global_losses(losses, resolve_group(self.process_group))
-        backward_objective(self.objective(losses), self.name, shared_parameters, task_parameters)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "epoch": self.epoch,
-            "nadir": clone_or_none(self.nadir),
-            "nadir_sum": clone_or_none(self._nadir_sum),
-            "nadir_count": self._nadir_count,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.epoch = int(state["epoch"])
-        self.nadir = clone_or_none(state["nadir"])
-        self._nadir_sum = clone_or_none(state["nadir_sum"])
-        self._nadir_count = int(state["nadir_count"])
-
-    def __repr__(self) -> str:
-        return (
-            f"SmoothTchebycheff(num_tasks={self.num_tasks}, mu={self.mu}, "
-            f"warmup_epochs={self.warmup_epochs})"
-        )

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from bayesagg.methods.base import Method, check_losses
-from bayesagg.methods.weighting._common import backward_objective
+from bayesagg.methods.loss_weighting import LossWeighting
 
 __all__ = ["SingleTask"]
 
 
-class SingleTask(Method):
+class SingleTask(LossWeighting):
     """Single-task learning (STL): every parameter gets the gradient of ``L_task`` alone.
 
     The STL reference of the BayesAgg-MTL paper (Sec. 5, baseline 1) trains one model per task
@@ -25,7 +23,7 @@ class SingleTask(Method):
     """
 
     name = "stl"
-    space = "loss"
+    hyperparameters = ("task",)
 
     def __init__(self, num_tasks: int, *, task: int) -> None:
         super().__init__(num_tasks)
@@ -35,22 +33,12 @@ class SingleTask(Method):
             raise ValueError(f"stl: task must be in [0, {num_tasks}), got {task}")
         self.task = task
 
-    def backward(
-        self,
-        losses: Tensor,
-        *,
-        shared_parameters: Sequence[Tensor],
-        task_parameters: Sequence[Tensor] = (),
-        representation: Tensor | None = None,
-        heads: Sequence[nn.Module] | None = None,
-        targets: Sequence[Tensor] | None = None,
-    ) -> None:
-        """Accumulate the gradient of ``losses[task]`` into the shared and task parameters."""
-        check_losses(losses, self.num_tasks)
+    def objective(self, losses: Tensor) -> Tensor:
+        """Return ``L_task``."""
         weights = torch.zeros_like(losses.detach())
         weights[self.task] = 1.0
         self.last_weights = weights
-        backward_objective(losses[self.task], self.name, shared_parameters, task_parameters)
+        return losses[self.task]
 
     def state_dict(self) -> dict[str, Any]:
         """Return the base state plus the trained task index."""
@@ -63,6 +51,3 @@ class SingleTask(Method):
                 f"stl: state is for task {state.get('task')}, this one trains {self.task}"
             )
         super().load_state_dict(state)
-
-    def __repr__(self) -> str:
-        return f"SingleTask(num_tasks={self.num_tasks}, task={self.task})"

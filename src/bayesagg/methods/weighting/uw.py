@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from bayesagg.methods.base import Method, check_losses
-from bayesagg.methods.weighting._common import backward_objective
+from bayesagg.methods.loss_weighting import LossWeighting
 
 __all__ = ["UncertaintyWeighting"]
 
 
-class UncertaintyWeighting(Method):
+class UncertaintyWeighting(LossWeighting):
     """Uncertainty weighting (UW): gradient of ``sum_k exp(-s_k) L_k + s_k`` for all parameters.
 
     Kendall, Gal & Cipolla 2018, "Multi-Task Learning Using Uncertainty to Weigh Losses for
@@ -38,7 +36,7 @@ class UncertaintyWeighting(Method):
     """
 
     name = "uw"
-    space = "loss"
+    hyperparameters = ("init_log_variance",)
     #: Backward calls with ``s`` pushed but unchanged after which UW warns that ``s`` is not
     #: being optimised; enough for gradient accumulation over fewer micro-batches than this.
     stale_backwards: ClassVar[int] = 20
@@ -92,7 +90,7 @@ class UncertaintyWeighting(Method):
                 "method.parameters() to the optimiser, e.g. torch.optim.Adam([*model."
                 "parameters(), *method.parameters()])",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=5,  # _watch, check, fill_gradients, backward: the caller
             )
 
     def parameters(self) -> list[nn.Parameter]:
@@ -107,28 +105,21 @@ class UncertaintyWeighting(Method):
         self.last_weights = None
         self._watch_from_start()
 
-    def backward(
-        self,
-        losses: Tensor,
-        *,
-        shared_parameters: Sequence[Tensor],
-        task_parameters: Sequence[Tensor] = (),
-        representation: Tensor | None = None,
-        heads: Sequence[nn.Module] | None = None,
-        targets: Sequence[Tensor] | None = None,
-    ) -> None:
-        """Accumulate the gradient of the UW objective into model parameters and ``s``."""
-        check_losses(losses, self.num_tasks)
+    def check(self, losses: Tensor) -> None:
+        """Refuse losses on another device than ``s``; watch whether ``s`` is optimised."""
         if self.log_variance.device != losses.device:
             raise ValueError(
                 f"uw: log-variances live on {self.log_variance.device}, losses on {losses.device}; "
                 "build the method with device=..."
             )
         self._watch(losses)
+
+    def objective(self, losses: Tensor) -> Tensor:
+        """Return ``sum_k exp(-s_k) L_k + s_k`` (its gradient also reaches ``s``)."""
         s = self.log_variance
         objective = (torch.exp(-s) * losses + s).sum()
         self.last_weights = torch.exp(-s.detach()).to(losses.dtype)
-        backward_objective(objective, self.name, shared_parameters, task_parameters, [s])
+        return objective
 
     def state_dict(self) -> dict[str, Any]:
         """Return the base state and the log-variances."""
@@ -140,9 +131,3 @@ class UncertaintyWeighting(Method):
         with torch.no_grad():
             self.log_variance.copy_(torch.as_tensor(state["log_variance"]))
         self._watch_from_start()
-
-    def __repr__(self) -> str:
-        return (
-            f"UncertaintyWeighting(num_tasks={self.num_tasks}, "
-            f"init_log_variance={self.init_log_variance})"
-        )
