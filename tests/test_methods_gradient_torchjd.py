@@ -150,7 +150,7 @@ def test_graddrop_with_leak_same_seed(shape) -> None:
         torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
 
 
-# -- methods published since 2023 (docs/methods_recent.md) -------------------------------------
+# -- methods published since 2023 (docs/methods-gradient.md, "Methods published since 2023") -------------------------------------
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
 def test_fairgrad(shape, alpha) -> None:

@@ -3,5 +3,5 @@
 One module per method, imported by the registry only when created: ``mgda`` (MGDA,
 MGDA-UB), ``pcgrad``, ``cagrad``, ``imtl`` (IMTL-G, IMTL-G-UB), ``nash_mtl``, ``aligned_mtl``
 (Aligned-MTL, Aligned-MTL-UB), ``upgrad``, ``graddrop``, ``gradvac``; ``_min_norm`` is the
-Frank-Wolfe min-norm solver. See docs/methods_gradient.md.
+Frank-Wolfe min-norm solver. See docs/methods-gradient.md.
 """

@@ -128,7 +128,7 @@ class NashMTL(ClippedGramianWeighting):
     succeed. Deviation from the official code: its sub-problem below is linearised at the
     previous weights, and when the new batch's Gramian has ``(G alpha_prev)_i <= 0`` for some
     task that sub-problem is unbounded (10 of the first 17 steps of the QM9 demo; diagnosis in
-    docs/methods_gradient.md), so the official code (and torchjd) keep the previous weights.
+    docs/methods-gradient.md), so the official code (and torchjd) keep the previous weights.
 
     ``solver="ccp"`` is the official code's solver (the paper's Sec. 5.1): a sequence of convex
     problems (concave part of ``phi(alpha) = sum_i log alpha_i + log (G alpha)_i`` linearised
