@@ -70,7 +70,7 @@ def fake_spec(**changes) -> Benchmark:
         batch_size=16,
         scheduler="multistep",
         milestones=(0.6,),
-        bayesagg={"warmup_epochs": 1, "num_samples": 32},
+        method_settings={"bayesagg": {"warmup_epochs": 1, "num_samples": 32}},
         note="synthetic test data",
     )
     fields = dict(
@@ -239,7 +239,7 @@ def test_every_benchmark_spec_is_consistent():
         assert set(spec.protocols) - {"paper", "quick", "smoke"} <= {"revised"}
         for p in spec.protocols.values():
             assert p.epochs >= 1 and p.batch_size >= 1
-            assert p.bayesagg.get("warmup_epochs", 0) < p.epochs
+            assert p.warmup_epochs < p.epochs
         try:
             importlib.import_module(f"bayesagg.benchmarks.{spec.package}.data")
         except ImportError:

@@ -67,12 +67,15 @@ def constructor_parameters(method: str) -> tuple[dict[str, inspect.Parameter], b
     params.pop("self", None)
     var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     if method in ("bayesagg", "bayesagg-paper") and var_kw:
-        # The registry's adapter forwards **hparams to bayesagg.BayesAgg: check against it.
+        # The registry's adapters forward **hparams (after their own options) to
+        # bayesagg.BayesAgg: check against both.
         from bayesagg.bayes_agg import BayesAgg
+        from bayesagg.methods.bayesagg_mtl import BayesAggMTL
 
-        inner = dict(inspect.signature(BayesAgg.__init__).parameters)
-        inner.pop("self", None)
-        params.update(inner)
+        for forwarded in (BayesAggMTL, BayesAgg):
+            inner = dict(inspect.signature(forwarded.__init__).parameters)
+            inner.pop("self", None)
+            params.update(inner)
         var_kw = False
     params = {
         k: p

@@ -53,9 +53,6 @@ from bayesagg.tasks import num_tasks, task_kinds, task_names
 
 __all__ = ["Plan", "finished_result", "plan", "run"]
 
-# Methods that read the representation, heads and targets, or need the task groups.
-_NEEDS_GROUPS = frozenset({"bayesagg", "bayesagg-paper"})
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -112,7 +109,7 @@ class Plan:
         from bayesagg import methods
 
         kwargs = dict(self.hparams)
-        if self.config.method in _NEEDS_GROUPS:
+        if methods.method_class(self.config.method).needs_groups:
             kwargs["groups"] = self.groups
         if task is not None:
             kwargs["task"] = task
@@ -183,8 +180,9 @@ def plan(config: RunConfig) -> Plan:
         raise ConfigError("--task is only for --method stl (single-task learning)")
     validate_hparams(config.method, config.hparams)
     hparams: dict[str, Any] = {}
-    if config.method in _NEEDS_GROUPS:  # BayesAgg-MTL, as the library defaults it or as published
-        hparams.update(protocol_hparams(config.method, protocol.bayesagg))
+    family = methods.method_class(config.method).settings_family
+    if family is not None:  # the protocol's settings of the method (BayesAgg-MTL's)
+        hparams.update(protocol_hparams(config.method, protocol.settings_of(family)))
     hparams.update(config.hparams)
     groups = tuple(spec.groups_for(protocol))
     folder = protocol_dir(config)
@@ -247,7 +245,7 @@ def _finished(path: Path, identity: Any, settings: Any) -> dict[str, Any] | None
 
 def _settings(protocol: Protocol) -> dict[str, Any]:
     """Return the protocol's fields as written to ``result.json`` (``protocol_settings``)."""
-    return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in protocol.__dict__.items()}
+    return protocol.recorded_settings()
 
 
 def _say_if_replaced(path: Path, identity: Any, settings: Any, say: Callable[[str], None]) -> None:
@@ -454,6 +452,8 @@ def _train_one(
         criterion = make_criterion(spec, p.groups, p.references, stl_metric)
         warmup = int(p.hparams.get("warmup_epochs", 0) or 0)
         label = p.label + (f" {task_name}" if task_name else "")
+        # An STL model trains one task; the others' untrained heads may drift.
+        watched = None if task is None else [task]
         outcome = train(
             spec=spec,
             protocol=protocol,
@@ -470,6 +470,7 @@ def _train_one(
             label=f"{spec.name} {label} seed {config.seed}",
             distributed=ctx,
             checkpoint=checkpoint,
+            watched=watched,
         )
     document = _document(p, outcome, sizes, task, stl_metric, command, started, wall, model)
     document["resumed_after_epoch"] = None if checkpoint is None else checkpoint.resumed_from

@@ -29,7 +29,7 @@ from bayesagg.diagnostics import TrainingDiagnostics
 from bayesagg.methods.base import Method
 from bayesagg.metrics import delta_m, evaluate, higher_is_better
 from bayesagg.runner.checkpoint import Checkpoint, Progress
-from bayesagg.runner.clipping import GradientClipping, reset_optimizer_state, warmup_epochs
+from bayesagg.runner.clipping import GradientClipping
 from bayesagg.runner.results import EpochLog, flatten
 from bayesagg.tasks import Multiclass, Regression, TaskGroup, task_losses, task_names
 
@@ -433,27 +433,29 @@ def make_optimizer(
     return torch.optim.Adam(groups, lr=protocol.lr)
 
 
-@torch.no_grad()
-def _refit_regression_heads(
-    aggregator: Any,
+def _training_features(
     model: MultiTaskModel,
     spec: Benchmark,
     groups: Sequence[TaskGroup],
     loader: Any,
     device: torch.device,
     scaler: TargetScaler | None,
-) -> None:
-    """Fit BayesAgg-MTL's regression heads on eval-mode features of the training set."""
-    model.eval()
+) -> Callable[[], Iterator[tuple[Tensor, list[Tensor]]]]:
+    """Return a function yielding ``(h, targets)`` of the training set, encoder in eval mode.
+
+    The means for :meth:`Method.before_evaluation` (BayesAgg-MTL's eval-mode refit of its
+    regression heads): targets standardised as the training steps see them.
+    """
 
     def batches() -> Iterator[tuple[Tensor, list[Tensor]]]:
+        model.eval()
         for batch in loader:
             x, targets = split_batch(spec, groups, batch, device)
             if scaler is not None:
                 targets = scaler.forward(targets)
             yield model.encoder(x), targets
 
-    aggregator.fit_regression_heads(model.heads, batches())
+    return batches
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -497,6 +499,7 @@ def train(
     distributed: Any = None,
     diagnostics: bool = True,
     checkpoint: Checkpoint | None = None,
+    watched: Sequence[int] | None = None,
 ) -> TrainResult:
     """Train ``model`` with ``method`` under ``protocol``; return the selected epoch's metrics.
 
@@ -506,6 +509,7 @@ def train(
     ``diagnostics``: BayesAgg-MTL runs add :mod:`bayesagg.diagnostics`'s per-epoch columns to
     the epoch log. ``checkpoint``: resume from it if it holds this run, and save it at the end
     of every epoch (runner/checkpoint.py; in a multi-process run only rank 0 saves).
+    ``watched``: the tasks the divergence check watches (None: all; an STL run its own).
     """
     from tqdm.auto import tqdm
 
@@ -538,20 +542,6 @@ def train(
                 device,
             )
 
-    # BayesAgg-MTL with regression_fit="refit": before each evaluation the regression heads are
-    # fitted on the training set's features from the encoder in eval mode (docs/bayesagg.md,
-    # "Which fit regression predictions use").
-    aggregator = getattr(method, "aggregator", None)
-    refit = None
-    refit_from = 0
-    # Eval-mode refits of the regression heads BayesAgg-MTL fits (not of heads it trains).
-    if (
-        getattr(aggregator, "regression_fit", None) == "refit"
-        and getattr(aggregator, "regression_heads", "fitted") == "fitted"
-        and any(g.kind == "regression" for g in groups)
-    ):
-        refit = aggregator
-        refit_from = int(getattr(aggregator, "warmup_epochs", 0))
     ordered_train = make_loader(spec, splits.train, eval_size, shuffle=False, seed=seed)
     sync = None
     if distributed is not None:  # shards of the same batches, DDP, gradient averaging
@@ -564,7 +554,9 @@ def train(
 
     optimizer = make_optimizer(model, method, protocol)
     scheduler, on_criterion = _scheduler(protocol, optimizer, criterion.mode)
-    warmup = warmup_epochs(method, int(protocol.bayesagg.get("warmup_epochs", 0) or 0))
+    # The method's own warm-up, else the protocol's, so all methods of a protocol clip alike.
+    own_warmup = method.own_warmup_epochs()
+    warmup = int((protocol.warmup_epochs if own_warmup is None else own_warmup) or 0)
     clipping = GradientClipping(protocol.clip_heads, protocol.clip_shared, warmup)
     probe = TrainingDiagnostics.for_method(method) if diagnostics else None
     names = task_names(groups)
@@ -584,9 +576,8 @@ def train(
     if initial_losses is None and history:  # a checkpoint written before initial_losses existed
         initial_losses = list(history[0]["train_loss"])
     first_step: Tensor | None = None
-    trained_task = getattr(method, "task", None)
-    watched = [trained_task] if isinstance(trained_task, int) else None
-    fitted = list(getattr(getattr(method, "aggregator", None), "fitted_tasks", []))
+    fitted = list(method.fitted_tasks())
+    training_features = _training_features(model, spec, groups, ordered_train, device, scaler)
     # A bar only on a terminal: redirected to a log file, tqdm's carriage returns and escape
     # sequences make it unreadable, so a plain line per epoch stands in for the bar there.
     bar = progress and _is_terminal(sys.stderr)
@@ -600,8 +591,8 @@ def train(
         model.train()
         if epoch == timed_from_epoch:
             timed_from_step = len(step_seconds)
-        if warmup > 0 and epoch == warmup and getattr(aggregator, "reset_encoder_optimizer", False):
-            reset_optimizer_state(optimizer, list(model.encoder.parameters()))
+        if warmup > 0 and epoch == warmup:
+            method.end_warmup(optimizer, list(model.encoder.parameters()))
         clip = clipping.for_epoch(epoch)
         if probe is not None:
             probe.start_epoch(len(train_loader))
@@ -674,8 +665,8 @@ def train(
         method.end_epoch(epoch_losses.to(device))
         train_seconds = time.perf_counter() - start
 
-        if refit is not None and epoch + 1 >= refit_from:
-            _refit_regression_heads(refit, model, spec, groups, ordered_train, device, scaler)
+        with torch.no_grad():
+            method.before_evaluation(epoch, model.heads, training_features)
         eval_start = time.perf_counter()
         val = evaluate_split(model, spec, groups, val_loader, device, scaler)
         test = evaluate_split(model, spec, groups, test_loader, device, scaler)
@@ -748,10 +739,7 @@ def train(
             )
 
     assert best is not None
-    notes: list[str] = []
-    source = getattr(aggregator, "regression_fit_source", None)
-    if source:
-        notes.append(f"BayesAgg-MTL regression heads at the end of training: {source}")
+    notes = method.report_notes()
     if distributed is not None:
         notes.extend(distributed.finish_notes(train_loader))
     epoch, value, val, test = best
