@@ -15,8 +15,10 @@ from typing import Any
 from bayesagg.runner.checks import check_all_writable
 from bayesagg.runner.config import ConfigError, RunConfig, check_device
 from bayesagg.runner.hparams import constructor_parameters
+from bayesagg.runner.plan import plan
 from bayesagg.runner.results import protocol_dir, run_dir
-from bayesagg.runner.run import finished_result, plan, run
+from bayesagg.runner.run import finished_result, run
+from bayesagg.runner.splits import SplitsCache
 
 __all__ = ["compare", "split_hparams"]
 
@@ -87,10 +89,11 @@ def compare(
     # ... and every run folder can be written, before the first run trains.
     check_all_writable(run_dir(c) for c in configs)
     total = len(configs)
+    data = SplitsCache()  # consecutive runs on the same data load it once
     for i, c in enumerate(configs, 1):
         if not force and c.method != "stl" and finished_result(c) is not None:
             say(f"[{i}/{total}] {c.method} seed {c.seed}: finished, skipped")
             continue
         say(f"[{i}/{total}] {c.method} seed {c.seed}")
-        run(c, force=force, progress=progress, command=command, device=device, echo=say)
+        run(c, force=force, progress=progress, command=command, device=device, echo=say, data=data)
     return protocol_dir(base)
