@@ -221,7 +221,7 @@ def test_same_seed_same_metrics(install_fake, tmp_path):
 def test_runner_module_imports_no_heavy_packages():
     """``import bayesagg.runner`` and the registry stay light (no torch_geometric etc.)."""
     code = (
-        "import sys, bayesagg.runner, bayesagg.benchmarks.registry, bayesagg.cli;"
+        "import sys, bayesagg.runner, bayesagg.benchmarks.registry, bayesagg.app.cli;"
         "heavy = [m for m in ('torch_geometric', 'torchvision', 'cvxpy', 'sklearn', "
         "'matplotlib', 'scipy') if m in sys.modules]; print(heavy)"
     )

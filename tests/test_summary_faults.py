@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from bayesagg.cli import main
-from bayesagg.report import protocol_report
+from bayesagg.app.cli import main
+from bayesagg.app.report import protocol_report
+from bayesagg.app.summary import summarise
 from bayesagg.runner import RunConfig, run
-from bayesagg.summary import summarise
 from test_runner_fake import install_fake  # noqa: F401 - pytest fixture
 
 

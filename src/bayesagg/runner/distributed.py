@@ -26,8 +26,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,11 +59,14 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
-def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Run ``bayesagg <argv>`` in ``nproc`` local processes on the elastic launcher.
+def launch(nproc: int, argv: Sequence[str], entrypoint: Callable[[list[str]], int]) -> int:
+    """Run ``entrypoint(argv)`` in ``nproc`` local processes on the elastic launcher.
 
-    The same launcher as ``torchrun --standalone --nproc-per-node nproc``; returns 0 when every
-    process succeeded, else the launcher's error propagates (naming the failed rank).
+    ``entrypoint``: the command's own entry (``bayesagg.app.cli.main`` for ``bayesagg
+    <argv>``), a module-level function so that the spawned processes can import it; it returns
+    the exit code. The same launcher as ``torchrun --standalone --nproc-per-node nproc``;
+    returns 0 when every process succeeded, else the launcher's error propagates (naming the
+    failed rank).
     """
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -80,7 +84,7 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     try:
-        results = elastic_launch(config, _entrypoint)(list(argv))
+        results = elastic_launch(config, _entrypoint)(entrypoint, list(argv))
     except ChildFailedError as err:
         # a process failed (its error is printed above); the launcher stopped the others
         failures = sorted(err.failures.items())
@@ -89,11 +93,7 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     return max(codes, default=0)
 
 
-def _entrypoint(argv: list[str]) -> int:
-    import sys
-
-    from bayesagg.cli import main
-
+def _entrypoint(main: Callable[[list[str]], int], argv: list[str]) -> int:
     code = main(argv)
     if code:
         # exit non-zero so that the launcher stops the other processes (which would otherwise

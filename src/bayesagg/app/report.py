@@ -18,7 +18,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bayesagg.benchmarks import registry
 from bayesagg.metrics import delta_m, higher_is_better, mean_rank
+from bayesagg.runner.config import ConfigError
+from bayesagg.runner.references import OWN_FILE, coverage, load_references, resolve_references
+from bayesagg.runner.results import find_results
+from bayesagg.runner.sweep import sweeps_report
 
 __all__ = ["protocol_report", "run_summary", "write_report"]
 
@@ -48,7 +53,6 @@ def _fmt(values: Sequence[float], digits: int = 4) -> str:
 def _load(
     root: str | os.PathLike[str], unreadable: list[tuple[Path, str]] | None = None
 ) -> list[dict[str, Any]]:
-    from bayesagg.runner.results import find_results
 
     return [data for _, data in find_results(root, unreadable)]
 
@@ -69,7 +73,6 @@ def _unreadable_note(unreadable: Sequence[tuple[Path, str]]) -> str:
 
 
 def _references(spec: Any, choice: str, folder: Path) -> Any:
-    from bayesagg.runner.references import OWN_FILE, resolve_references
 
     # A campaign still running has partial STL references: the table then says what is missing.
     return resolve_references(spec, choice, folder / OWN_FILE, partial=True)
@@ -123,7 +126,6 @@ def _table(
     order: Sequence[str] | None,
     plots: bool,
 ) -> str:
-    from bayesagg.benchmarks import registry
 
     first = runs[0]
     spec = registry.get(first["benchmark"])
@@ -260,7 +262,6 @@ def collapse_commands(commands: Iterable[str]) -> list[str]:
 
 def _no_references_note(spec: Any, references: str, folder: Path) -> str:
     """Say why the table has no Delta_m: partial STL runs, none at all, or not asked for."""
-    from bayesagg.runner.references import OWN_FILE, coverage, load_references
 
     if references == "none":
         return "Δm: not computed (--references none)."
@@ -366,13 +367,11 @@ def write_report(
     ``unreadable`` is given, appended to it as (path, reason) so that a caller can warn too.
     Raises ConfigError if ``root`` holds no finished run.
     """
-    from bayesagg.runner.config import ConfigError
 
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"results folder {root} does not exist (the --out of run/compare)")
     groups: dict[Path, list[dict[str, Any]]] = defaultdict(list)
-    from bayesagg.runner.results import find_results
 
     unreadable = [] if unreadable is None else unreadable
     for path, data in find_results(root, unreadable):
@@ -392,7 +391,6 @@ def write_report(
             "](validation.png", f"]({rel}/validation.png"
         )
         parts.append(text)
-    from bayesagg.runner.sweep import sweeps_report
 
     parts.append(sweeps_report(root))
     parts.append(_unreadable_note(unreadable))

@@ -22,6 +22,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bayesagg.app.report import _delta, _references, protocol_report
+from bayesagg.benchmarks import registry
+from bayesagg.runner.config import ConfigError
+from bayesagg.runner.results import find_results
+
 __all__ = ["BenchmarkSummary", "paired_interval", "summarise", "write_summary"]
 
 #: The baseline of the paired differences.
@@ -97,10 +102,6 @@ def summarise(
 
     Raises ConfigError when the folder holds no finished run.
     """
-    from bayesagg.benchmarks import registry
-    from bayesagg.report import _delta, _references
-    from bayesagg.runner.config import ConfigError
-    from bayesagg.runner.results import find_results
 
     folder = Path(folder)
     left_out: list[tuple[Path, str]] = []
@@ -132,7 +133,6 @@ def summarise(
 
 
 def _benchmark_section(s: BenchmarkSummary, plots: Path | None) -> list[str]:
-    from bayesagg.report import protocol_report
 
     lines = [f"## {s.benchmark}, protocol `{s.protocol}`", ""]
     report = protocol_report(s.folder, references=s.references)
