@@ -13,18 +13,22 @@ folder and the mean difference of each to the first, with the Student-t interval
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from bayesagg.app.summary import paired_interval
+from bayesagg.runner.results import RESULT_FILE, UnreadableResult, read_result
 
 
 def _delta(folder: Path, seed: int, split: str) -> float:
-    path = folder / f"seed{seed}" / "result.json"
+    path = folder / f"seed{seed}" / RESULT_FILE
     if not path.is_file():
         raise SystemExit(f"paired_table: no finished run at {path}")
-    value = json.loads(path.read_text())["delta_m"][split]
+    try:
+        delta = read_result(path)["delta_m"]
+    except UnreadableResult as err:
+        raise SystemExit(f"paired_table: {err}") from None
+    value = None if delta is None else delta[split]
     if value is None:
         raise SystemExit(f"paired_table: {path} has no {split} Delta_m")
     return float(value)

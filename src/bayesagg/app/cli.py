@@ -42,7 +42,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common(p: argparse.ArgumentParser, *, benchmark_required: bool = True) -> None:
-
     p.add_argument(
         "--benchmark",
         "-b",
@@ -228,7 +227,6 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _split_list(text: str, what: str, cast: Any = str) -> list[Any]:
-
     items = [t.strip() for t in text.split(",") if t.strip()]
     try:
         return [cast(t) for t in items]
@@ -239,7 +237,6 @@ def _split_list(text: str, what: str, cast: Any = str) -> list[Any]:
 
 
 def _config(args: argparse.Namespace, method: str, seed: int) -> Any:
-
     return RunConfig(
         benchmark=args.benchmark,
         method=method,
@@ -271,7 +268,6 @@ def _echo(message: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-
     config = _config(args, args.method, args.seed)
     results = run(
         config,
@@ -286,7 +282,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-
     methods = [m.lower() for m in _split_list(args.methods, "methods")]
     seeds = _split_list(args.seeds, "seeds", int)
     folder = compare(
@@ -304,7 +299,6 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-
     seeds = _split_list(args.seeds, "seeds", int)
     sweep(
         _config(args, args.method.lower(), seeds[0] if seeds else 0),
@@ -322,7 +316,6 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-
     left_out: list[tuple[Any, str]] = []
     path = write_report(
         args.dir, references=args.references, output=args.output, unreadable=left_out
@@ -343,7 +336,6 @@ def _warn_left_out(left_out: Sequence[tuple[Any, str]]) -> None:
 
 
 def _summary(args: argparse.Namespace) -> int:
-
     for folder in args.folders:
         if not Path(folder).is_dir():
             raise ConfigError(f"protocol folder {folder} does not exist")
@@ -364,7 +356,6 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-
     print(
         demo(
             out=args.out,
@@ -382,7 +373,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-
     print(
         "benchmarks (protocols: paper, quick, smoke; qm9 also revised), each with where its "
         "data is found here (--data-dir, else $BAYESAGG_DATA_DIR, else ../shared/data):"
@@ -404,7 +394,6 @@ def _list(args: argparse.Namespace) -> int:
 
 def _distributed(args: argparse.Namespace, argv: list[str]) -> int:
     """Run the command here, or on ``--nproc`` processes; only rank 0 prints."""
-
     nproc = getattr(args, "nproc", 1)
     if nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
@@ -446,7 +435,6 @@ def _portable(argv: Sequence[str]) -> list[str]:
     ``--data-dir`` and a ``--references`` file relative to the current directory when they lie
     under it, so that a reader can re-run the command from a clone instead of getting this
     machine's absolute paths."""
-
     cwd = Path.cwd()
 
     def relative(value: str) -> str:
@@ -470,7 +458,6 @@ def _portable(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bayesagg`` command line; return the exit code (2 for a usage error)."""
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _build_parser()
     try:

@@ -70,7 +70,6 @@ def demo(
     echo: Callable[[str], None] | None = None,
 ) -> str:
     """Train the demo's methods (and STL where no references fit) and return its summary."""
-
     check_device(device)
     say = echo or (lambda _msg: None)
     config = RunConfig(
@@ -129,7 +128,6 @@ def demo(
 
 def demo_table(runs: list[Mapping[str, Any]], methods: tuple[str, ...]) -> tuple[str, str]:
     """Return the compact table (one row per method, < 100 columns) and its one-line reading."""
-
     by_method = {r["method"]: r for r in runs if r.get("stl_task") is None}
     refs = next(r["delta_m"]["references"] for r in by_method.values() if r.get("delta_m"))
     values = refs["values"]
@@ -175,12 +173,10 @@ def demo_table(runs: list[Mapping[str, Any]], methods: tuple[str, ...]) -> tuple
 
 
 def _higher(key: str) -> bool:
-
     return higher_is_better(key)
 
 
 def _wrap(text: str, width: int) -> str:
-
     return textwrap.fill(text, width=width)
 
 

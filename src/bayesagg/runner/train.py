@@ -40,12 +40,18 @@ from bayesagg.tasks import Multiclass, Regression, TaskGroup, task_losses
 
 __all__ = [
     "DIVERGENCE_FACTOR",
+    "TargetScaler",
     "TrainResult",
     "TrainingLoop",
     "check_divergence",
     "deterministic",
+    "evaluate_split",
+    "fit_scaler",
+    "make_loader",
     "make_optimizer",
     "seed_everything",
+    "split_batch",
+    "target_scaler",
     "train",
     "training_step",
 ]
