@@ -83,15 +83,14 @@ def compare(
     configs = [
         replace(base, method=m, seed=s, hparams=per_method[m]) for s in seeds for m in methods
     ]
-    for c in configs:
-        # With STL in the list, own references may not exist yet: check them after it runs.
-        plan(replace(c, references="none") if "stl" in methods else c)
+    # With STL in the list, own references may not exist yet: check them after it runs.
+    plans = [plan(replace(c, references="none") if "stl" in methods else c) for c in configs]
     # ... and every run folder can be written, before the first run trains.
     check_all_writable(run_dir(c) for c in configs)
     total = len(configs)
     data = SplitsCache()  # consecutive runs on the same data load it once
-    for i, c in enumerate(configs, 1):
-        if not force and c.method != "stl" and finished_result(c) is not None:
+    for i, (c, p) in enumerate(zip(configs, plans, strict=True), 1):
+        if not force and c.method != "stl" and finished_result(c, p.settings) is not None:
             say(f"[{i}/{total}] {c.method} seed {c.seed}: finished, skipped")
             continue
         say(f"[{i}/{total}] {c.method} seed {c.seed}")

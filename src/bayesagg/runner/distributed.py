@@ -34,9 +34,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bayesagg.benchmarks.pyg import torch_geometric
+from bayesagg.benchmarks.registry import Benchmark
+from bayesagg.benchmarks.splits import collate
 from bayesagg.distributed import all_gather_cat, all_reduce_mean, average_gradients
+from bayesagg.methods.base import Method
 
 __all__ = [
     "Context",
@@ -130,7 +134,9 @@ class Context:
         return {"world_size": self.world_size, "backend": self.backend}
 
     # -- data -------------------------------------------------------------------------------
-    def train_loader(self, spec: Any, dataset: Any, batch_size: int, seed: int) -> Any:
+    def train_loader(
+        self, spec: Benchmark, dataset: Dataset, batch_size: int, seed: int
+    ) -> DataLoader:
         """Return this rank's loader of the one-process run's shuffled global batches."""
         from torch.utils.data import BatchSampler, RandomSampler
 
@@ -141,7 +147,9 @@ class Context:
         sampler = ShardedBatchSampler(batches, self.rank, self.world_size)
         return _loader(spec, dataset, sampler, generator)
 
-    def eval_loader(self, spec: Any, dataset: Any, batch_size: int, seed: int) -> Any:
+    def eval_loader(
+        self, spec: Benchmark, dataset: Dataset, batch_size: int, seed: int
+    ) -> DataLoader:
         """Return this rank's loader of a contiguous shard (no padding, no repeat) of ``dataset``."""
         from torch.utils.data import BatchSampler
 
@@ -149,7 +157,7 @@ class Context:
         start, stop = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
         batches = BatchSampler(range(start, stop), batch_size, drop_last=False)
         loader = _loader(spec, dataset, batches, torch.Generator().manual_seed(seed))
-        loader.gather = self.gather  # read by train.predict: full-set predictions everywhere
+        loader.gather = self.gather  # type: ignore[attr-defined]  # read by train.predict: full-set predictions everywhere
         return loader
 
     # -- model and gradients ----------------------------------------------------------------
@@ -169,14 +177,14 @@ class Context:
         ddp = DistributedDataParallel(model, device_ids=ids, process_group=self.group)
         return DataParallelModel(model, ddp)
 
-    def sync_gradients(self, model: nn.Module, method: Any) -> None:
+    def sync_gradients(self, model: nn.Module, method: Method) -> None:
         """Average over processes the gradients that are per-process shares (see module doc)."""
         skip = list(model.encoder.parameters()) if method.reduces_shared_gradients() else []
         average_gradients(
             list(model.parameters()) + list(method.parameters()), self.group, skip=skip
         )
 
-    def finish_notes(self, train_loader: Any) -> list[str]:
+    def finish_notes(self, train_loader: DataLoader) -> list[str]:
         """Return the run's notes on what differs from the one-process run (none when exact)."""
         notes = [f"data parallel: {self.world_size} processes ({self.backend})", *self.notes]
         dropped = getattr(train_loader.batch_sampler, "dropped", 0)
@@ -259,16 +267,13 @@ def _sizes(batches: Any) -> Iterator[int]:
         yield min(size, n - start)
 
 
-def _loader(spec: Any, dataset: Any, batch_sampler: Any, generator: torch.Generator) -> Any:
+def _loader(
+    spec: Benchmark, dataset: Dataset, batch_sampler: Sampler[list[int]], generator: torch.Generator
+) -> DataLoader:
     # the generator is drawn from as in the one-process loader (its per-iterator base seed)
     if spec.graph:
-        DataLoader = torch_geometric().loader.DataLoader
-
-        return DataLoader(dataset, batch_sampler=batch_sampler, generator=generator, num_workers=0)
-    from torch.utils.data import DataLoader
-
-    from bayesagg.benchmarks.splits import collate
-
+        GraphLoader = torch_geometric().loader.DataLoader
+        return GraphLoader(dataset, batch_sampler=batch_sampler, generator=generator, num_workers=0)
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,

@@ -26,7 +26,7 @@ from bayesagg.runner.config import RunConfig, check_device
 from bayesagg.runner.distributed import context as distributed_context
 from bayesagg.runner.distributed import distributed_fields, is_main
 from bayesagg.runner.lock import RunLock, remove_stale_temporaries
-from bayesagg.runner.plan import Plan, benchmark_spec, effective_protocol, normalised, plan
+from bayesagg.runner.plan import Plan, normalised, plan
 from bayesagg.runner.references import write_own_references
 from bayesagg.runner.results import (
     EPOCH_FILE,
@@ -46,17 +46,19 @@ from bayesagg.tasks import task_kinds
 __all__ = ["Plan", "finished_result", "plan", "result_path", "run"]
 
 
-def finished_result(config: RunConfig, task: str | None = None) -> dict[str, Any] | None:
-    """Return the finished result of exactly this run, or None (absent, other config, corrupt)."""
-    protocol = effective_protocol(benchmark_spec(config.benchmark), config)
-    return _finished(
-        run_dir(config, task) / RESULT_FILE,
-        normalised(config.identity()),
-        normalised(protocol.recorded_settings()),
-    )
+def finished_result(
+    config: RunConfig, settings: dict[str, Any], task: str | None = None
+) -> dict[str, Any] | None:
+    """Return the finished result of exactly this run, or None (absent, other config, corrupt).
+
+    ``settings``: the run's protocol settings as its plan holds them (:attr:`Plan.settings`).
+    """
+    return _finished(run_dir(config, task) / RESULT_FILE, normalised(config.identity()), settings)
 
 
-def _finished(path: Path, identity: Any, settings: Any) -> dict[str, Any] | None:
+def _finished(
+    path: Path, identity: dict[str, Any], settings: dict[str, Any]
+) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
@@ -71,7 +73,9 @@ def _finished(path: Path, identity: Any, settings: Any) -> dict[str, Any] | None
     return data
 
 
-def _say_if_replaced(path: Path, identity: Any, settings: Any, say: Callable[[str], None]) -> None:
+def _say_if_replaced(
+    path: Path, identity: dict[str, Any], settings: dict[str, Any], say: Callable[[str], None]
+) -> None:
     """Name a result file that exists but is not this run's finished result: training again
     replaces it, and the user should hear so rather than find it overwritten."""
     if not path.is_file():

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from bayesagg.benchmarks.pyg import torch_geometric
@@ -30,7 +31,7 @@ from bayesagg.benchmarks.splits import Splits, collate
 from bayesagg.diagnostics import TrainingDiagnostics
 from bayesagg.methods.base import Method
 from bayesagg.metrics import evaluate
-from bayesagg.runner.checkpoint import Checkpoint, Progress
+from bayesagg.runner.checkpoint import Checkpoint, Progress, Scheduler
 from bayesagg.runner.clipping import GradientClipping
 from bayesagg.runner.distributed import Context
 from bayesagg.runner.plan import Plan
@@ -163,23 +164,22 @@ class TrainResult:
 # -- batches ----------------------------------------------------------------------------------
 def make_loader(
     spec: Benchmark,
-    dataset: Any,
+    dataset: Dataset,
     batch_size: int,
     *,
     shuffle: bool,
     seed: int,
     drop_last: bool = False,
-) -> torch.utils.data.DataLoader:
+) -> DataLoader:
     """Return a single-process loader whose shuffling is seeded (same seed, same order)."""
     extra: dict[str, Any] = {}
+    loader: type[DataLoader] = DataLoader
     if spec.graph:
-        DataLoader = torch_geometric().loader.DataLoader
+        loader = torch_geometric().loader.DataLoader
     else:
-        from torch.utils.data import DataLoader
-
         # In-memory datasets collate whole batches themselves (IndexedImages.__getitems__).
         extra["collate_fn"] = collate
-    return DataLoader(
+    return loader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
@@ -248,7 +248,7 @@ class TargetScaler:
 
 
 def fit_scaler(
-    spec: Benchmark, groups: Sequence[TaskGroup], train_loader: Any, device: torch.device
+    spec: Benchmark, groups: Sequence[TaskGroup], train_loader: DataLoader, device: torch.device
 ) -> TargetScaler:
     """Return the scaler of the training targets (mean and population std per output)."""
     sums: dict[int, list[Tensor]] = {
@@ -274,7 +274,7 @@ def predict(
     model: MultiTaskModel,
     spec: Benchmark,
     groups: Sequence[TaskGroup],
-    loader: Any,
+    loader: DataLoader,
     device: torch.device,
     scaler: TargetScaler | None,
 ) -> tuple[list[Tensor], list[Tensor]]:
@@ -299,7 +299,7 @@ def evaluate_split(
     model: MultiTaskModel,
     spec: Benchmark,
     groups: Sequence[TaskGroup],
-    loader: Any,
+    loader: DataLoader,
     device: torch.device,
     scaler: TargetScaler | None,
 ) -> dict[str, float | None]:
@@ -381,7 +381,7 @@ def _training_features(
     model: MultiTaskModel,
     spec: Benchmark,
     groups: Sequence[TaskGroup],
-    loader: Any,
+    loader: DataLoader,
     device: torch.device,
     scaler: TargetScaler | None,
 ) -> Callable[[], Iterator[tuple[Tensor, list[Tensor]]]]:
@@ -403,7 +403,9 @@ def _training_features(
 
 
 # -- training ---------------------------------------------------------------------------------
-def _scheduler(protocol: Protocol, optimizer: torch.optim.Optimizer, mode: str) -> tuple[Any, bool]:
+def _scheduler(
+    protocol: Protocol, optimizer: torch.optim.Optimizer, mode: str
+) -> tuple[Scheduler | None, bool]:
     """Return (scheduler or None, whether it steps on the validation criterion)."""
     if protocol.scheduler == "plateau":
         return (
@@ -430,11 +432,11 @@ class _Loaders:
     """The loaders of one run: shuffled training batches, and ordered evaluation batches."""
 
     #: torch DataLoaders, or in a multi-process run the context's sharded ones (which gather).
-    train: Any
-    val: Any
-    test: Any
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
     #: The training set in order, at the evaluation batch size (for before_evaluation).
-    ordered_train: Any
+    ordered_train: DataLoader
 
 
 @dataclass
@@ -578,7 +580,7 @@ class TrainingLoop:
             self.run_epoch(epoch, epochs)
         return self.result()
 
-    def run_epoch(self, epoch: int, bar: Any) -> None:
+    def run_epoch(self, epoch: int, bar: tqdm) -> None:
         """One epoch: its steps, its end, evaluation, schedule, log, checkpoint, progress."""
         self.start_epoch(epoch)
         steps = self.train_steps(epoch)
@@ -786,7 +788,7 @@ class TrainingLoop:
         )
         self.checkpoint.save(saved, **self.states)
 
-    def report(self, epoch: int, bar: Any, value: float | None, seconds: float) -> None:
+    def report(self, epoch: int, bar: tqdm, value: float | None, seconds: float) -> None:
         """Show the epoch on the progress bar, or as a line where there is no terminal."""
         best = self.done.best
         assert best is not None
