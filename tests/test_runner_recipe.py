@@ -274,3 +274,14 @@ def test_diagnostics_report_the_evidence_maximiser_of_the_regression_fit():
     assert row["diag/regression_dof/r"] == pytest.approx(g, rel=1e-6)
     assert a == pytest.approx(outputs * g / float(m.square().sum()), rel=1e-6)
     assert b == pytest.approx(outputs * (32 - g) / float((y - hh @ m).square().sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["bayesagg", "bayesagg-paper"])
+def test_hparams_of_the_adapter_and_of_bayesagg_are_both_accepted(method):
+    from bayesagg.runner.config import ConfigError
+    from bayesagg.runner.hparams import validate_hparams
+
+    # reset_encoder_optimizer is the adapter's own option, s_regression BayesAgg's.
+    validate_hparams(method, {"reset_encoder_optimizer": True, "s_regression": 0.5})
+    with pytest.raises(ConfigError, match="has no hyper-parameter 'bogus'"):
+        validate_hparams(method, {"bogus": 1})

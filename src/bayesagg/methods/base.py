@@ -129,6 +129,9 @@ class Method(ABC):
     settings_family: ClassVar[str | None] = None
     #: True if the constructor takes the task groups (``groups=``) besides ``num_tasks``.
     needs_groups: ClassVar[bool] = False
+    #: The class the constructor hands its ``**hparams`` to (None: none), whose constructor's
+    #: parameters are then the method's hyper-parameters too (for checking ``--hp`` values).
+    hparams_forwarded_to: ClassVar[type | None] = None
 
     def own_warmup_epochs(self) -> int | None:
         """Return the epochs of the method's own warm-up before it acts (None: it has none).

@@ -59,6 +59,7 @@ class BayesAggMTL(Method):
     space: ClassVar[Space] = "representation"
     settings_family: ClassVar[str | None] = "bayesagg"
     needs_groups: ClassVar[bool] = True
+    hparams_forwarded_to: ClassVar[type | None] = BayesAgg
 
     def __init__(
         self,

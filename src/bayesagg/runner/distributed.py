@@ -41,6 +41,7 @@ from bayesagg.benchmarks.registry import Benchmark
 from bayesagg.benchmarks.splits import collate
 from bayesagg.distributed import all_gather_cat, all_reduce_mean, average_gradients
 from bayesagg.methods.base import Method
+from bayesagg.runner.config import ConfigError
 
 __all__ = [
     "Context",
@@ -311,8 +312,6 @@ def initialised(device: str, nproc: int | None = None) -> Iterator[Context | Non
         yield None
         return
     import torch.distributed as dist
-
-    from bayesagg.runner.config import ConfigError
 
     world = int(os.environ["WORLD_SIZE"])
     if nproc not in (None, 1, world):
