@@ -661,7 +661,9 @@ class TrainingLoop:
         steps_done = _EpochSteps(loss_sum, weight_sum, weight_count, steps, start, data_seconds)
         return steps_done
 
-    def _diverged_in_step(self, epoch: int, step: int, err: FloatingPointError) -> Exception:
+    def _diverged_in_step(
+        self, epoch: int, step: int, err: FloatingPointError
+    ) -> FloatingPointError:
         # The runner counts epochs from 1 (epochs.csv, result.json); the library's own messages
         # (``agg.epoch``) from 0: say so where both appear in one line.
         library = (
