@@ -11,9 +11,10 @@ how many there are. Validation decides; test is reported, never used to choose. 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
+
+from bayesagg.runner.results import RESULT_FILE, read_result
 
 
 def _fmt(values: list[float], scale: float = 1.0) -> str:
@@ -34,9 +35,9 @@ def table(folders: list[Path], seeds: list[int], tasks_shown: list[str] | None =
             continue
         docs = []
         for seed in seeds:
-            path = method_dir / f"seed{seed}" / "result.json"
+            path = method_dir / f"seed{seed}" / RESULT_FILE
             if path.is_file():
-                docs.append(json.loads(path.read_text()))
+                docs.append(read_result(path))
         if not docs:
             continue
         criterion = docs[0]["selection"]["criterion"]

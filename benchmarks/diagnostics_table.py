@@ -12,8 +12,9 @@ See ``bayesagg.diagnostics`` for the definitions.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
+
+from bayesagg.runner.results import read_epochs
 
 
 def _groups(header: list[str]) -> list[str]:
@@ -106,7 +107,7 @@ def main() -> None:
     parser.add_argument("epochs_csv", type=Path)
     parser.add_argument("--plot", type=Path, default=None, help="also write a PNG here")
     args = parser.parse_args()
-    rows = list(csv.DictReader(args.epochs_csv.open()))
+    rows = read_epochs(args.epochs_csv)
     if not rows or "diag/cosine_ls" not in rows[0]:
         raise SystemExit(f"{args.epochs_csv}: no diag/ columns (not a BayesAgg-MTL run?)")
     print(table(rows))

@@ -37,9 +37,8 @@ from bayesagg import methods
 from bayesagg.bayes_agg import PAPER_BEHAVIOUR, BayesAgg
 from bayesagg.benchmarks import registry
 from bayesagg.benchmarks.paths import MissingDataError
-from bayesagg.runner import RunConfig
+from bayesagg.runner import RunConfig, plan
 from bayesagg.runner.clipping import GradientClipping
-from bayesagg.runner.run import plan
 from bayesagg.runner.train import make_loader, make_optimizer, split_batch, training_step
 from bayesagg.tasks import Regression
 
@@ -50,7 +49,9 @@ LIBRARY_DEFAULTS = {
 }
 
 
-def _batches(spec: Any, protocol: Any, count: int, seed: int, data_dir: str | None) -> list[Any]:
+def training_batches(
+    spec: Any, protocol: Any, count: int, seed: int, data_dir: str | None
+) -> list[Any]:
     """Return ``count`` training batches (targets standardised where the benchmark does)."""
     splits = spec.load(
         data_dir, seed=seed, limit=protocol.batch_size * count, **dict(protocol.data_options)
@@ -160,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = registry.get(benchmark)
         protocol = spec.protocol(args.protocol)
         try:
-            batches = _batches(spec, protocol, args.warmup + args.steps, args.seed, args.data_dir)
+            batches = training_batches(
+                spec, protocol, args.warmup + args.steps, args.seed, args.data_dir
+            )
         except (MissingDataError, ImportError) as err:
             print(f"\n{benchmark}: skipped ({err})")
             continue

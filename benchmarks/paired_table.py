@@ -4,7 +4,7 @@ For a check on seeds nobody tuned on, where the runs to compare live in differen
 (e.g. an ablation folder against the campaign's LS runs): each ``--runs`` folder holds
 ``seed<N>/result.json``; the table lists each seed's Delta_m (``--split``, default test) of every
 folder and the mean difference of each to the first, with the Student-t interval that
-``bayesagg summary`` uses (:func:`bayesagg.summary.paired_interval`).
+``bayesagg summary`` uses (:func:`bayesagg.app.summary.paired_interval`).
 
     python benchmarks/paired_table.py --seeds 3,4,5 \\
         results/qm9/quick/ls "results/ablation/qm9/quick/bayesagg_regression_fit=refit_regression_prior=evidence"
@@ -13,18 +13,22 @@ folder and the mean difference of each to the first, with the Student-t interval
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from bayesagg.summary import paired_interval
+from bayesagg.app.summary import paired_interval
+from bayesagg.runner.results import RESULT_FILE, UnreadableResult, read_result
 
 
 def _delta(folder: Path, seed: int, split: str) -> float:
-    path = folder / f"seed{seed}" / "result.json"
+    path = folder / f"seed{seed}" / RESULT_FILE
     if not path.is_file():
         raise SystemExit(f"paired_table: no finished run at {path}")
-    value = json.loads(path.read_text())["delta_m"][split]
+    try:
+        delta = read_result(path)["delta_m"]
+    except UnreadableResult as err:
+        raise SystemExit(f"paired_table: {err}") from None
+    value = None if delta is None else delta[split]
     if value is None:
         raise SystemExit(f"paired_table: {path} has no {split} Delta_m")
     return float(value)

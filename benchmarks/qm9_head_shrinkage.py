@@ -15,7 +15,6 @@ next to the live head's, and the spectrum of H^T H that the prior competes with.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import tempfile
 from pathlib import Path
@@ -24,13 +23,9 @@ import torch
 
 from bayesagg import posterior
 from bayesagg.runner.config import RunConfig
-from bayesagg.runner.train import (
-    deterministic,
-    make_criterion,
-    make_loader,
-    seed_everything,
-    train,
-)
+from bayesagg.runner.plan import plan
+from bayesagg.runner.splits import load_splits
+from bayesagg.runner.train import deterministic, make_loader, seed_everything, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,8 +42,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--precisions", default="10,1,0.1,0", help="prior precisions to compare")
     args = parser.parse_args(argv)
-    # the module, not the function ``bayesagg.runner.run`` that shadows it as an attribute
-    run = importlib.import_module("bayesagg.runner.run")
     torch.set_num_threads(1)
 
     config = RunConfig(
@@ -63,21 +56,18 @@ def main(argv: list[str] | None = None) -> None:
         data_dir=args.data_dir,
         out=tempfile.mkdtemp(),
     )
-    p = run.plan(config)
-    splits = run._load_splits(p)  # the runner's splits, val capped as in the run
+    p = plan(config)
+    splits = load_splits(p)  # the runner's splits, val capped as in the run
     with deterministic():
         seed_everything(config.seed)
         model = p.spec.build_model(p.groups, **dict(p.protocol.model_options))
         method = p.create_method(None)
         train(
-            spec=p.spec,
-            protocol=p.protocol,
-            groups=p.groups,
+            plan=p,
+            splits=splits,
             model=model,
             method=method,
-            splits=splits,
-            criterion=make_criterion(p.spec, p.groups, p.references, None),
-            seed=config.seed,
+            criterion=p.criterion(),
             device=torch.device("cpu"),
             diagnostics=False,
         )

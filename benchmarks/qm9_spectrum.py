@@ -17,7 +17,6 @@ maximiser (alpha, beta; :mod:`bayesagg.evidence`).
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +26,9 @@ import torch
 from bayesagg import posterior
 from bayesagg.evidence import maximise_evidence
 from bayesagg.runner.config import RunConfig
-from bayesagg.runner.train import deterministic, make_criterion, make_loader, seed_everything, train
+from bayesagg.runner.plan import plan
+from bayesagg.runner.splits import load_splits
+from bayesagg.runner.train import deterministic, make_loader, seed_everything, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +45,6 @@ def main(argv: list[str] | None = None) -> None:
         help="STL references of the selection criterion (the campaign's)",
     )
     args = parser.parse_args(argv)
-    run = importlib.import_module("bayesagg.runner.run")
     torch.set_num_threads(1)
 
     config = RunConfig(
@@ -57,21 +57,18 @@ def main(argv: list[str] | None = None) -> None:
         data_dir=args.data_dir,
         out=tempfile.mkdtemp(),
     )
-    p = run.plan(config)
-    splits = run._load_splits(p)
+    p = plan(config)
+    splits = load_splits(p)
     with deterministic():
         seed_everything(config.seed)
         model = p.spec.build_model(p.groups, **dict(p.protocol.model_options))
         method = p.create_method(None)
         train(
-            spec=p.spec,
-            protocol=p.protocol,
-            groups=p.groups,
+            plan=p,
+            splits=splits,
             model=model,
             method=method,
-            splits=splits,
-            criterion=make_criterion(p.spec, p.groups, p.references, None),
-            seed=config.seed,
+            criterion=p.criterion(),
             device=torch.device("cpu"),
             diagnostics=False,
         )

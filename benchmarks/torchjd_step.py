@@ -44,7 +44,7 @@ from bayesagg.benchmarks import registry
 from bayesagg.benchmarks.paths import MissingDataError
 from bayesagg.runner.train import make_optimizer, training_step
 from bayesagg.tasks import num_tasks, task_losses
-from overhead import _batches
+from overhead import training_batches
 
 METHODS = ("mgda", "upgrad", "imtl-g", "cagrad", "pcgrad", "nash-mtl")
 VARIANTS = ("ls", "ours", "autojac", "autogram")
@@ -151,7 +151,7 @@ def jacobian_side_ms(k: int, p: int, repeats: int = 20) -> float:
 def run_benchmark(bench: str, names: list[str], args: argparse.Namespace) -> list[dict]:
     spec = registry.get(bench)
     protocol = spec.protocol(args.protocol)
-    batches = _batches(spec, protocol, args.steps + 1, args.seed, args.data_dir)
+    batches = training_batches(spec, protocol, args.steps + 1, args.seed, args.data_dir)
     k = num_tasks(spec.groups)
     rows = []
     for name in names:

@@ -11,9 +11,10 @@ over-fitting.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 from pathlib import Path
+
+from bayesagg.runner.results import EPOCH_FILE, read_epochs
 
 
 def main() -> None:
@@ -27,10 +28,9 @@ def main() -> None:
     for method in args.methods:
         last_rows = []
         for seed in args.seeds.split(","):
-            path = args.folder / method / f"seed{seed}" / "epochs.csv"
+            path = args.folder / method / f"seed{seed}" / EPOCH_FILE
             if path.is_file():
-                with path.open() as f:
-                    last_rows.append(list(csv.DictReader(f))[-1])
+                last_rows.append(read_epochs(path)[-1])
         if not last_rows:
             lines.append(f"| {method} | no epochs.csv for seeds {args.seeds} |")
             continue

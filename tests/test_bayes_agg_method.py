@@ -123,3 +123,67 @@ def test_representation_gradient_is_what_a_step_sends_into_the_encoder():
     assert h.grad is None and agg.step == 0
     agg.backward(h, heads, targets)
     torch.testing.assert_close(h.grad, g / b, rtol=1e-12, atol=1e-14)
+
+
+# -- the training loop's hooks (methods/base.py) ---------------------------------------------
+
+
+def test_hooks_default_to_nothing_for_other_methods():
+    ls = methods.create("ls", num_tasks=5)
+    assert ls.own_warmup_epochs() is None and list(ls.fitted_tasks()) == []
+    assert ls.report_notes() == [] and ls.settings_family is None and not ls.needs_groups
+    ls.before_evaluation(0, [], lambda: pytest.fail("a method without a fit read the features"))
+
+
+def test_hooks_answer_for_bayesagg():
+    method = BayesAggMTL(5, groups=GROUPS, warmup_epochs=3)
+    assert method.own_warmup_epochs() == 3
+    assert method.fitted_tasks() == [0, 1]  # the two regression outputs of "r"
+    assert method.settings_family == "bayesagg" and method.needs_groups
+    assert method.report_notes() == []  # no fit written yet
+    trained = BayesAggMTL(5, groups=GROUPS, regression_heads="trained")
+    assert trained.fitted_tasks() == []
+
+
+def test_before_evaluation_refits_the_regression_heads_from_the_warmup_on():
+    heads, h, targets = _step_inputs()
+    reads = []
+
+    def features():
+        reads.append(1)
+        yield h.detach(), [targets[0], None, None]
+
+    method = BayesAggMTL(5, groups=GROUPS, warmup_epochs=2)
+    before = heads[0].weight.detach().clone()
+    method.before_evaluation(0, heads, features)  # epoch 1 of 2 warm-up epochs: no fit
+    assert reads == [] and torch.equal(heads[0].weight, before)
+    method.before_evaluation(1, heads, features)  # the last warm-up epoch: fitted
+    assert reads == [1] and not torch.equal(heads[0].weight, before)
+    assert method.report_notes()[0].startswith("BayesAgg-MTL regression heads at the end")
+    epochwise = BayesAggMTL(5, groups=GROUPS, regression_fit="epoch")
+    epochwise.before_evaluation(5, heads, features)
+    assert reads == [1]  # "epoch" fits the heads at end_epoch, not before evaluations
+
+
+def test_end_warmup_resets_the_shared_optimiser_state_only_when_asked():
+    heads, _, _ = _step_inputs()
+    shared = nn.Linear(2, 2)
+    optimizer = torch.optim.Adam([*shared.parameters(), *heads.parameters()], lr=1e-3)
+    sum(p.sum() for p in [*shared.parameters(), *heads.parameters()]).backward()
+    optimizer.step()
+    BayesAggMTL(5, groups=GROUPS).end_warmup(optimizer, list(shared.parameters()))
+    assert all(p in optimizer.state for p in shared.parameters())
+    BayesAggMTL(5, groups=GROUPS, reset_encoder_optimizer=True).end_warmup(
+        optimizer, list(shared.parameters())
+    )
+    assert not any(p in optimizer.state for p in shared.parameters())
+    assert all(p in optimizer.state for p in heads.parameters())
+
+
+def test_states_saved_while_the_reset_option_was_bayesaggs_still_load():
+    state = BayesAggMTL(5, groups=GROUPS).state_dict()
+    del state["reset_encoder_optimizer"]
+    state["bayesagg"]["config"]["reset_encoder_optimizer"] = True  # where it used to be
+    BayesAggMTL(5, groups=GROUPS, reset_encoder_optimizer=True).load_state_dict(state)
+    with pytest.raises(ValueError, match="reset_encoder_optimizer: True in state, False here"):
+        BayesAggMTL(5, groups=GROUPS).load_state_dict(state)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bayesagg.cli import main
+from bayesagg.app.cli import main
 from test_runner_fake import install_fake  # noqa: F401 - pytest fixture
 
 

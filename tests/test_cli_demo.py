@@ -6,8 +6,8 @@ import importlib.util
 
 import pytest
 
-from bayesagg.cli import main
-from bayesagg.runner.demo import (
+from bayesagg.app.cli import main
+from bayesagg.app.demo import (
     DEMO_EPOCHS,
     DEMO_MOLECULES,
     DEMO_SEED,
@@ -85,7 +85,7 @@ def test_device_without_gpu_is_a_one_line_error(capsys):
 def test_default_demo_uses_the_committed_references_and_trains_no_stl(tmp_path, monkeypatch):
     import json
 
-    import bayesagg.runner.demo as demo_module
+    import bayesagg.app.demo as demo_module
 
     calls = []
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from bayesagg.cli import main
-from bayesagg.report import protocol_report, run_summary
+from bayesagg.app.cli import main
+from bayesagg.app.demo import demo_table
+from bayesagg.app.report import protocol_report, run_summary
 from bayesagg.runner import RunConfig, run
-from bayesagg.runner.demo import demo_table
 from test_runner_fake import install_fake  # noqa: F401 - pytest fixture
 
 
@@ -114,7 +114,7 @@ def test_recorded_commands_carry_paths_relative_to_the_current_directory(
     assert json.loads(path.read_text())["command"] == (
         "bayesagg run -b fake -m ls --out campaign/runs --no-progress"
     )
-    from bayesagg.cli import _portable
+    from bayesagg.app.cli import _portable
 
     elsewhere = str(Path(tmp_path.anchor) / "elsewhere")
     argv = ["run", f"--data-dir={tmp_path}/data", "--out", elsewhere, "--method", str(tmp_path)]

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from bayesagg.cli import main
+from bayesagg.app.cli import main
 from bayesagg.runner import threads
 from test_runner_fake import install_fake  # noqa: F401 - pytest fixture
 

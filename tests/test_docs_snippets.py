@@ -296,8 +296,8 @@ def test_the_commands_are_found():
 )
 def test_bayesagg_command_parses(block: Block, args: list[str], capsys):
     from bayesagg import methods
+    from bayesagg.app.cli import _build_parser
     from bayesagg.benchmarks import registry
-    from bayesagg.cli import _build_parser
 
     command = "bayesagg " + shlex.join(args)
     try:

@@ -269,7 +269,6 @@ def test_regression_options_are_checked_and_paper_behaviour_is_the_table():
         "regression_heads": "fitted",
         "regression_fit": "epoch",
         "noise_var": 1.0,
-        "reset_encoder_optimizer": False,
         "regression_refresh": 0,
     }
     paper = BayesAgg.paper([Regression("r", 1), Binary("b", 1)])._config()

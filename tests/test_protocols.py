@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from bayesagg.benchmarks import registry
+from bayesagg.benchmarks.registry import Protocol
 from bayesagg.tasks import Binary, Multiclass, Regression
 
 # benchmark: (epochs, batch, lr, weight decay, scheduler, milestones, clip heads, clip shared,
@@ -127,7 +128,7 @@ BUDGET_OPTIONS = {"data_options", "model_options"}
 BUDGET_BAYESAGG = {"warmup_epochs", "num_samples"}
 #: BayesAgg-MTL as published (paper Sec. 3.2, Algorithm 1: one undamped Newton step, the
 #: aggregated gradient not rescaled), pinned by every ``paper`` protocol; derived recipes run the
-#: library's defaults (chosen by the ablation in docs/bayesagg-in-training.md) and leave these
+#: library's defaults (chosen by the ablation in docs/bayesagg.md, "The ablation that chose the defaults") and leave these
 #: keys out.
 AS_PUBLISHED = {
     "newton_steps": 1,
@@ -164,7 +165,7 @@ def test_paper_protocol_is_the_authors_trainer(name):
         assert p.data_options["complete_graph"] is True  # Nash-MTL's Complete() transform
     assert (p.clip_heads, p.clip_shared, p.drop_last) == (heads, shared, drop_last)
     assert _kinds(spec, p) == kinds
-    assert dict(p.bayesagg) == {**hp, **AS_PUBLISHED}
+    assert dict(p.method_settings["bayesagg"]) == {**hp, **AS_PUBLISHED}
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))
@@ -172,16 +173,20 @@ def test_paper_protocol_is_the_authors_trainer(name):
 def test_quick_and_smoke_keep_the_paper_recipe(name, derived):
     spec = registry.get(name)
     paper, other = spec.protocol("paper"), spec.protocol(derived)
-    fields = set(paper.__dataclass_fields__) - BUDGET - BUDGET_OPTIONS - {"bayesagg"}
+    fields = set(paper.__dataclass_fields__) - BUDGET - BUDGET_OPTIONS - {"method_settings"}
     changed = sorted(f for f in fields if getattr(paper, f) != getattr(other, f))
     assert changed == [], f"{name} {derived} departs from paper in {changed}"
     skip = BUDGET_BAYESAGG | set(AS_PUBLISHED)
-    hp_paper = {k: v for k, v in paper.bayesagg.items() if k not in skip}
-    hp_other = {k: v for k, v in other.bayesagg.items() if k not in skip}
+    hp_paper = {k: v for k, v in paper.method_settings["bayesagg"].items() if k not in skip}
+    hp_other = {k: v for k, v in other.method_settings["bayesagg"].items() if k not in skip}
     assert hp_paper == hp_other
-    assert not set(AS_PUBLISHED) & set(other.bayesagg), "derived recipes run the library default"
+    assert not set(AS_PUBLISHED) & set(other.method_settings["bayesagg"]), (
+        "derived recipes run the library default"
+    )
     assert other.epochs <= paper.epochs
-    assert 0 <= other.bayesagg["warmup_epochs"] < other.epochs or other.epochs == 1
+    assert (
+        0 <= other.method_settings["bayesagg"]["warmup_epochs"] < other.epochs or other.epochs == 1
+    )
 
 
 def test_utkface_gender_is_multiclass_under_every_protocol_with_the_same_metric_keys():
@@ -222,3 +227,51 @@ def test_paper_protocol_runs_bayesagg_as_published_and_quick_runs_the_named_meth
     built = quick.create_method().aggregator
     expected = (0.5, True) if method == "bayesagg" else (1.0, False)
     assert (built.newton_damping, built.scale_by_tasks) == expected
+
+
+# The keys of protocol_settings in the result files committed before the settings became a
+# mapping (results/), in their order.
+RECORDED_KEYS = [
+    "name",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "scheduler",
+    "milestones",
+    "decay",
+    "plateau_factor",
+    "plateau_patience",
+    "min_lr",
+    "train_limit",
+    "eval_limit",
+    "data_options",
+    "model_options",
+    "bayesagg",
+    "clip_heads",
+    "clip_shared",
+    "drop_last",
+    "groups",
+    "note",
+]
+
+
+def test_recorded_settings_keep_the_bayesagg_field_in_its_place():
+    # result.json's protocol_settings: each method family's settings as a field of its own,
+    # where the field stood; "bayesagg" always, as every committed result file records it.
+    plain = Protocol(name="x", epochs=2, batch_size=4)
+    recorded = plain.recorded_settings()
+    keys = list(recorded)
+    assert keys == RECORDED_KEYS and recorded["bayesagg"] == {}
+    qm9 = registry.get("qm9").protocol("smoke").recorded_settings()
+    assert qm9["bayesagg"]["warmup_epochs"] == 1 and qm9["bayesagg"]["s_regression"] == 0.85
+    assert keys == list(qm9)
+
+
+def test_method_settings_scale_their_warmup_with_the_epochs():
+    p = Protocol(
+        name="x", epochs=10, batch_size=4, method_settings={"bayesagg": {"warmup_epochs": 5}}
+    )
+    assert p.with_epochs(4).method_settings["bayesagg"]["warmup_epochs"] == 2
+    assert p.with_epochs(1).warmup_epochs == 0 and p.warmup_epochs == 5
+    assert Protocol(name="y", epochs=3, batch_size=4).warmup_epochs == 0

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bayesagg.report import protocol_report, run_summary, write_report
+from bayesagg.app.report import protocol_report, run_summary, write_report
 from bayesagg.runner import ConfigError, RunConfig, run
 from test_runner_fake import install_fake  # noqa: F401 - pytest fixture
 
@@ -84,7 +84,7 @@ def test_truncated_result_file_is_named_and_treated_as_unfinished(results, capsy
     path = write_report(root)
     assert f"`{bad}`" in path.read_text()
     # The command line prints the report, naming the file, instead of a traceback.
-    from bayesagg.cli import main
+    from bayesagg.app.cli import main
 
     assert main(["report", str(root)]) == 0
     assert f"`{bad}`: JSONDecodeError" in capsys.readouterr().out
@@ -97,7 +97,7 @@ def test_truncated_result_file_is_named_and_treated_as_unfinished(results, capsy
 
 
 def test_commands_differing_in_method_seed_or_task_collapse_to_one_line():
-    from bayesagg.report import collapse_commands
+    from bayesagg.app.report import collapse_commands
 
     base = "bayesagg run -b qm9 --protocol quick --out results"
     commands = [

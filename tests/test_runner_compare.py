@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-from bayesagg.report import protocol_report
+from bayesagg.app.report import protocol_report
 from bayesagg.runner import ConfigError, RunConfig, compare
 from bayesagg.runner.compare import split_hparams
 from test_runner_fake import install_fake  # noqa: F401 - pytest fixture

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from bayesagg.cli import main
+from bayesagg.app.cli import main
 from bayesagg.runner.distributed import Context
 from bayesagg.runner.train import make_loader
 

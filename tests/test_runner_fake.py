@@ -70,7 +70,7 @@ def fake_spec(**changes) -> Benchmark:
         batch_size=16,
         scheduler="multistep",
         milestones=(0.6,),
-        bayesagg={"warmup_epochs": 1, "num_samples": 32},
+        method_settings={"bayesagg": {"warmup_epochs": 1, "num_samples": 32}},
         note="synthetic test data",
     )
     fields = dict(
@@ -221,7 +221,7 @@ def test_same_seed_same_metrics(install_fake, tmp_path):
 def test_runner_module_imports_no_heavy_packages():
     """``import bayesagg.runner`` and the registry stay light (no torch_geometric etc.)."""
     code = (
-        "import sys, bayesagg.runner, bayesagg.benchmarks.registry, bayesagg.cli;"
+        "import sys, bayesagg.runner, bayesagg.benchmarks.registry, bayesagg.app.cli;"
         "heavy = [m for m in ('torch_geometric', 'torchvision', 'cvxpy', 'sklearn', "
         "'matplotlib', 'scipy') if m in sys.modules]; print(heavy)"
     )
@@ -239,7 +239,7 @@ def test_every_benchmark_spec_is_consistent():
         assert set(spec.protocols) - {"paper", "quick", "smoke"} <= {"revised"}
         for p in spec.protocols.values():
             assert p.epochs >= 1 and p.batch_size >= 1
-            assert p.bayesagg.get("warmup_epochs", 0) < p.epochs
+            assert p.warmup_epochs < p.epochs
         try:
             importlib.import_module(f"bayesagg.benchmarks.{spec.package}.data")
         except ImportError:
@@ -279,7 +279,7 @@ def test_epochs_csv_splits_time_into_steps_data_and_evaluation(install_fake, tmp
 def test_a_run_resolves_its_plan_once(install_fake, tmp_path, monkeypatch):
     # Plan, train, write, one way. The registry lookups and the
     # results layout are resolved by plan() once; training and writing read the plan.
-    run_module = importlib.import_module("bayesagg.runner.run")
+    run_module = importlib.import_module("bayesagg.runner.plan")
     calls: dict[str, int] = {}
 
     def counted(name):
@@ -300,3 +300,27 @@ def test_a_run_resolves_its_plan_once(install_fake, tmp_path, monkeypatch):
     calls.clear()
     run(RunConfig(benchmark="fake", method="stl", protocol="smoke", out=str(tmp_path)))
     assert calls["protocol_dir"] == 1 and calls["method_label"] == 1  # one plan, 5 STL models
+
+
+def test_a_compare_loads_its_data_once_and_a_lone_run_each_time(
+    install_fake, tmp_path, monkeypatch
+):
+    # The runs of a compare share one SplitsCache; separate run() calls hold no data between
+    # them (no module-level cache).
+    splits_module = importlib.import_module("bayesagg.runner.splits")
+    loads = []
+    real = splits_module.load_splits
+
+    def counted(p):
+        loads.append(p.config.method)
+        return real(p)
+
+    monkeypatch.setattr(splits_module, "load_splits", counted)
+    from bayesagg.runner import compare
+
+    compare(RunConfig(benchmark="fake", method="ls", out=str(tmp_path / "c")), ["ls", "rlw"], [0])
+    assert loads == ["ls"]
+    loads.clear()
+    for method in ("ls", "rlw"):
+        run(RunConfig(benchmark="fake", method=method, out=str(tmp_path / "r")))
+    assert loads == ["ls", "rlw"]

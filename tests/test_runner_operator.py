@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bayesagg.cli import main
+from bayesagg.app.cli import main
 from bayesagg.runner import ConfigError, RunConfig, plan
 from bayesagg.runner.checkpoint import Checkpoint, Progress
 from bayesagg.runner.lock import LOCK_FILE, RunLock, process_record

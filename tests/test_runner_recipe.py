@@ -16,10 +16,10 @@ from bayesagg import BayesAgg, Binary, Multiclass, Regression
 from bayesagg.benchmarks import registry
 from bayesagg.benchmarks.registry import MultiTaskModel, Protocol, linear_heads
 from bayesagg.diagnostics import TrainingDiagnostics
-from bayesagg.methods import create
+from bayesagg.methods import bayesagg_mtl, create
+from bayesagg.methods.bayesagg_mtl import reset_optimizer_state
 from bayesagg.runner import RunConfig, run
-from bayesagg.runner import train as train_module
-from bayesagg.runner.clipping import GradientClipping, reset_optimizer_state
+from bayesagg.runner.clipping import GradientClipping
 from bayesagg.runner.train import make_optimizer, training_step
 from bayesagg.tasks import task_losses
 from test_runner_fake import (
@@ -136,7 +136,7 @@ def test_reset_encoder_optimizer_option_resets_when_the_warmup_ends(
         calls.append(len(params))
         return reset_optimizer_state(optimizer, params)
 
-    monkeypatch.setattr(train_module, "reset_optimizer_state", spy)
+    monkeypatch.setattr(bayesagg_mtl, "reset_optimizer_state", spy)
     config = RunConfig(
         benchmark="fake",
         method="bayesagg",
@@ -274,3 +274,14 @@ def test_diagnostics_report_the_evidence_maximiser_of_the_regression_fit():
     assert row["diag/regression_dof/r"] == pytest.approx(g, rel=1e-6)
     assert a == pytest.approx(outputs * g / float(m.square().sum()), rel=1e-6)
     assert b == pytest.approx(outputs * (32 - g) / float((y - hh @ m).square().sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["bayesagg", "bayesagg-paper"])
+def test_hparams_of_the_adapter_and_of_bayesagg_are_both_accepted(method):
+    from bayesagg.runner.config import ConfigError
+    from bayesagg.runner.hparams import validate_hparams
+
+    # reset_encoder_optimizer is the adapter's own option, s_regression BayesAgg's.
+    validate_hparams(method, {"reset_encoder_optimizer": True, "s_regression": 0.5})
+    with pytest.raises(ConfigError, match="has no hyper-parameter 'bogus'"):
+        validate_hparams(method, {"bogus": 1})

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from bayesagg.cli import main
+from bayesagg.app.cli import main
 from conftest import real_data_dir
 
 METHODS = ("ls", "mgda-ub", "bayesagg")

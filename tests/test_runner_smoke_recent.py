@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from bayesagg.cli import main
+from bayesagg.app.cli import main
 from bayesagg.methods import names
 from conftest import real_data_dir
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from bayesagg.cli import main
+from bayesagg.app.cli import main
+from bayesagg.app.report import write_report
 from bayesagg.methods.search_spaces import search_space
-from bayesagg.report import write_report
 from bayesagg.runner import ConfigError, RunConfig
 from test_runner_fake import install_fake  # noqa: F401 - pytest fixture
 
@@ -192,7 +192,7 @@ def taken(study, trial_number=None):
         return {{}}
     return real_taken(study, trial_number)
 sweep_module._taken = taken
-from bayesagg.cli import main
+from bayesagg.app.cli import main
 sys.exit(main(["sweep", "-b", "fake", "-m", "cagrad", "--trials", "4", "--out", {out!r},
                "--storage", {url!r}, "--no-progress"]))
 """

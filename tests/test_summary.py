@@ -7,10 +7,10 @@ import statistics
 
 import pytest
 
+from bayesagg.app.summary import paired_interval, summarise, write_summary
 from bayesagg.metrics import delta_m
 from bayesagg.runner import RunConfig
 from bayesagg.runner.compare import compare
-from bayesagg.summary import paired_interval, summarise, write_summary
 from test_runner_fake import install_fake  # noqa: F401 - pytest fixture
 
 # Student t quantiles t(0.975, df), from printed tables (not from scipy).

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from bayesagg.cli import main
-from bayesagg.report import protocol_report
+from bayesagg.app.cli import main
+from bayesagg.app.report import protocol_report
+from bayesagg.app.summary import summarise
 from bayesagg.runner import RunConfig, run
-from bayesagg.summary import summarise
 from test_runner_fake import install_fake  # noqa: F401 - pytest fixture
 
 
@@ -119,3 +119,18 @@ def test_run_says_it_replaces_a_foreign_result_file(campaign):
     assert f"result file {path} is not a run result (no schema" in "\n".join(messages)
     assert any(m.endswith("training again replaces it") for m in messages)
     assert json.loads(path.read_text())["schema"] == "bayesagg.result/1"
+
+
+def test_the_public_result_reader_names_what_it_cannot_read(campaign):
+    from bayesagg.runner.results import UnreadableResult, read_epochs, read_result
+
+    good = campaign / "ls" / "seed0"
+    assert read_result(good / "result.json")["method"] == "ls"
+    rows = read_epochs(good)  # the run's folder or the file itself
+    assert rows == read_epochs(good / "epochs.csv") and [r["epoch"] for r in rows] == ["1", "2"]
+    for text, reason in (('{"schema": "other"}', "not a run result"), ("{", "JSONDecodeError")):
+        bad = campaign / "rlw" / "seed0" / "result.json"
+        bad.write_text(text)
+        with pytest.raises(UnreadableResult, match=reason) as err:
+            read_result(bad)
+        assert err.value.path == bad and str(bad) in str(err.value)

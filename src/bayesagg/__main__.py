@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bayesagg.cli import main
+from bayesagg.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,7 @@
 """BayesAgg-MTL as one object a training loop holds: ``losses = agg.backward(h, heads, targets)``.
 
 Achituve et al., "Bayesian Uncertainty for Gradient Aggregation in Multi-Task Learning", ICML 2024,
-Section 3 and Algorithm 1; docs/method.md and docs/bayesagg.md. Each step, for every task group:
+Section 3 and Algorithm 1; docs/bayesagg-math.md and docs/bayesagg.md. Each step, for every task group:
 
 1. posterior over the head's weights from the batch, with last epoch's full-data posterior as the
    prior (:mod:`bayesagg.posterior`, :mod:`bayesagg.prior`; paper Eq. 2 and Eqs. 9-10);
@@ -120,7 +120,7 @@ class BayesAgg:
         noise_var: observation-noise variance sigma^2 of Bayesian linear regression (paper: 1).
         warmup_epochs: epochs of linear scalarisation before BayesAgg-MTL starts (paper: 50 QM9,
             3 CIFAR-MTL, 1 ChestX-ray14, 10 UTKFace). Default 0.
-        moments: estimator of the classification gradient moments (docs/method.md, stage 2):
+        moments: estimator of the classification gradient moments (docs/bayesagg-math.md, stage 2):
             ``"qmc"`` (default, deterministic: Gauss-Hermite quadrature for binary tasks; for
             multiclass, a fixed quasi-Monte-Carlo rule over the logits with the weights
             integrated analytically, :func:`bayesagg.moments.multiclass`),
@@ -172,9 +172,6 @@ class BayesAgg:
             sum to one over the K tasks, so ``g`` is about 1/K of the LS gradient). Default
             ``True``: the encoder then gets gradients of LS's size, which matters wherever the
             size matters (gradient clipping, coupled weight decay, SGD); the paper's is ``False``.
-        reset_encoder_optimizer: a runner-level option read by the training loop
-            (:mod:`bayesagg.runner.train`): reset the encoder's optimiser state (Adam's
-            moments) when the warm-up ends. ``BayesAgg`` itself does nothing with it.
         regression_prior: ``"evidence"`` (default) or ``"fixed"`` (paper): with ``"fixed"``
             the full-data regression fits use the prior
             N(0, gamma I) and the noise variance ``noise_var``; ``"evidence"``: each fit
@@ -217,7 +214,6 @@ class BayesAgg:
         newton_steps: int = 1,
         newton_damping: float = 0.5,
         scale_by_tasks: bool = True,
-        reset_encoder_optimizer: bool = False,
         regression_prior: RegressionPrior = "evidence",
         regression_heads: RegressionHeads = "fitted",
         regression_refresh: int = 0,
@@ -286,7 +282,6 @@ class BayesAgg:
         self.newton_steps = int(newton_steps)
         self.newton_damping = float(newton_damping)
         self.scale_by_tasks = bool(scale_by_tasks)
-        self.reset_encoder_optimizer = bool(reset_encoder_optimizer)
         self.regression_prior: RegressionPrior = regression_prior
         self.regression_heads: RegressionHeads = regression_heads
         self.regression_refresh = regression_refresh
@@ -374,7 +369,6 @@ class BayesAgg:
             "newton_steps": self.newton_steps,
             "newton_damping": self.newton_damping,
             "scale_by_tasks": self.scale_by_tasks,
-            "reset_encoder_optimizer": self.reset_encoder_optimizer,
             "regression_prior": self.regression_prior,
             "regression_heads": self.regression_heads,
             "regression_refresh": self.regression_refresh,
@@ -396,7 +390,10 @@ class BayesAgg:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output; the configuration must match this object's."""
-        mine, theirs = self._config(), state["config"]
+        mine = self._config()
+        # States saved while ``reset_encoder_optimizer`` was an option of this class carry it;
+        # it is the training-loop adapter's now (methods/bayesagg_mtl.py), which checks it.
+        theirs = {k: v for k, v in state["config"].items() if k != "reset_encoder_optimizer"}
         differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         if differ:
             details = ", ".join(
@@ -823,7 +820,7 @@ class BayesAgg:
             if not isinstance(group, Regression) and head.bias is None:
                 raise ValueError(
                     f"task group {group.name!r}: classification heads need a bias "
-                    "(the posterior is over weights and bias, docs/method.md stage 1)"
+                    "(the posterior is over weights and bias, docs/bayesagg-math.md stage 1)"
                 )
         return heads
 

@@ -76,8 +76,10 @@ class Protocol:
     data_options: Mapping[str, Any] = field(default_factory=_frozen)
     #: Extra keyword arguments for the model builder (e.g. a reduced width for smoke tests).
     model_options: Mapping[str, Any] = field(default_factory=_frozen)
-    #: BayesAgg-MTL hyper-parameters of this protocol (keys of the method's constructor).
-    bayesagg: Mapping[str, Any] = field(default_factory=_frozen)
+    #: Per-method settings of this protocol, keyed by method family (a method's
+    #: ``settings_family``; today ``"bayesagg"``: BayesAgg-MTL's hyper-parameters, keys of its
+    #: constructor). A method's ``--hp`` values override them.
+    method_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=_frozen)
     #: Gradient-norm clipping, applied to every method of the protocol: the heads' gradient
     #: (all heads jointly) at every step, and the shared parameters' gradient from the end of
     #: the warm-up on (``torch.nn.utils.clip_grad_norm_``, as in the authors' trainers).
@@ -98,7 +100,7 @@ class Protocol:
         *,
         epochs: int,
         note: str,
-        bayesagg: Mapping[str, Any] | None = None,
+        method_settings: Mapping[str, Mapping[str, Any]] | None = None,
         **changes: Any,
     ) -> Protocol:
         """Return this recipe on another budget: same settings, warm-up scaled to ``epochs``.
@@ -106,29 +108,80 @@ class Protocol:
         ``quick`` and ``smoke`` are derived from ``paper`` so they keep its optimiser,
         schedule, clipping, task groups and BayesAgg-MTL settings (s, gamma, warm-up, ...),
         except the paper's BayesAgg-MTL behaviour (``PAPER_BEHAVIOUR``, pinned by ``paper``
-        protocols): ``bayesagg`` runs the library's defaults there, ``bayesagg-paper`` the paper's; ``changes`` are the budget
-        (batch size, example limits, model width, ...) and ``bayesagg`` overrides (e.g. fewer
-        Monte-Carlo samples in a smoke run).
+        protocols): ``bayesagg`` runs the library's defaults there, ``bayesagg-paper`` the
+        paper's; ``changes`` are the budget (batch size, example limits, model width, ...) and
+        ``method_settings`` overrides per method family (e.g. ``{"bayesagg": {"num_samples":
+        64}}``: fewer Monte-Carlo samples in a smoke run).
         """
         from bayesagg.bayes_agg import PAPER_BEHAVIOUR
 
         derived = self.with_epochs(epochs)
+        settings = {family: dict(hp) for family, hp in derived.method_settings.items()}
         # A derived recipe runs the library's BayesAgg-MTL (its sturdier defaults, chosen by the
-        # ablation in docs/bayesagg-in-training.md); the published one stays available there as
+        # ablation in docs/bayesagg.md, "The ablation that chose the defaults"); the published one stays available there as
         # the method ``bayesagg-paper``.
-        hp = {k: v for k, v in derived.bayesagg.items() if k not in PAPER_BEHAVIOUR}
-        hp.update(bayesagg or {})
-        return replace(derived, name=name, note=note, bayesagg=_frozen(hp), **changes)
+        if "bayesagg" in settings:
+            settings["bayesagg"] = {
+                k: v for k, v in settings["bayesagg"].items() if k not in PAPER_BEHAVIOUR
+            }
+        for family, hp in (method_settings or {}).items():
+            settings[family] = {**settings.get(family, {}), **hp}
+        return replace(
+            derived, name=name, note=note, method_settings=_frozen_settings(settings), **changes
+        )
 
     def with_epochs(self, epochs: int) -> Protocol:
         """Return this protocol with another epoch budget, warm-up scaled in proportion."""
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
-        hp = dict(self.bayesagg)
-        if "warmup_epochs" in hp and self.epochs > 0:
-            hp["warmup_epochs"] = min(epochs - 1, round(hp["warmup_epochs"] * epochs / self.epochs))
-            hp["warmup_epochs"] = max(hp["warmup_epochs"], 0)
-        return replace(self, epochs=epochs, bayesagg=_frozen(hp))
+        settings = {}
+        for family, mapping in self.method_settings.items():
+            hp = dict(mapping)
+            if "warmup_epochs" in hp and self.epochs > 0:
+                scaled = round(hp["warmup_epochs"] * epochs / self.epochs)
+                hp["warmup_epochs"] = max(min(epochs - 1, scaled), 0)
+            settings[family] = hp
+        return replace(self, epochs=epochs, method_settings=_frozen_settings(settings))
+
+    def settings_of(self, family: str | None) -> Mapping[str, Any]:
+        """Return the settings of one method family (empty for None or a family without any)."""
+        return _frozen() if family is None else self.method_settings.get(family, _frozen())
+
+    @property
+    def warmup_epochs(self) -> int:
+        """Return the protocol's warm-up: the longest ``warmup_epochs`` of its method settings.
+
+        A method without a warm-up of its own starts the shared clip at its end, so all the
+        methods of a protocol clip from the same epoch (0: no method settings hold one).
+        """
+        return max(
+            (int(hp.get("warmup_epochs", 0) or 0) for hp in self.method_settings.values()),
+            default=0,
+        )
+
+    def recorded_settings(self) -> dict[str, Any]:
+        """Return the protocol's fields as a result file records them (``protocol_settings``).
+
+        Each method family's settings appear as a field of their own in the field's place,
+        under the family's name: ``"bayesagg"`` always (empty when the protocol has none), as
+        every result file written before the settings became a mapping holds it.
+        """
+        out: dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            if key == "method_settings":
+                for family in dict.fromkeys((*RECORDED_FAMILIES, *self.method_settings)):
+                    out[family] = dict(self.settings_of(family))
+            else:
+                out[key] = dict(value) if isinstance(value, Mapping) else value
+        return out
+
+
+#: Method families whose settings every result file records, even when empty.
+RECORDED_FAMILIES = ("bayesagg",)
+
+
+def _frozen_settings(settings: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Mapping[str, Any]]:
+    return _frozen({family: _frozen(hp) for family, hp in settings.items()})
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ entry (its ``-ub`` form, whether it is Gramian-based, which keywords it requires
 from its class, so listing the names imports every method module once; the solvers (SciPy,
 cvxpy, scikit-learn) are imported only when a method first uses them, so a user of one method
 never loads the solvers of another. See :mod:`bayesagg.methods.base` for the training-loop
-contract, :mod:`bayesagg.methods.gramian` and :mod:`bayesagg.methods.loss_weighting` for the
+contract, :mod:`bayesagg.methods.gramian` and :mod:`bayesagg.methods.weighting.loss_weighting` for the
 two bases most methods are built on, and CONTRIBUTING.md for adding one.
 """
 

@@ -32,7 +32,7 @@ so the caller can add them to an optimiser, or update them internally and say so
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
@@ -132,6 +132,53 @@ class Method(ABC):
 
     def reset(self) -> None:  # noqa: B027 - stateless by default
         """Forget any state accumulated during training."""
+
+    # -- training-loop hooks: what a runner asks a method beyond one step (no-ops by default) --
+    #: The key of the method's settings in a protocol's ``method_settings`` (None: it has none).
+    settings_family: ClassVar[str | None] = None
+    #: True if the constructor takes the task groups (``groups=``) besides ``num_tasks``.
+    needs_groups: ClassVar[bool] = False
+    #: The class the constructor hands its ``**hparams`` to (None: none), whose constructor's
+    #: parameters are then the method's hyper-parameters too (for checking ``--hp`` values).
+    hparams_forwarded_to: ClassVar[type | None] = None
+
+    def own_warmup_epochs(self) -> int | None:
+        """Return the epochs of the method's own warm-up before it acts (None: it has none).
+
+        A runner starts the protocol's shared-gradient clipping when the warm-up ends and calls
+        :meth:`end_warmup` then; a method without a warm-up leaves that to the protocol.
+        """
+        return None
+
+    def end_warmup(  # noqa: B027 - optional hook
+        self, optimizer: torch.optim.Optimizer, shared_parameters: Sequence[Tensor]
+    ) -> None:
+        """Called once, before the first epoch after the warm-up, with the run's optimiser."""
+
+    def before_evaluation(  # noqa: B027 - optional hook
+        self,
+        epoch: int,
+        heads: Sequence[nn.Module],
+        training_features: Callable[[], Iterable[tuple[Tensor, Sequence[Tensor]]]],
+    ) -> None:
+        """Called after :meth:`end_epoch` of epoch ``epoch`` (0-based), before evaluating.
+
+        ``training_features()`` yields ``(h, targets)`` for the training set with the encoder in
+        evaluation mode and without gradients (targets as the training steps see them), for a
+        method whose predictions depend on a fit to the training set.
+        """
+
+    def fitted_tasks(self) -> Sequence[int]:
+        """Return the tasks whose heads the method fits rather than the optimiser trains.
+
+        Their training losses are those of heads fitted on earlier features, so a runner checks
+        only that they are finite, not that they stay near their first value (default none).
+        """
+        return ()
+
+    def report_notes(self) -> list[str]:
+        """Return sentences a run's result should carry about the method's end state (none)."""
+        return []
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_tasks={self.num_tasks})"

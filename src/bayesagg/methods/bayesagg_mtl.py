@@ -1,25 +1,43 @@
 """BayesAgg-MTL behind the registry's :class:`~bayesagg.methods.base.Method` contract.
 
 A thin adapter: the method itself is :class:`bayesagg.BayesAgg` (paper Section 3;
-docs/method.md and docs/bayesagg.md);
+docs/bayesagg-math.md and docs/bayesagg.md);
 this class maps the common training-loop call ``method.backward(losses, ..., representation,
-heads, targets)`` onto ``BayesAgg.backward(representation, heads, targets)`` and ``end_epoch``
-onto the prior refit.
+heads, targets)`` onto ``BayesAgg.backward(representation, heads, targets)``, ``end_epoch``
+onto the prior refit, and answers the training loop's hooks (warm-up, the end of the warm-up,
+the eval-mode refit of the regression heads before an evaluation, the fitted tasks, notes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from bayesagg.bayes_agg import PAPER_BEHAVIOUR, BayesAgg
 from bayesagg.methods.base import Method, Space, check_losses
-from bayesagg.tasks import TaskGroup, check_groups
+from bayesagg.tasks import Regression, TaskGroup, check_groups
 from bayesagg.tasks import num_tasks as count_tasks
 
-__all__ = ["BayesAggMTL", "BayesAggMTLPaper"]
+__all__ = ["BayesAggMTL", "BayesAggMTLPaper", "reset_optimizer_state"]
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> int:
+    """Forget the optimiser's state (Adam's moments and step) of ``params``; return how many.
+
+    Used when BayesAgg-MTL's warm-up ends with ``reset_encoder_optimizer=True``: the encoder's
+    Adam moments were accumulated on linear-scalarisation gradients, about K times larger than
+    BayesAgg-MTL's (an option beyond the paper, from the ablation in
+    docs/bayesagg.md, "The ablation that chose the defaults").
+    """
+    count = 0
+    for p in params:
+        if p in optimizer.state:
+            del optimizer.state[p]
+            count += 1
+    return count
 
 
 class BayesAggMTL(Method):
@@ -28,7 +46,9 @@ class BayesAggMTL(Method):
     ``BayesAggMTL(num_tasks, groups=[...], **hparams)``: ``groups`` are the task groups in the
     order of the heads and targets, and ``num_tasks`` must equal their number of tasks; the
     other keyword arguments are :class:`bayesagg.BayesAgg`'s hyper-parameters (``s_regression``,
-    ``s_classification``, ``gamma``, ``warmup_epochs``, ``moments``, ...).
+    ``s_classification``, ``gamma``, ``warmup_epochs``, ``moments``, ...), except
+    ``reset_encoder_optimizer``, this adapter's own: when the warm-up ends, forget the encoder's
+    optimiser state (:meth:`end_warmup`; beyond the paper).
 
     Note: ``backward`` only checks the ``losses`` it is given (shape, finiteness); BayesAgg-MTL
     recomputes each task's loss from ``representation``, ``heads`` and ``targets``, because it
@@ -37,8 +57,18 @@ class BayesAggMTL(Method):
 
     name: ClassVar[str] = "bayesagg"
     space: ClassVar[Space] = "representation"
+    settings_family: ClassVar[str | None] = "bayesagg"
+    needs_groups: ClassVar[bool] = True
+    hparams_forwarded_to: ClassVar[type | None] = BayesAgg
 
-    def __init__(self, num_tasks: int, *, groups: Sequence[TaskGroup], **hparams: Any) -> None:
+    def __init__(
+        self,
+        num_tasks: int,
+        *,
+        groups: Sequence[TaskGroup],
+        reset_encoder_optimizer: bool = False,
+        **hparams: Any,
+    ) -> None:
         super().__init__(num_tasks)
         check_groups(groups)
         declared = count_tasks(groups)
@@ -49,6 +79,7 @@ class BayesAggMTL(Method):
             )
         self.groups = tuple(groups)
         self.hparams = dict(hparams)
+        self.reset_encoder_optimizer = bool(reset_encoder_optimizer)
         self.aggregator = BayesAgg(self.groups, **hparams)
 
     def backward(
@@ -92,14 +123,67 @@ class BayesAggMTL(Method):
         """Refit the epoch-level prior (and, by default, the regression heads); ``losses`` unused."""
         self.aggregator.end_epoch()
 
+    # -- the training loop's hooks (methods/base.py) -----------------------------------------
+    def own_warmup_epochs(self) -> int:
+        """Return the epochs of linear scalarisation before BayesAgg-MTL starts."""
+        return self.aggregator.warmup_epochs
+
+    def end_warmup(
+        self, optimizer: torch.optim.Optimizer, shared_parameters: Sequence[Tensor]
+    ) -> None:
+        """With ``reset_encoder_optimizer``, forget the shared parameters' optimiser state."""
+        if self.reset_encoder_optimizer:
+            reset_optimizer_state(optimizer, shared_parameters)
+
+    def before_evaluation(
+        self,
+        epoch: int,
+        heads: Sequence[nn.Module],
+        training_features: Callable[[], Iterable[tuple[Tensor, Sequence[Tensor]]]],
+    ) -> None:
+        """With ``regression_fit="refit"``, fit the regression heads on eval-mode features.
+
+        From the last warm-up epoch on, and only for heads BayesAgg-MTL fits
+        (``regression_heads="fitted"``), not for heads the optimiser trains (docs/bayesagg.md,
+        "Which fit regression predictions use").
+        """
+        agg = self.aggregator
+        if (
+            agg.regression_fit == "refit"
+            and agg.regression_heads == "fitted"
+            and any(isinstance(g, Regression) for g in self.groups)
+            and epoch + 1 >= agg.warmup_epochs
+        ):
+            agg.fit_regression_heads(heads, training_features())  # type: ignore[arg-type]
+
+    def fitted_tasks(self) -> list[int]:
+        """Return the regression tasks whose heads hold a fit (:attr:`BayesAgg.fitted_tasks`)."""
+        return self.aggregator.fitted_tasks
+
+    def report_notes(self) -> list[str]:
+        """Return which fit the regression heads hold at the end of training, if any."""
+        source = self.aggregator.regression_fit_source
+        return [f"BayesAgg-MTL regression heads at the end of training: {source}"] if source else []
+
     def state_dict(self) -> dict[str, Any]:
         """Return the base state plus the full :class:`BayesAgg` state."""
         state = super().state_dict()
         state["bayesagg"] = self.aggregator.state_dict()
+        state["reset_encoder_optimizer"] = self.reset_encoder_optimizer
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output."""
+        """Restore :meth:`state_dict`'s output (the configuration must match this object's)."""
+        # States saved while the option was BayesAgg's hold it in its configuration.
+        theirs = state.get(
+            "reset_encoder_optimizer",
+            state["bayesagg"]["config"].get("reset_encoder_optimizer", False),
+        )
+        if bool(theirs) != self.reset_encoder_optimizer:
+            raise ValueError(
+                "BayesAgg-MTL state does not match this configuration (reset_encoder_optimizer: "
+                f"{theirs!r} in state, {self.reset_encoder_optimizer!r} here)"
+            )
         super().load_state_dict(state)
         self.aggregator.load_state_dict(state["bayesagg"])
         self.last_weights = self.aggregator.last_weights
@@ -110,7 +194,8 @@ class BayesAggMTL(Method):
         self.last_weights = None
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_tasks={self.num_tasks}, {self.aggregator!r})"
+        reset = ", reset_encoder_optimizer=True" if self.reset_encoder_optimizer else ""
+        return f"{type(self).__name__}(num_tasks={self.num_tasks}, {self.aggregator!r}{reset})"
 
 
 class BayesAggMTLPaper(BayesAggMTL):
@@ -118,7 +203,7 @@ class BayesAggMTLPaper(BayesAggMTL):
 
     One undamped Newton step for the classification posteriors and the aggregated gradient not
     rescaled by K (paper Sec. 3.2, Algorithm 1), where ``bayesagg`` uses the library's sturdier
-    defaults (chosen by the ablation in docs/bayesagg-in-training.md). Keyword arguments override as for :class:`BayesAggMTL`.
+    defaults (chosen by the ablation in docs/bayesagg.md, "The ablation that chose the defaults"). Keyword arguments override as for :class:`BayesAggMTL`.
     """
 
     name: ClassVar[str] = "bayesagg-paper"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from bayesagg.runner.compare import compare
 from bayesagg.runner.config import ConfigError, RunConfig
-from bayesagg.runner.run import plan, run
+from bayesagg.runner.plan import Plan, plan
+from bayesagg.runner.run import run
 
-__all__ = ["ConfigError", "RunConfig", "compare", "plan", "run"]
+__all__ = ["ConfigError", "Plan", "RunConfig", "compare", "plan", "run"]

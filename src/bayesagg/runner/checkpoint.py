@@ -36,8 +36,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
+from bayesagg.methods.base import Method
 from bayesagg.runner.results import file_mode
+
+#: A learning-rate schedule of the runner (runner/train.py).
+Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
 
 __all__ = ["CHECKPOINT_FILE", "FORMAT", "Checkpoint", "Progress", "get_rng_state", "set_rng_state"]
 
@@ -84,7 +89,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _generator(loader: Any) -> torch.Generator | None:
+def _generator(loader: DataLoader) -> torch.Generator | None:
     """Return the generator that draws the loader's order (None: the order needs none)."""
     return getattr(loader, "generator", None)
 
@@ -109,10 +114,10 @@ class Checkpoint:
         progress: Progress,
         *,
         model: torch.nn.Module,
-        method: Any,
+        method: Method,
         optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        loader: Any,
+        scheduler: Scheduler | None,
+        loader: DataLoader,
     ) -> None:
         """Write the checkpoint after ``progress.epoch`` epochs, atomically."""
         generator = _generator(loader)
@@ -163,10 +168,10 @@ class Checkpoint:
         self,
         *,
         model: torch.nn.Module,
-        method: Any,
+        method: Method,
         optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        loader: Any,
+        scheduler: Scheduler | None,
+        loader: DataLoader,
     ) -> Progress | None:
         """Restore every state from the file into the given objects; return the progress.
 

@@ -19,18 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["GradientClipping", "reset_optimizer_state", "warmup_epochs"]
-
-
-def warmup_epochs(method: object, protocol_warmup: int) -> int:
-    """Return the epochs before the shared clip starts: the method's warm-up, else the protocol's.
-
-    BayesAgg-MTL's own ``warmup_epochs`` (a ``--hp`` may change it) decides for BayesAgg-MTL;
-    every other method uses the protocol's BayesAgg-MTL warm-up, so all methods of a protocol
-    clip from the same epoch.
-    """
-    aggregator = getattr(method, "aggregator", None)
-    return int(getattr(aggregator, "warmup_epochs", protocol_warmup) or 0)
+__all__ = ["GradientClipping"]
 
 
 @dataclass(frozen=True)
@@ -60,19 +49,3 @@ class GradientClipping:
                 torch.nn.utils.clip_grad_norm_(list(model.encoder.parameters()), shared)
 
         return clip
-
-
-def reset_optimizer_state(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> int:
-    """Forget the optimiser's state (Adam's moments and step) of ``params``; return how many.
-
-    Used when BayesAgg-MTL's warm-up ends with ``reset_encoder_optimizer=True``: the encoder's
-    Adam moments were accumulated on linear-scalarisation gradients, about K times larger than
-    BayesAgg-MTL's (an option beyond the paper, from the ablation in
-    docs/bayesagg-in-training.md).
-    """
-    count = 0
-    for p in params:
-        if p in optimizer.state:
-            del optimizer.state[p]
-            count += 1
-    return count

@@ -15,8 +15,10 @@ from typing import Any
 from bayesagg.runner.checks import check_all_writable
 from bayesagg.runner.config import ConfigError, RunConfig, check_device
 from bayesagg.runner.hparams import constructor_parameters
+from bayesagg.runner.plan import plan
 from bayesagg.runner.results import protocol_dir, run_dir
-from bayesagg.runner.run import finished_result, plan, run
+from bayesagg.runner.run import finished_result, run
+from bayesagg.runner.splits import SplitsCache
 
 __all__ = ["compare", "split_hparams"]
 
@@ -81,16 +83,16 @@ def compare(
     configs = [
         replace(base, method=m, seed=s, hparams=per_method[m]) for s in seeds for m in methods
     ]
-    for c in configs:
-        # With STL in the list, own references may not exist yet: check them after it runs.
-        plan(replace(c, references="none") if "stl" in methods else c)
+    # With STL in the list, own references may not exist yet: check them after it runs.
+    plans = [plan(replace(c, references="none") if "stl" in methods else c) for c in configs]
     # ... and every run folder can be written, before the first run trains.
     check_all_writable(run_dir(c) for c in configs)
     total = len(configs)
-    for i, c in enumerate(configs, 1):
-        if not force and c.method != "stl" and finished_result(c) is not None:
+    data = SplitsCache()  # consecutive runs on the same data load it once
+    for i, (c, p) in enumerate(zip(configs, plans, strict=True), 1):
+        if not force and c.method != "stl" and finished_result(c, p.settings) is not None:
             say(f"[{i}/{total}] {c.method} seed {c.seed}: finished, skipped")
             continue
         say(f"[{i}/{total}] {c.method} seed {c.seed}")
-        run(c, force=force, progress=progress, command=command, device=device, echo=say)
+        run(c, force=force, progress=progress, command=command, device=device, echo=say, data=data)
     return protocol_dir(base)

@@ -26,16 +26,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bayesagg.benchmarks.pyg import torch_geometric
+from bayesagg.benchmarks.registry import Benchmark
+from bayesagg.benchmarks.splits import collate
 from bayesagg.distributed import all_gather_cat, all_reduce_mean, average_gradients
+from bayesagg.methods.base import Method
+from bayesagg.runner.config import ConfigError
 
 __all__ = [
     "Context",
@@ -58,11 +64,14 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
-def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Run ``bayesagg <argv>`` in ``nproc`` local processes on the elastic launcher.
+def launch(nproc: int, argv: Sequence[str], entrypoint: Callable[[list[str]], int]) -> int:
+    """Run ``entrypoint(argv)`` in ``nproc`` local processes on the elastic launcher.
 
-    The same launcher as ``torchrun --standalone --nproc-per-node nproc``; returns 0 when every
-    process succeeded, else the launcher's error propagates (naming the failed rank).
+    ``entrypoint``: the command's own entry (``bayesagg.app.cli.main`` for ``bayesagg
+    <argv>``), a module-level function so that the spawned processes can import it; it returns
+    the exit code. The same launcher as ``torchrun --standalone --nproc-per-node nproc``;
+    returns 0 when every process succeeded, else the launcher's error propagates (naming the
+    failed rank).
     """
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -80,7 +89,7 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     try:
-        results = elastic_launch(config, _entrypoint)(list(argv))
+        results = elastic_launch(config, _entrypoint)(entrypoint, list(argv))
     except ChildFailedError as err:
         # a process failed (its error is printed above); the launcher stopped the others
         failures = sorted(err.failures.items())
@@ -89,11 +98,7 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     return max(codes, default=0)
 
 
-def _entrypoint(argv: list[str]) -> int:
-    import sys
-
-    from bayesagg.cli import main
-
+def _entrypoint(main: Callable[[list[str]], int], argv: list[str]) -> int:
     code = main(argv)
     if code:
         # exit non-zero so that the launcher stops the other processes (which would otherwise
@@ -130,7 +135,9 @@ class Context:
         return {"world_size": self.world_size, "backend": self.backend}
 
     # -- data -------------------------------------------------------------------------------
-    def train_loader(self, spec: Any, dataset: Any, batch_size: int, seed: int) -> Any:
+    def train_loader(
+        self, spec: Benchmark, dataset: Dataset, batch_size: int, seed: int
+    ) -> DataLoader:
         """Return this rank's loader of the one-process run's shuffled global batches."""
         from torch.utils.data import BatchSampler, RandomSampler
 
@@ -141,7 +148,9 @@ class Context:
         sampler = ShardedBatchSampler(batches, self.rank, self.world_size)
         return _loader(spec, dataset, sampler, generator)
 
-    def eval_loader(self, spec: Any, dataset: Any, batch_size: int, seed: int) -> Any:
+    def eval_loader(
+        self, spec: Benchmark, dataset: Dataset, batch_size: int, seed: int
+    ) -> DataLoader:
         """Return this rank's loader of a contiguous shard (no padding, no repeat) of ``dataset``."""
         from torch.utils.data import BatchSampler
 
@@ -149,7 +158,7 @@ class Context:
         start, stop = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
         batches = BatchSampler(range(start, stop), batch_size, drop_last=False)
         loader = _loader(spec, dataset, batches, torch.Generator().manual_seed(seed))
-        loader.gather = self.gather  # read by train.predict: full-set predictions everywhere
+        loader.gather = self.gather  # type: ignore[attr-defined]  # read by train.predict: full-set predictions everywhere
         return loader
 
     # -- model and gradients ----------------------------------------------------------------
@@ -169,14 +178,14 @@ class Context:
         ddp = DistributedDataParallel(model, device_ids=ids, process_group=self.group)
         return DataParallelModel(model, ddp)
 
-    def sync_gradients(self, model: nn.Module, method: Any) -> None:
+    def sync_gradients(self, model: nn.Module, method: Method) -> None:
         """Average over processes the gradients that are per-process shares (see module doc)."""
         skip = list(model.encoder.parameters()) if method.reduces_shared_gradients() else []
         average_gradients(
             list(model.parameters()) + list(method.parameters()), self.group, skip=skip
         )
 
-    def finish_notes(self, train_loader: Any) -> list[str]:
+    def finish_notes(self, train_loader: DataLoader) -> list[str]:
         """Return the run's notes on what differs from the one-process run (none when exact)."""
         notes = [f"data parallel: {self.world_size} processes ({self.backend})", *self.notes]
         dropped = getattr(train_loader.batch_sampler, "dropped", 0)
@@ -259,16 +268,13 @@ def _sizes(batches: Any) -> Iterator[int]:
         yield min(size, n - start)
 
 
-def _loader(spec: Any, dataset: Any, batch_sampler: Any, generator: torch.Generator) -> Any:
+def _loader(
+    spec: Benchmark, dataset: Dataset, batch_sampler: Sampler[list[int]], generator: torch.Generator
+) -> DataLoader:
     # the generator is drawn from as in the one-process loader (its per-iterator base seed)
     if spec.graph:
-        DataLoader = torch_geometric().loader.DataLoader
-
-        return DataLoader(dataset, batch_sampler=batch_sampler, generator=generator, num_workers=0)
-    from torch.utils.data import DataLoader
-
-    from bayesagg.benchmarks.splits import collate
-
+        GraphLoader = torch_geometric().loader.DataLoader
+        return GraphLoader(dataset, batch_sampler=batch_sampler, generator=generator, num_workers=0)
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,
@@ -306,8 +312,6 @@ def initialised(device: str, nproc: int | None = None) -> Iterator[Context | Non
         yield None
         return
     import torch.distributed as dist
-
-    from bayesagg.runner.config import ConfigError
 
     world = int(os.environ["WORLD_SIZE"])
     if nproc not in (None, 1, world):

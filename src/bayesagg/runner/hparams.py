@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from bayesagg import methods
 from bayesagg.runner.config import ConfigError
 
 __all__ = ["constructor_parameters", "parse_hparams", "parse_value", "validate_hparams"]
@@ -49,8 +50,6 @@ def parse_hparams(items: Iterable[str], *, flag: str = "--hp") -> dict[str, Any]
 
 def constructor_parameters(method: str) -> tuple[dict[str, inspect.Parameter], bool]:
     """Return the method's constructor parameters and whether it takes ``**kwargs``."""
-    from bayesagg import methods
-
     try:
         cls = methods.method_class(method)
     except KeyError:
@@ -66,13 +65,19 @@ def constructor_parameters(method: str) -> tuple[dict[str, inspect.Parameter], b
     params = dict(inspect.signature(cls.__init__).parameters)
     params.pop("self", None)
     var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if method in ("bayesagg", "bayesagg-paper") and var_kw:
-        # The registry's adapter forwards **hparams to bayesagg.BayesAgg: check against it.
-        from bayesagg.bayes_agg import BayesAgg
-
-        inner = dict(inspect.signature(BayesAgg.__init__).parameters)
-        inner.pop("self", None)
-        params.update(inner)
+    forwarded = cls.hparams_forwarded_to
+    if var_kw and forwarded is not None:
+        # The adapter hands **hparams, after its own options and its bases', to another class
+        # (BayesAgg-MTL's registry adapters to bayesagg.BayesAgg): check against all of them.
+        bases = [
+            c
+            for c in cls.__mro__[1:]
+            if issubclass(c, methods.Method) and c is not methods.Method and "__init__" in vars(c)
+        ]
+        for source in (*bases, forwarded):
+            inner = dict(inspect.signature(source.__init__).parameters)
+            inner.pop("self", None)
+            params.update(inner)
         var_kw = False
     params = {
         k: p

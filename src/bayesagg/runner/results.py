@@ -27,15 +27,20 @@ from typing import Any
 from bayesagg.runner.config import RunConfig
 
 __all__ = [
+    "EPOCH_FILE",
+    "RESULT_FILE",
     "SCHEMA",
     "EpochLog",
+    "UnreadableResult",
     "file_mode",
     "find_results",
     "foreign_reason",
     "method_label",
     "package_versions",
     "protocol_dir",
+    "read_epochs",
     "read_json",
+    "read_result",
     "run_dir",
     "write_json_atomic",
 ]
@@ -139,34 +144,69 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
         return json.load(f)
 
 
+class UnreadableResult(ValueError):
+    """A result file that cannot be read, or that is not a finished run's result document."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"unreadable result file {path} ({reason})")
+        self.path = path
+        self.reason = reason
+
+
+def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Return the finished run's result document at ``path`` (``<run>/result.json``).
+
+    Raises :class:`UnreadableResult` naming the file and why when it cannot be read or parsed
+    (truncated, edited by hand) or is not a run's result (``{}``, another schema, required
+    fields missing): such a file belongs to no finished run.
+    """
+    path = Path(path)
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as err:
+        raise UnreadableResult(path, f"{type(err).__name__}: {err}") from None
+    reason = foreign_reason(data)
+    if reason is not None:
+        raise UnreadableResult(path, reason)
+    return data
+
+
 def find_results(
     root: str | os.PathLike[str], unreadable: list[tuple[Path, str]] | None = None
 ) -> Iterator[tuple[Path, dict[str, Any]]]:
     """Yield (path, content) of every finished run's result JSON under ``root``.
 
-    A result file that cannot be read or parsed (truncated, edited by hand), or that is not a
-    run's result (``{}``, another schema, required fields missing), belongs to no finished
-    run: it is skipped and named, in ``unreadable`` as (path, reason) when given, else in a
-    warning, so that a table never loses a run without saying so. ``run`` and ``compare``
-    treat such a run as unfinished and redo it.
+    A result file that :func:`read_result` cannot read belongs to no finished run: it is
+    skipped and named, in ``unreadable`` as (path, reason) when given, else in a warning, so
+    that a table never loses a run without saying so. ``run`` and ``compare`` treat such a run
+    as unfinished and redo it.
     """
     for path in sorted(Path(root).rglob(RESULT_FILE)):
         try:
-            data = read_json(path)
-        except (OSError, ValueError) as err:
-            reason: str | None = f"{type(err).__name__}: {err}"
-        else:
-            reason = foreign_reason(data)
-        if reason is not None:
+            data = read_result(path)
+        except UnreadableResult as err:
             if unreadable is None:
                 warnings.warn(
-                    f"unreadable result file {path} ({reason}): treated as unfinished",
+                    f"unreadable result file {path} ({err.reason}): treated as unfinished",
                     stacklevel=2,
                 )
             else:
-                unreadable.append((path, reason))
+                unreadable.append((path, err.reason))
             continue
         yield path, data
+
+
+def read_epochs(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """Return the rows of a run's ``epochs.csv`` (``path``: the file or the run's folder).
+
+    Values are the CSV's text (an empty string where a value was None); columns may differ
+    between runs (the diagnostics' ``diag/`` columns, the weights of methods that have them).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / EPOCH_FILE
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 #: The fields that reports and summaries read from every result document.

@@ -35,10 +35,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bayesagg.methods.search_spaces import search_space
 from bayesagg.runner.checks import check_seed, check_writable
 from bayesagg.runner.config import ConfigError, RunConfig, check_device
 from bayesagg.runner.lock import process_alive, process_record
+from bayesagg.runner.plan import plan
 from bayesagg.runner.results import protocol_dir, read_json, run_dir, write_json_atomic
+from bayesagg.runner.run import run
+from bayesagg.runner.splits import SplitsCache
+from bayesagg.tasks import task_kinds
 
 __all__ = ["SUMMARY_DIR", "default_storage", "sweep", "sweeps_report"]
 
@@ -116,11 +121,6 @@ def sweep(
     echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Bring the study to ``trials`` complete trials (or the whole grid); return its summary."""
-    from bayesagg.methods.search_spaces import search_space
-    from bayesagg.runner.run import plan, run
-    from bayesagg.runner.train import make_criterion
-    from bayesagg.tasks import task_kinds
-
     optuna = _optuna()
 
     say = echo or (lambda _msg: None)
@@ -140,7 +140,8 @@ def sweep(
     clash = sorted(set(space.grid) & set(base.hparams))
     if clash:
         raise ConfigError(f"--hp {', '.join(clash)}: searched by the sweep, do not fix them")
-    criterion = make_criterion(p.spec, p.groups, p.references)
+    criterion = p.criterion()
+    data = SplitsCache()  # the trials' runs share their data
     direction = "minimize" if criterion.mode == "min" else "maximize"
     name = study_name or f"{base.benchmark}-{protocol_dir(base).name}-{base.method}"
     url = storage or default_storage(base.out)
@@ -217,7 +218,14 @@ def sweep(
             folders.append(str(run_dir(config)))
             trial.set_user_attr("runs", folders)
             try:
-                [result] = run(config, progress=progress, command=command, device=device, echo=say)
+                [result] = run(
+                    config,
+                    progress=progress,
+                    command=command,
+                    device=device,
+                    echo=say,
+                    data=data,
+                )
             except FloatingPointError as err:
                 trial.set_user_attr("error", str(err))
                 say(f"trial {trial.number} {point}: {err}")

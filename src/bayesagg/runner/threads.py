@@ -75,7 +75,7 @@ def threads_note(threads: int, nproc: int, *, chosen: bool) -> str:
 def using(threads: int) -> Iterator[None]:
     """Run the body with ``torch.set_num_threads(threads)``; restore the previous count after.
 
-    Restoring keeps ``bayesagg.cli.main`` free of side effects when called in-process (tests,
+    Restoring keeps ``bayesagg.app.cli.main`` free of side effects when called in-process (tests,
     notebooks); the recorded ``torch_threads`` of a run is the count set here.
     """
     if threads < 1:

@@ -22,25 +22,37 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from bayesagg.benchmarks.pyg import torch_geometric
-from bayesagg.benchmarks.registry import Benchmark, MultiTaskModel, Protocol, References
+from bayesagg.benchmarks.registry import Benchmark, MultiTaskModel, Protocol
+from bayesagg.benchmarks.splits import Splits, collate
 from bayesagg.diagnostics import TrainingDiagnostics
 from bayesagg.methods.base import Method
-from bayesagg.metrics import delta_m, evaluate, higher_is_better
-from bayesagg.runner.checkpoint import Checkpoint, Progress
-from bayesagg.runner.clipping import GradientClipping, reset_optimizer_state, warmup_epochs
+from bayesagg.metrics import evaluate
+from bayesagg.runner.checkpoint import Checkpoint, Progress, Scheduler
+from bayesagg.runner.clipping import GradientClipping
+from bayesagg.runner.distributed import Context
+from bayesagg.runner.plan import Plan
 from bayesagg.runner.results import EpochLog, flatten
-from bayesagg.tasks import Multiclass, Regression, TaskGroup, task_losses, task_names
+from bayesagg.runner.selection import Criterion
+from bayesagg.tasks import Multiclass, Regression, TaskGroup, task_losses
 
 __all__ = [
     "DIVERGENCE_FACTOR",
-    "Criterion",
+    "TargetScaler",
     "TrainResult",
+    "TrainingLoop",
     "check_divergence",
     "deterministic",
+    "evaluate_split",
+    "fit_scaler",
+    "make_loader",
     "make_optimizer",
     "seed_everything",
+    "split_batch",
+    "target_scaler",
     "train",
     "training_step",
 ]
@@ -119,71 +131,6 @@ def deterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(before, warn_only=before_warn)
 
 
-@dataclass(frozen=True)
-class Criterion:
-    """The validation criterion of model selection: a metric key or "delta_m", and its mode."""
-
-    name: str
-    mode: str  # "min" or "max"
-    references: References | None = None
-    keys: tuple[str, ...] = ()
-
-    def value(self, metrics: dict[str, float | None]) -> float | None:
-        """Return the criterion on ``metrics`` (None when a needed metric is undefined)."""
-        try:
-            if self.name == "delta_m":
-                assert self.references is not None
-                return delta_m(metrics, self.references.values)
-            if self.name.startswith("mean/"):
-                values = [metrics.get(k) for k in self.keys]
-                if any(v is None for v in values):
-                    return None
-                return statistics.fmean(values)  # type: ignore[arg-type]
-            return metrics.get(self.name)
-        except KeyError:
-            return None
-
-    def better(self, new: float | None, best: float | None) -> bool:
-        """Return True if ``new`` improves on ``best`` (an undefined value never does)."""
-        if new is None or math.isnan(new):
-            return False
-        if best is None:
-            return True
-        return new < best if self.mode == "min" else new > best
-
-
-def make_criterion(
-    spec: Benchmark,
-    groups: Sequence[TaskGroup],
-    references: References | None,
-    stl_metric: str | None = None,
-) -> Criterion:
-    """Return the selection criterion of ``spec`` (for an STL model: its own task's metric).
-
-    Where the protocol selects on validation Delta_m but no STL references exist, the mean of
-    the task metrics (same direction) replaces it; the run's JSON names the criterion used.
-    """
-    keys = tuple(spec.task_metrics(groups))
-    if stl_metric is not None:
-        return Criterion(stl_metric, "max" if higher_is_better(stl_metric) else "min")
-    selection = spec.selection
-    if selection == "delta_m":
-        if references is not None:
-            return Criterion("delta_m", "min", references, keys)
-        metrics = {k.rpartition("/")[2] for k in keys}
-        if len(metrics) != 1:
-            raise ValueError(
-                f"{spec.name}: selection on Delta_m needs STL references (tasks use {metrics})"
-            )
-        selection = f"mean/{metrics.pop()}"
-    if selection.startswith("mean/"):
-        metric = selection.partition("/")[2]
-        chosen = tuple(k for k in keys if k.endswith(f"/{metric}"))
-        chosen = chosen or tuple(f"{n}/{metric}" for n in task_names(groups))
-        return Criterion(selection, "max" if metric in ("accuracy", "auc") else "min", None, chosen)
-    return Criterion(selection, "max" if higher_is_better(selection) else "min")
-
-
 @dataclass
 class TrainResult:
     """What a finished training run hands back to be written to disk."""
@@ -217,25 +164,22 @@ class TrainResult:
 # -- batches ----------------------------------------------------------------------------------
 def make_loader(
     spec: Benchmark,
-    dataset: Any,
+    dataset: Dataset,
     batch_size: int,
     *,
     shuffle: bool,
     seed: int,
     drop_last: bool = False,
-) -> torch.utils.data.DataLoader:
+) -> DataLoader:
     """Return a single-process loader whose shuffling is seeded (same seed, same order)."""
     extra: dict[str, Any] = {}
+    loader: type[DataLoader] = DataLoader
     if spec.graph:
-        DataLoader = torch_geometric().loader.DataLoader
+        loader = torch_geometric().loader.DataLoader
     else:
-        from torch.utils.data import DataLoader
-
-        from bayesagg.benchmarks.splits import collate
-
         # In-memory datasets collate whole batches themselves (IndexedImages.__getitems__).
         extra["collate_fn"] = collate
-    return DataLoader(
+    return loader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
@@ -304,7 +248,7 @@ class TargetScaler:
 
 
 def fit_scaler(
-    spec: Benchmark, groups: Sequence[TaskGroup], train_loader: Any, device: torch.device
+    spec: Benchmark, groups: Sequence[TaskGroup], train_loader: DataLoader, device: torch.device
 ) -> TargetScaler:
     """Return the scaler of the training targets (mean and population std per output)."""
     sums: dict[int, list[Tensor]] = {
@@ -330,7 +274,7 @@ def predict(
     model: MultiTaskModel,
     spec: Benchmark,
     groups: Sequence[TaskGroup],
-    loader: Any,
+    loader: DataLoader,
     device: torch.device,
     scaler: TargetScaler | None,
 ) -> tuple[list[Tensor], list[Tensor]]:
@@ -355,7 +299,7 @@ def evaluate_split(
     model: MultiTaskModel,
     spec: Benchmark,
     groups: Sequence[TaskGroup],
-    loader: Any,
+    loader: DataLoader,
     device: torch.device,
     scaler: TargetScaler | None,
 ) -> dict[str, float | None]:
@@ -433,31 +377,35 @@ def make_optimizer(
     return torch.optim.Adam(groups, lr=protocol.lr)
 
 
-@torch.no_grad()
-def _refit_regression_heads(
-    aggregator: Any,
+def _training_features(
     model: MultiTaskModel,
     spec: Benchmark,
     groups: Sequence[TaskGroup],
-    loader: Any,
+    loader: DataLoader,
     device: torch.device,
     scaler: TargetScaler | None,
-) -> None:
-    """Fit BayesAgg-MTL's regression heads on eval-mode features of the training set."""
-    model.eval()
+) -> Callable[[], Iterator[tuple[Tensor, list[Tensor]]]]:
+    """Return a function yielding ``(h, targets)`` of the training set, encoder in eval mode.
+
+    The means for :meth:`Method.before_evaluation` (BayesAgg-MTL's eval-mode refit of its
+    regression heads): targets standardised as the training steps see them.
+    """
 
     def batches() -> Iterator[tuple[Tensor, list[Tensor]]]:
+        model.eval()
         for batch in loader:
             x, targets = split_batch(spec, groups, batch, device)
             if scaler is not None:
                 targets = scaler.forward(targets)
             yield model.encoder(x), targets
 
-    aggregator.fit_regression_heads(model.heads, batches())
+    return batches
 
 
 # -- training ---------------------------------------------------------------------------------
-def _scheduler(protocol: Protocol, optimizer: torch.optim.Optimizer, mode: str) -> tuple[Any, bool]:
+def _scheduler(
+    protocol: Protocol, optimizer: torch.optim.Optimizer, mode: str
+) -> tuple[Scheduler | None, bool]:
     """Return (scheduler or None, whether it steps on the validation criterion)."""
     if protocol.scheduler == "plateau":
         return (
@@ -479,133 +427,192 @@ def _scheduler(protocol: Protocol, optimizer: torch.optim.Optimizer, mode: str) 
     return None, False
 
 
-def train(
-    *,
-    spec: Benchmark,
-    protocol: Protocol,
-    groups: Sequence[TaskGroup],
-    model: MultiTaskModel,
-    method: Method,
-    splits: Any,
-    criterion: Criterion,
-    seed: int,
-    device: torch.device,
-    epoch_log: EpochLog | None = None,
-    timed_from_epoch: int = 0,
-    progress: bool = False,
-    label: str = "",
-    distributed: Any = None,
-    diagnostics: bool = True,
-    checkpoint: Checkpoint | None = None,
-) -> TrainResult:
-    """Train ``model`` with ``method`` under ``protocol``; return the selected epoch's metrics.
+@dataclass
+class _Loaders:
+    """The loaders of one run: shuffled training batches, and ordered evaluation batches."""
 
-    ``timed_from_epoch``: the first epoch whose steps count in the time per step (BayesAgg-MTL's
-    warm-up epochs are linear scalarisation and are left out). ``distributed``: this process's
-    :class:`bayesagg.runner.distributed.Context` in a multi-process run (None: one process).
-    ``diagnostics``: BayesAgg-MTL runs add :mod:`bayesagg.diagnostics`'s per-epoch columns to
-    the epoch log. ``checkpoint``: resume from it if it holds this run, and save it at the end
-    of every epoch (runner/checkpoint.py; in a multi-process run only rank 0 saves).
+    #: torch DataLoaders, or in a multi-process run the context's sharded ones (which gather).
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+    #: The training set in order, at the evaluation batch size (for before_evaluation).
+    ordered_train: DataLoader
+
+
+@dataclass
+class _EpochSteps:
+    """What the steps of one epoch leave: summed losses and weights, counts and timings."""
+
+    loss_sum: Tensor
+    weight_sum: Tensor | None
+    weight_count: int
+    steps: int
+    #: ``time.perf_counter()`` at the epoch's start.
+    start: float
+    data_seconds: float
+
+
+def target_scaler(
+    p: Plan, splits: Splits, device: torch.device, eval_size: int
+) -> TargetScaler | None:
+    """Return the scaler of the regression targets where the benchmark standardises them."""
+    spec, groups = p.spec, p.groups
+    if not spec.standardise_targets:
+        return None
+    regression = [i for i, g in enumerate(groups) if isinstance(g, Regression)]
+    # A data module may know its training statistics (QM9's loader computes them once).
+    statistics_of = getattr(spec.data_module(), "target_statistics", None)
+    if statistics_of is not None and len(regression) == 1:
+        mean, std = statistics_of(splits.train)
+        return TargetScaler(
+            groups, {regression[0]: (mean.float().to(device), std.float().to(device))}
+        )
+    ordered = make_loader(spec, splits.train, eval_size, shuffle=False, seed=p.seed)
+    return fit_scaler(spec, groups, ordered, device)
+
+
+class TrainingLoop:
+    """One training run of a plan, phase by phase: steps, epoch end, evaluation, log, checkpoint.
+
+    Built in the order the run needs (loaders, target scaling, the model on its device, the
+    optimiser and schedule, the clipping, the checkpoint's state); :meth:`run` then runs the
+    protocol's epochs and returns the selected epoch's metrics.
     """
-    from tqdm.auto import tqdm
 
-    model.to(device)
-    train_loader = make_loader(
-        spec,
-        splits.train,
-        protocol.batch_size,
-        shuffle=True,
-        seed=seed,
-        drop_last=protocol.drop_last,
-    )
-    eval_size = max(protocol.batch_size, 256)
-    val_loader = make_loader(spec, splits.val, eval_size, shuffle=False, seed=seed)
-    test_loader = make_loader(spec, splits.test, eval_size, shuffle=False, seed=seed)
-    scaler = None
-    if spec.standardise_targets:
-        regression = [i for i, g in enumerate(groups) if isinstance(g, Regression)]
-        statistics_of = getattr(spec.data_module(), "target_statistics", None)
-        if statistics_of is not None and len(regression) == 1:
-            mean, std = statistics_of(splits.train)
-            scaler = TargetScaler(
-                groups, {regression[0]: (mean.float().to(device), std.float().to(device))}
-            )
-        else:
-            scaler = fit_scaler(
-                spec,
-                groups,
-                make_loader(spec, splits.train, eval_size, shuffle=False, seed=seed),
-                device,
-            )
+    def __init__(
+        self,
+        p: Plan,
+        splits: Splits,
+        *,
+        model: MultiTaskModel,
+        method: Method,
+        criterion: Criterion,
+        device: torch.device,
+        task: int | None = None,
+        epoch_log: EpochLog | None = None,
+        progress: bool = False,
+        label: str = "",
+        distributed: Context | None = None,
+        diagnostics: bool = True,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
+        self.plan, self.protocol, self.groups = p, p.protocol, p.groups
+        self.method, self.criterion, self.device = method, criterion, device
+        self.epoch_log, self.progress, self.label = epoch_log, progress, label
+        self.distributed, self.checkpoint = distributed, checkpoint
+        self.names = list(p.names)
+        # An STL model trains one task; the others' untrained heads may drift.
+        self.watched = None if task is None else [task]
+        model.to(device)
+        self.loaders, self.scaler = self._loaders(splits)
+        self.model: MultiTaskModel = model
+        self.sync: Callable[[], None] | None = None
+        if distributed is not None:  # shards of the same batches, DDP, gradient averaging
+            wrapped = distributed.wrap(model, device)
+            self.model = wrapped  # type: ignore[assignment]
+            self.sync = lambda: distributed.sync_gradients(wrapped, method)
+        self.optimizer = make_optimizer(self.model, method, self.protocol)
+        self.scheduler, self.on_criterion = _scheduler(
+            self.protocol, self.optimizer, criterion.mode
+        )
+        # The method's own warm-up, else the protocol's, so all methods of a protocol clip alike.
+        own_warmup = method.own_warmup_epochs()
+        self.warmup = int((self.protocol.warmup_epochs if own_warmup is None else own_warmup) or 0)
+        self.clipping = GradientClipping(
+            self.protocol.clip_heads, self.protocol.clip_shared, self.warmup
+        )
+        self.probe = TrainingDiagnostics.for_method(method) if diagnostics else None
+        self.states = dict(
+            model=self.model,
+            method=method,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            loader=self.loaders.train,
+        )
+        done = (checkpoint.load(**self.states) if checkpoint is not None else None) or Progress()
+        if epoch_log is not None and done.rows:
+            epoch_log.restore(done.rows)
+        if done.initial_losses is None and done.history:  # a checkpoint from before they existed
+            done.initial_losses = list(done.history[0]["train_loss"])
+        self.done = done
+        self.first_step: Tensor | None = None
+        self.fitted = list(method.fitted_tasks())
+        self.training_features = _training_features(
+            self.model, p.spec, self.groups, self.loaders.ordered_train, device, self.scaler
+        )
+        # A bar only on a terminal: redirected to a log file, tqdm's carriage returns and escape
+        # sequences make it unreadable, so a plain line per epoch stands in for the bar there.
+        self.bar = progress and _is_terminal(sys.stderr)
 
-    # BayesAgg-MTL with regression_fit="refit": before each evaluation the regression heads are
-    # fitted on the training set's features from the encoder in eval mode (docs/bayesagg.md,
-    # "Which fit regression predictions use").
-    aggregator = getattr(method, "aggregator", None)
-    refit = None
-    refit_from = 0
-    # Eval-mode refits of the regression heads BayesAgg-MTL fits (not of heads it trains).
-    if (
-        getattr(aggregator, "regression_fit", None) == "refit"
-        and getattr(aggregator, "regression_heads", "fitted") == "fitted"
-        and any(g.kind == "regression" for g in groups)
-    ):
-        refit = aggregator
-        refit_from = int(getattr(aggregator, "warmup_epochs", 0))
-    ordered_train = make_loader(spec, splits.train, eval_size, shuffle=False, seed=seed)
-    sync = None
-    if distributed is not None:  # shards of the same batches, DDP, gradient averaging
-        train_loader = distributed.train_loader(spec, splits.train, protocol.batch_size, seed)
-        val_loader = distributed.eval_loader(spec, splits.val, eval_size, seed)
-        test_loader = distributed.eval_loader(spec, splits.test, eval_size, seed)
-        ordered_train = distributed.eval_loader(spec, splits.train, eval_size, seed)
-        model = distributed.wrap(model, device)
-        sync = lambda: distributed.sync_gradients(model, method)  # noqa: E731
+    def _loaders(self, splits: Splits) -> tuple[_Loaders, TargetScaler | None]:
+        p, distributed = self.plan, self.distributed
+        spec, batch_size, seed = p.spec, self.protocol.batch_size, p.seed
+        train = make_loader(
+            spec,
+            splits.train,
+            batch_size,
+            shuffle=True,
+            seed=seed,
+            drop_last=self.protocol.drop_last,
+        )
+        eval_size = max(batch_size, 256)
+        val = make_loader(spec, splits.val, eval_size, shuffle=False, seed=seed)
+        test = make_loader(spec, splits.test, eval_size, shuffle=False, seed=seed)
+        scaler = target_scaler(p, splits, self.device, eval_size)
+        ordered = make_loader(spec, splits.train, eval_size, shuffle=False, seed=seed)
+        if distributed is not None:  # each process reads its shard of the same batches
+            train = distributed.train_loader(spec, splits.train, batch_size, seed)
+            val = distributed.eval_loader(spec, splits.val, eval_size, seed)
+            test = distributed.eval_loader(spec, splits.test, eval_size, seed)
+            ordered = distributed.eval_loader(spec, splits.train, eval_size, seed)
+        return _Loaders(train, val, test, ordered), scaler
 
-    optimizer = make_optimizer(model, method, protocol)
-    scheduler, on_criterion = _scheduler(protocol, optimizer, criterion.mode)
-    warmup = warmup_epochs(method, int(protocol.bayesagg.get("warmup_epochs", 0) or 0))
-    clipping = GradientClipping(protocol.clip_heads, protocol.clip_shared, warmup)
-    probe = TrainingDiagnostics.for_method(method) if diagnostics else None
-    names = task_names(groups)
+    # -- the run ----------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        """Train the remaining epochs; return the epoch selected on validation."""
+        epochs = tqdm(
+            range(self.done.epoch, self.protocol.epochs),
+            desc=self.label or "epochs",
+            disable=not self.bar,
+            leave=False,
+        )
+        for epoch in epochs:
+            self.run_epoch(epoch, epochs)
+        return self.result()
 
-    states = dict(
-        model=model, method=method, optimizer=optimizer, scheduler=scheduler, loader=train_loader
-    )
-    done = (checkpoint.load(**states) if checkpoint is not None else None) or Progress()
-    if epoch_log is not None and done.rows:
-        epoch_log.restore(done.rows)
-    history = done.history
-    step_seconds = done.step_seconds
-    timed_from_step = done.timed_from_step
-    weights_per_epoch = done.weights_per_epoch
-    best = done.best
-    initial_losses = done.initial_losses
-    if initial_losses is None and history:  # a checkpoint written before initial_losses existed
-        initial_losses = list(history[0]["train_loss"])
-    first_step: Tensor | None = None
-    trained_task = getattr(method, "task", None)
-    watched = [trained_task] if isinstance(trained_task, int) else None
-    fitted = list(getattr(getattr(method, "aggregator", None), "fitted_tasks", []))
-    # A bar only on a terminal: redirected to a log file, tqdm's carriage returns and escape
-    # sequences make it unreadable, so a plain line per epoch stands in for the bar there.
-    bar = progress and _is_terminal(sys.stderr)
-    epochs = tqdm(
-        range(done.epoch, protocol.epochs),
-        desc=label or "epochs",
-        disable=not bar,
-        leave=False,
-    )
-    for epoch in epochs:
-        model.train()
-        if epoch == timed_from_epoch:
-            timed_from_step = len(step_seconds)
-        if warmup > 0 and epoch == warmup and getattr(aggregator, "reset_encoder_optimizer", False):
-            reset_optimizer_state(optimizer, list(model.encoder.parameters()))
-        clip = clipping.for_epoch(epoch)
-        if probe is not None:
-            probe.start_epoch(len(train_loader))
-        loss_sum = torch.zeros(len(names), dtype=torch.float64)
+    def run_epoch(self, epoch: int, bar: tqdm) -> None:
+        """One epoch: its steps, its end, evaluation, schedule, log, checkpoint, progress."""
+        self.start_epoch(epoch)
+        steps = self.train_steps(epoch)
+        epoch_losses = self.end_epoch(epoch, steps)
+        train_seconds = time.perf_counter() - steps.start
+        val, test, eval_seconds = self.evaluate(epoch)
+        value = self.criterion.value(val)
+        if self.done.best is None or self.criterion.better(value, self.done.best[1]):
+            self.done.best = (epoch, value, val, test)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.step_schedule(value)
+        self.log_epoch(
+            epoch, lr, epoch_losses, steps, train_seconds, eval_seconds, value, val, test
+        )
+        self.save_checkpoint(epoch)
+        self.report(epoch, bar, value, train_seconds + eval_seconds)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Training mode, the timing's start, and the end of the method's warm-up."""
+        self.model.train()
+        if epoch == self.plan.timed_from_epoch:
+            self.done.timed_from_step = len(self.done.step_seconds)
+        if self.warmup > 0 and epoch == self.warmup:
+            self.method.end_warmup(self.optimizer, list(self.model.encoder.parameters()))
+
+    def train_steps(self, epoch: int) -> _EpochSteps:
+        """Run the epoch's training steps; return their summed losses, weights and timings."""
+        model, method, device, done = self.model, self.method, self.device, self.done
+        clip = self.clipping.for_epoch(epoch)
+        if self.probe is not None:
+            self.probe.start_epoch(len(self.loaders.train))
+        loss_sum = torch.zeros(len(self.names), dtype=torch.float64)
         weight_sum: Tensor | None = None
         weight_count = 0
         steps = 0
@@ -615,102 +622,145 @@ def train(
         # the next.
         data_seconds = 0.0
         fetch_from = start
-        batches = tqdm(train_loader, desc=f"epoch {epoch + 1}", disable=not bar, leave=False)
+        batches = tqdm(
+            self.loaders.train, desc=f"epoch {epoch + 1}", disable=not self.bar, leave=False
+        )
         for batch in batches:
-            x, targets = split_batch(spec, groups, batch, device)
-            if scaler is not None:
-                targets = scaler.forward(targets)
+            x, targets = split_batch(self.plan.spec, self.groups, batch, device)
+            if self.scaler is not None:
+                targets = self.scaler.forward(targets)
             data_seconds += time.perf_counter() - fetch_from
-            if probe is not None and probe.due(steps):
-                probe.measure(model, groups, x, targets)
+            if self.probe is not None and self.probe.due(steps):
+                self.probe.measure(model, self.groups, x, targets)
             t0 = time.perf_counter()
             try:
                 losses = training_step(
-                    model, method, optimizer, groups, x, targets, sync=sync, clip=clip
+                    model,
+                    method,
+                    self.optimizer,
+                    self.groups,
+                    x,
+                    targets,
+                    sync=self.sync,
+                    clip=clip,
                 )
             except FloatingPointError as err:
-                # The runner counts epochs from 1 (epochs.csv, result.json); the library's
-                # own messages (``agg.epoch``) from 0: say so where both appear in one line.
-                library = (
-                    "; the library's message that follows counts from 0"
-                    if "epoch" in str(err)
-                    else ""
-                )
-                raise FloatingPointError(
-                    f"{label or method.name}: training diverged in epoch {epoch + 1} of "
-                    f"{protocol.epochs} (counted from 1, as in epochs.csv{library}), "
-                    f"step {steps + 1}: {err}"
-                ) from err
+                raise self._diverged_in_step(epoch, steps, err) from err
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            step_seconds.append(time.perf_counter() - t0)
+            done.step_seconds.append(time.perf_counter() - t0)
             fetch_from = time.perf_counter()
             loss_sum += losses.detach().double().cpu()
-            if first_step is None and initial_losses is None:
-                first_step = losses.detach().double().cpu()
+            if self.first_step is None and done.initial_losses is None:
+                self.first_step = losses.detach().double().cpu()
             if method.last_weights is not None:
                 w = method.last_weights.detach().double().cpu().reshape(-1)
                 weight_sum = w if weight_sum is None else weight_sum + w
                 weight_count += 1
             steps += 1
+        steps_done = _EpochSteps(loss_sum, weight_sum, weight_count, steps, start, data_seconds)
+        return steps_done
+
+    def _diverged_in_step(
+        self, epoch: int, step: int, err: FloatingPointError
+    ) -> FloatingPointError:
+        # The runner counts epochs from 1 (epochs.csv, result.json); the library's own messages
+        # (``agg.epoch``) from 0: say so where both appear in one line.
+        library = (
+            "; the library's message that follows counts from 0" if "epoch" in str(err) else ""
+        )
+        return FloatingPointError(
+            f"{self.label or self.method.name}: training diverged in epoch {epoch + 1} of "
+            f"{self.protocol.epochs} (counted from 1, as in epochs.csv{library}), "
+            f"step {step + 1}: {err}"
+        )
+
+    def end_epoch(self, epoch: int, steps: _EpochSteps) -> Tensor:
+        """Return the epoch's mean task losses after the divergence check and ``end_epoch``."""
+        distributed, device, done = self.distributed, self.device, self.done
         if distributed is not None:  # the global batches' losses and weights
-            loss_sum = distributed.mean(loss_sum, device)
-            weight_sum = None if weight_sum is None else distributed.mean(weight_sum, device)
-        epoch_losses = (loss_sum / max(steps, 1)).float()
-        if initial_losses is None and first_step is not None:
+            steps.loss_sum = distributed.mean(steps.loss_sum, device)
+            if steps.weight_sum is not None:
+                steps.weight_sum = distributed.mean(steps.weight_sum, device)
+        epoch_losses = (steps.loss_sum / max(steps.steps, 1)).float()
+        if done.initial_losses is None and self.first_step is not None:
+            first_step = self.first_step
             if distributed is not None:  # the same reference on every process
                 first_step = distributed.mean(first_step, device)
-            initial_losses = first_step.tolist()
+            done.initial_losses = first_step.tolist()
         check_divergence(
             epoch,
-            protocol.epochs,
+            self.protocol.epochs,
             epoch_losses.tolist(),
-            initial_losses,
-            names,
-            watched=watched,
-            fitted=fitted,
-            label=label or method.name,
+            done.initial_losses,
+            self.names,
+            watched=self.watched,
+            fitted=self.fitted,
+            label=self.label or self.method.name,
         )
-        method.end_epoch(epoch_losses.to(device))
-        train_seconds = time.perf_counter() - start
+        self.method.end_epoch(epoch_losses.to(device))
+        return epoch_losses
 
-        if refit is not None and epoch + 1 >= refit_from:
-            _refit_regression_heads(refit, model, spec, groups, ordered_train, device, scaler)
+    def evaluate(
+        self, epoch: int
+    ) -> tuple[dict[str, float | None], dict[str, float | None], float]:
+        """Return the validation and test metrics (after the method's ``before_evaluation``)."""
+        with torch.no_grad():
+            self.method.before_evaluation(epoch, self.model.heads, self.training_features)
+        spec, groups, model = self.plan.spec, self.groups, self.model
         eval_start = time.perf_counter()
-        val = evaluate_split(model, spec, groups, val_loader, device, scaler)
-        test = evaluate_split(model, spec, groups, test_loader, device, scaler)
-        eval_seconds = time.perf_counter() - eval_start
-        value = criterion.value(val)
-        if best is None or criterion.better(value, best[1]):
-            best = (epoch, value, val, test)
-        lr = optimizer.param_groups[0]["lr"]
-        if scheduler is not None:
-            if on_criterion:
-                if value is not None:
-                    scheduler.step(value)
-            else:
-                scheduler.step()
-        weights = None if weight_sum is None else (weight_sum / weight_count).tolist()
-        weights_per_epoch.append(weights)
+        val = evaluate_split(model, spec, groups, self.loaders.val, self.device, self.scaler)
+        test = evaluate_split(model, spec, groups, self.loaders.test, self.device, self.scaler)
+        return val, test, time.perf_counter() - eval_start
+
+    def step_schedule(self, value: float | None) -> None:
+        """Step the learning-rate schedule (a plateau schedule on the validation criterion)."""
+        if self.scheduler is None:
+            return
+        if self.on_criterion:
+            if value is not None:
+                self.scheduler.step(value)
+        else:
+            self.scheduler.step()
+
+    def log_epoch(
+        self,
+        epoch: int,
+        lr: float,
+        epoch_losses: Tensor,
+        steps: _EpochSteps,
+        train_seconds: float,
+        eval_seconds: float,
+        value: float | None,
+        val: dict[str, float | None],
+        test: dict[str, float | None],
+    ) -> None:
+        """Record the epoch: its task weights, ``epochs.csv`` row and history entry."""
+        done, names = self.done, self.names
+        weights = (
+            None if steps.weight_sum is None else (steps.weight_sum / steps.weight_count).tolist()
+        )
+        done.weights_per_epoch.append(weights)
+        n = steps.steps
         row: dict[str, Any] = {
             "epoch": epoch + 1,
             "lr": lr,
             "train_seconds": round(train_seconds, 4),
             "step_ms_median": round(
-                1000 * statistics.median(step_seconds[-steps:]) if steps else 0.0, 4
+                1000 * statistics.median(done.step_seconds[-n:]) if n else 0.0, 4
             ),
-            "data_seconds": round(data_seconds, 4),
+            "data_seconds": round(steps.data_seconds, 4),
             "eval_seconds": round(eval_seconds, 4),
-            f"val/{criterion.name}": value,
+            f"val/{self.criterion.name}": value,
         }
-        row.update({f"train_loss/{n}": float(v) for n, v in zip(names, epoch_losses, strict=True)})
+        row.update({f"train_loss/{k}": float(v) for k, v in zip(names, epoch_losses, strict=True)})
         row.update(flatten("val/", val))
         row.update(flatten("test/", test))
         if weights is not None:
-            row.update({f"weight/{n}": w for n, w in zip(names, weights, strict=True)})
-        if probe is not None:
-            row.update(probe.end_epoch())
-        history.append(
+            row.update({f"weight/{k}": w for k, w in zip(names, weights, strict=True)})
+        if self.probe is not None:
+            row.update(self.probe.end_epoch())
+        done.history.append(
             {
                 "epoch": epoch + 1,
                 "lr": lr,
@@ -719,54 +769,108 @@ def train(
                 "train_seconds": train_seconds,
             }
         )
-        if epoch_log is not None:
-            epoch_log.append(row)
-        if checkpoint is not None and (distributed is None or distributed.rank == 0):
-            rows = [] if epoch_log is None else epoch_log.rows
-            done = Progress(
-                epoch + 1,
-                history,
-                step_seconds,
-                timed_from_step,
-                weights_per_epoch,
-                best,
-                rows,
-                initial_losses,
-            )
-            checkpoint.save(done, **states)
+        if self.epoch_log is not None:
+            self.epoch_log.append(row)
+
+    def save_checkpoint(self, epoch: int) -> None:
+        """Save the run after ``epoch`` (in a multi-process run, rank 0 only)."""
+        if self.checkpoint is None or not (self.distributed is None or self.distributed.rank == 0):
+            return
+        done = self.done
+        rows = [] if self.epoch_log is None else self.epoch_log.rows
+        saved = Progress(
+            epoch + 1,
+            done.history,
+            done.step_seconds,
+            done.timed_from_step,
+            done.weights_per_epoch,
+            done.best,
+            rows,
+            done.initial_losses,
+        )
+        self.checkpoint.save(saved, **self.states)
+
+    def report(self, epoch: int, bar: tqdm, value: float | None, seconds: float) -> None:
+        """Show the epoch on the progress bar, or as a line where there is no terminal."""
+        best = self.done.best
+        assert best is not None
         # The last epoch's value is not the reported one: results are those of the epoch with
         # the best validation criterion, so the bar and the log line name that epoch too.
         selected = f"{_number(best[1])} at epoch {best[0] + 1}"
-        epochs.set_postfix({criterion.name: _number(value), "selected": selected})
-        if progress and not bar:
+        name = self.criterion.name
+        bar.set_postfix({name: _number(value), "selected": selected})
+        if self.progress and not self.bar:
             print(
-                f"{label or 'epochs'}: epoch {epoch + 1}/{protocol.epochs}, validation "
-                f"{criterion.name} {_number(value)} (selected so far: {selected}), "
-                f"{train_seconds + eval_seconds:.1f} s",
+                f"{self.label or 'epochs'}: epoch {epoch + 1}/{self.protocol.epochs}, validation "
+                f"{name} {_number(value)} (selected so far: {selected}), {seconds:.1f} s",
                 file=sys.stderr,
                 flush=True,
             )
 
-    assert best is not None
-    notes: list[str] = []
-    source = getattr(aggregator, "regression_fit_source", None)
-    if source:
-        notes.append(f"BayesAgg-MTL regression heads at the end of training: {source}")
-    if distributed is not None:
-        notes.extend(distributed.finish_notes(train_loader))
-    epoch, value, val, test = best
-    return TrainResult(
-        best_epoch=epoch + 1,
+    def result(self) -> TrainResult:
+        """Return the selected epoch's metrics and the run's history."""
+        done = self.done
+        assert done.best is not None
+        notes = self.method.report_notes()
+        if self.distributed is not None:
+            notes.extend(self.distributed.finish_notes(self.loaders.train))
+        epoch, value, val, test = done.best
+        return TrainResult(
+            best_epoch=epoch + 1,
+            criterion=self.criterion,
+            criterion_value=value,
+            val=val,
+            test=test,
+            history=done.history,
+            step_seconds=done.step_seconds,
+            timed_from_step=done.timed_from_step,
+            weights_per_epoch=done.weights_per_epoch,
+            notes=notes,
+        )
+
+
+def train(
+    *,
+    plan: Plan,
+    splits: Splits,
+    model: MultiTaskModel,
+    method: Method,
+    criterion: Criterion,
+    device: torch.device,
+    task: int | None = None,
+    epoch_log: EpochLog | None = None,
+    progress: bool = False,
+    label: str = "",
+    distributed: Context | None = None,
+    diagnostics: bool = True,
+    checkpoint: Checkpoint | None = None,
+) -> TrainResult:
+    """Train ``model`` with ``method`` under the plan's protocol; return the selected epoch.
+
+    ``task``: the task an STL model trains (the divergence check watches it only).
+    ``distributed``: this process's :class:`bayesagg.runner.distributed.Context` in a
+    multi-process run (None: one process). ``diagnostics``: BayesAgg-MTL runs add
+    :mod:`bayesagg.diagnostics`'s per-epoch columns to the epoch log. ``checkpoint``: resume
+    from it if it holds this run, and save it at the end of every epoch (runner/checkpoint.py;
+    in a multi-process run only rank 0 saves). The time per step leaves out the plan's
+    :attr:`~bayesagg.runner.plan.Plan.timed_from_epoch` first epochs (BayesAgg-MTL's warm-up
+    epochs are linear scalarisation).
+    """
+    return TrainingLoop(
+        plan,
+        splits,
+        model=model,
+        method=method,
         criterion=criterion,
-        criterion_value=value,
-        val=val,
-        test=test,
-        history=history,
-        step_seconds=step_seconds,
-        timed_from_step=timed_from_step,
-        weights_per_epoch=weights_per_epoch,
-        notes=notes,
-    )
+        device=device,
+        task=task,
+        epoch_log=epoch_log,
+        progress=progress,
+        label=label,
+        distributed=distributed,
+        diagnostics=diagnostics,
+        checkpoint=checkpoint,
+    ).run()
 
 
 def _is_terminal(stream: Any) -> bool:

@@ -24,12 +24,14 @@ _PAPER = Protocol(
     milestones=(0.6, 0.8),
     clip_heads=10.0,
     clip_shared=5.0,
-    bayesagg={
-        "warmup_epochs": 10,
-        "s_classification": 0.1,
-        "gamma": 5e-3,
-        "num_samples": 1024,
-        **PAPER_BEHAVIOUR,
+    method_settings={
+        "bayesagg": {
+            "warmup_epochs": 10,
+            "s_classification": 0.1,
+            "gamma": 5e-3,
+            "num_samples": 1024,
+            **PAPER_BEHAVIOUR,
+        }
     },
     note=(
         "100 epochs, batch 256 (Sener & Koltun 2018); the rest of the recipe (the authors' "
@@ -51,7 +53,7 @@ SPEC = Benchmark(
             train_limit=5_000,
             eval_limit=1_000,
             # Scaled to 5 epochs the warm-up would round to none; one LS epoch is kept.
-            bayesagg={"warmup_epochs": 1},
+            method_settings={"bayesagg": {"warmup_epochs": 1}},
             note="5,000 training faces (1,000 val/test), 5 epochs (BayesAgg warm-up 1)",
         ),
         "smoke": _PAPER.derive(
@@ -60,7 +62,7 @@ SPEC = Benchmark(
             batch_size=16,
             train_limit=32,
             eval_limit=16,
-            bayesagg={"num_samples": 64},
+            method_settings={"bayesagg": {"num_samples": 64}},
             note="pipeline check only: 32 images, 1 epoch, no warm-up",
         ),
     },

@@ -22,12 +22,14 @@ _PAPER = Protocol(
     scheduler="multistep",
     milestones=(0.6, 0.8),
     clip_heads=50.0,
-    bayesagg={
-        "warmup_epochs": 1,
-        "s_classification": 5e-4,
-        "gamma": 5e-3,
-        "num_samples": 1024,
-        **PAPER_BEHAVIOUR,
+    method_settings={
+        "bayesagg": {
+            "warmup_epochs": 1,
+            "s_classification": 5e-4,
+            "gamma": 5e-3,
+            "num_samples": 1024,
+            **PAPER_BEHAVIOUR,
+        }
     },
     note=(
         "published recipe, except that the encoder starts from scratch unless "
@@ -48,7 +50,7 @@ SPEC = Benchmark(
             train_limit=2_000,
             eval_limit=500,
             # Scaled to 5 epochs the one LS epoch would round to none; the paper's one is kept.
-            bayesagg={"warmup_epochs": 1},
+            method_settings={"bayesagg": {"warmup_epochs": 1}},
             note="2,000 training images (500 val/test), 5 epochs, batch 64, from scratch",
         ),
         "smoke": _PAPER.derive(
@@ -57,7 +59,7 @@ SPEC = Benchmark(
             batch_size=16,
             train_limit=32,
             eval_limit=16,
-            bayesagg={"num_samples": 64},
+            method_settings={"bayesagg": {"num_samples": 64}},
             note="pipeline check only: 32 images, 1 epoch, no warm-up",
         ),
     },

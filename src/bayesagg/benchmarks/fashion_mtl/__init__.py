@@ -24,12 +24,14 @@ _PAPER = Protocol(
     milestones=(0.6, 0.8),
     clip_heads=50.0,
     drop_last=True,
-    bayesagg={
-        "warmup_epochs": 3,
-        "s_classification": 5e-4,
-        "gamma": 5e-4,
-        "num_samples": 1024,
-        **PAPER_BEHAVIOUR,
+    method_settings={
+        "bayesagg": {
+            "warmup_epochs": 3,
+            "s_classification": 5e-4,
+            "gamma": 5e-4,
+            "num_samples": 1024,
+            **PAPER_BEHAVIOUR,
+        }
     },
     note="CIFAR-MTL's published recipe applied to Fashion-MNIST (not a published benchmark)",
 )
@@ -56,7 +58,7 @@ SPEC = Benchmark(
             batch_size=64,
             train_limit=512,
             eval_limit=128,
-            bayesagg={"num_samples": 64},
+            method_settings={"bayesagg": {"num_samples": 64}},
             note="pipeline check only: 512 training images, 1 epoch, no warm-up",
         ),
     },

@@ -24,12 +24,14 @@ _PAPER = Protocol(
     milestones=(0.6, 0.8),
     clip_heads=10.0,
     clip_shared=5.0,
-    bayesagg={
-        "warmup_epochs": 10,
-        "s_classification": 0.1,
-        "gamma": 5e-3,
-        "num_samples": 1024,
-        **PAPER_BEHAVIOUR,
+    method_settings={
+        "bayesagg": {
+            "warmup_epochs": 10,
+            "s_classification": 0.1,
+            "gamma": 5e-3,
+            "num_samples": 1024,
+            **PAPER_BEHAVIOUR,
+        }
     },
     note=(
         "100 epochs as Sener & Koltun 2018; batch 256 and the rest of the recipe (the authors' "
@@ -57,7 +59,7 @@ SPEC = Benchmark(
             batch_size=64,
             train_limit=512,
             eval_limit=128,
-            bayesagg={"num_samples": 64},
+            method_settings={"bayesagg": {"num_samples": 64}},
             note="pipeline check only: 512 training images, 1 epoch, no warm-up",
         ),
     },

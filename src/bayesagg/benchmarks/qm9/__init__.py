@@ -28,12 +28,14 @@ _PAPER = Protocol(
     plateau_factor=0.7,
     plateau_patience=5,
     min_lr=1e-5,
-    bayesagg={
-        "warmup_epochs": 50,
-        "s_regression": 0.85,
-        "gamma": 5e-3,
-        "regression_bias": False,
-        **PAPER_BEHAVIOUR,
+    method_settings={
+        "bayesagg": {
+            "warmup_epochs": 50,
+            "s_regression": 0.85,
+            "gamma": 5e-3,
+            "regression_bias": False,
+            **PAPER_BEHAVIOUR,
+        }
     },
     data_options={"complete_graph": True},
     note=(
@@ -85,7 +87,7 @@ SPEC = Benchmark(
             batch_size=32,
             train_limit=128,
             eval_limit=48,
-            bayesagg={"warmup_epochs": 1},
+            method_settings={"bayesagg": {"warmup_epochs": 1}},
             data_options={"complete_graph": False},
             model_options={"dim": 32},
             note="pipeline check only: 128 molecules, 2 epochs (BayesAgg warm-up 1), width 32, bond graph",

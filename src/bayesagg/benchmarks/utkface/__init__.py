@@ -27,14 +27,16 @@ _PAPER = Protocol(
     clip_heads=10.0,
     clip_shared=5.0,
     groups=(Regression("age", 1), Multiclass("gender", 2), Multiclass("ethnicity", 5)),
-    bayesagg={
-        "warmup_epochs": 10,
-        "s_regression": 0.3,
-        "s_classification": 0.1,
-        "gamma": 5e-3,
-        "num_samples": 1024,
-        "regression_bias": False,
-        **PAPER_BEHAVIOUR,
+    method_settings={
+        "bayesagg": {
+            "warmup_epochs": 10,
+            "s_regression": 0.3,
+            "s_classification": 0.1,
+            "gamma": 5e-3,
+            "num_samples": 1024,
+            "regression_bias": False,
+            **PAPER_BEHAVIOUR,
+        }
     },
     note="published recipe (the authors' trainer: gender as a 2-class multiclass group)",
 )
@@ -65,7 +67,7 @@ SPEC = Benchmark(
             batch_size=32,
             train_limit=64,
             eval_limit=32,
-            bayesagg={"num_samples": 64},
+            method_settings={"bayesagg": {"num_samples": 64}},
             # No decoded cache: 64 faces do not pay for decoding all 23,705 once.
             data_options={"image_size": 64, "cache": False},
             note="pipeline check only: 64 faces at 64 px, 1 epoch, no warm-up, 64 MC samples",

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from bayesagg.distributed import all_reduce_mean, resolve_group
 from bayesagg.methods.base import check_losses
-from bayesagg.methods.loss_weighting import LossWeighting
+from bayesagg.methods.weighting.loss_weighting import LossWeighting
 
 __all__ = ["DynamicWeightAverage"]
 

@@ -13,12 +13,12 @@ from torch import Tensor, nn
 
 from bayesagg.distributed import all_reduce_mean, resolve_group
 from bayesagg.methods.base import check_losses
-from bayesagg.methods.loss_weighting import LossWeighting
 from bayesagg.methods.weighting._common import (
     check_positive,
     check_probability,
     clone_or_none,
 )
+from bayesagg.methods.weighting.loss_weighting import LossWeighting
 
 __all__ = ["IGBv2"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bayesagg.methods.loss_weighting import LossWeighting
+from bayesagg.methods.weighting.loss_weighting import LossWeighting
 
 __all__ = ["LinearScalarization"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bayesagg.methods.loss_weighting import LossWeighting
 from bayesagg.methods.weighting._common import check_positive
+from bayesagg.methods.weighting.loss_weighting import LossWeighting
 
 __all__ = ["ScaleInvariant"]
 

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from bayesagg.methods.base import check_losses
-from bayesagg.methods.loss_weighting import LossWeighting
 from bayesagg.methods.weighting._common import check_positive
+from bayesagg.methods.weighting.loss_weighting import LossWeighting
 
 __all__ = ["SmoothTchebycheff"]
 

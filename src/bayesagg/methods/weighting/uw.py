@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from bayesagg.methods.loss_weighting import LossWeighting
+from bayesagg.methods.weighting.loss_weighting import LossWeighting
 
 __all__ = ["UncertaintyWeighting"]
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from bayesagg.methods.loss_weighting import LossWeighting
+from bayesagg.methods.weighting.loss_weighting import LossWeighting
 
 __all__ = ["SoftOptimalUncertaintyWeighting"]
 

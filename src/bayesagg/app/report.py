@@ -18,9 +18,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bayesagg.benchmarks import registry
+from bayesagg.benchmarks.registry import Benchmark, References
 from bayesagg.metrics import delta_m, higher_is_better, mean_rank
+from bayesagg.runner.config import ConfigError
+from bayesagg.runner.references import OWN_FILE, coverage, load_references, resolve_references
+from bayesagg.runner.results import find_results
+from bayesagg.runner.sweep import sweeps_report
 
-__all__ = ["protocol_report", "run_summary", "write_report"]
+__all__ = [
+    "delta_against",
+    "protocol_report",
+    "run_summary",
+    "table_references",
+    "write_report",
+]
 
 _CALIBRATION = ("ece", "brier")
 
@@ -48,8 +60,6 @@ def _fmt(values: Sequence[float], digits: int = 4) -> str:
 def _load(
     root: str | os.PathLike[str], unreadable: list[tuple[Path, str]] | None = None
 ) -> list[dict[str, Any]]:
-    from bayesagg.runner.results import find_results
-
     return [data for _, data in find_results(root, unreadable)]
 
 
@@ -68,9 +78,11 @@ def _unreadable_note(unreadable: Sequence[tuple[Path, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _references(spec: Any, choice: str, folder: Path) -> Any:
-    from bayesagg.runner.references import OWN_FILE, resolve_references
+def table_references(spec: Benchmark, choice: str, folder: Path) -> References | None:
+    """Return the STL references of a protocol folder's table (``--references`` ``choice``).
 
+    A campaign still running has partial STL references: the table then says what is missing.
+    """
     # A campaign still running has partial STL references: the table then says what is missing.
     return resolve_references(spec, choice, folder / OWN_FILE, partial=True)
 
@@ -123,12 +135,10 @@ def _table(
     order: Sequence[str] | None,
     plots: bool,
 ) -> str:
-    from bayesagg.benchmarks import registry
-
     first = runs[0]
     spec = registry.get(first["benchmark"])
     keys = list(first["task_metrics"])
-    refs = _references(spec, references, folder)
+    refs = table_references(spec, references, folder)
     rows = _method_rows(runs, order)
     stl = _stl_row(runs)
     extras = sorted({k for r in runs for k in r["test"] if k.startswith("argmax/")})
@@ -156,7 +166,7 @@ def _table(
     ranks = mean_rank(means, keys) if len(means) > 1 else {m: 1.0 for m in means}
     for label, rs in rows.items():
         cells = [_fmt([r["test"].get(k) for r in rs]) for k in columns]
-        deltas = [_delta(r["test"], refs) for r in rs] if refs is not None else []
+        deltas = [delta_against(r["test"], refs) for r in rs] if refs is not None else []
         # A seed whose metric is undefined (e.g. AUC on a one-class split) has no Delta_m.
         cells.append(_fmt(deltas, 3) if deltas and None not in deltas else "-")
         cells.append(f"{ranks[label]:.2f}" if label in ranks else "-")
@@ -260,8 +270,6 @@ def collapse_commands(commands: Iterable[str]) -> list[str]:
 
 def _no_references_note(spec: Any, references: str, folder: Path) -> str:
     """Say why the table has no Delta_m: partial STL runs, none at all, or not asked for."""
-    from bayesagg.runner.references import OWN_FILE, coverage, load_references
-
     if references == "none":
         return "Δm: not computed (--references none)."
     path = folder / OWN_FILE if references in ("auto", "own") else Path(references)
@@ -292,7 +300,7 @@ def _recipe(run: Mapping[str, Any]) -> str:
     return text + f" Protocol {protocol}: {run.get('protocol_note') or protocol}."
 
 
-def _delta(metrics: Mapping[str, Any], refs: Any) -> float | None:
+def delta_against(metrics: Mapping[str, Any], refs: References | None) -> float | None:
     """Return Delta_m against ``refs``; None without references or a metric to compare."""
     if refs is None:
         return None
@@ -366,13 +374,10 @@ def write_report(
     ``unreadable`` is given, appended to it as (path, reason) so that a caller can warn too.
     Raises ConfigError if ``root`` holds no finished run.
     """
-    from bayesagg.runner.config import ConfigError
-
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"results folder {root} does not exist (the --out of run/compare)")
     groups: dict[Path, list[dict[str, Any]]] = defaultdict(list)
-    from bayesagg.runner.results import find_results
 
     unreadable = [] if unreadable is None else unreadable
     for path, data in find_results(root, unreadable):
@@ -392,7 +397,6 @@ def write_report(
             "](validation.png", f"]({rel}/validation.png"
         )
         parts.append(text)
-    from bayesagg.runner.sweep import sweeps_report
 
     parts.append(sweeps_report(root))
     parts.append(_unreadable_note(unreadable))

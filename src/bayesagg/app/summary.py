@@ -22,6 +22,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bayesagg.app.report import delta_against, protocol_report, table_references
+from bayesagg.benchmarks import registry
+from bayesagg.runner.config import ConfigError
+from bayesagg.runner.results import find_results
+
 __all__ = ["BenchmarkSummary", "paired_interval", "summarise", "write_summary"]
 
 #: The baseline of the paired differences.
@@ -97,11 +102,6 @@ def summarise(
 
     Raises ConfigError when the folder holds no finished run.
     """
-    from bayesagg.benchmarks import registry
-    from bayesagg.report import _delta, _references
-    from bayesagg.runner.config import ConfigError
-    from bayesagg.runner.results import find_results
-
     folder = Path(folder)
     left_out: list[tuple[Path, str]] = []
     found = list(find_results(folder, left_out))
@@ -112,7 +112,7 @@ def summarise(
             + "".join(f"; unreadable: {p} ({why})" for p, why in left_out)
         )
     spec = registry.get(runs[0]["benchmark"])
-    refs = _references(spec, references, folder)
+    refs = table_references(spec, references, folder)
     out = BenchmarkSummary(folder, spec.name, runs[0]["protocol"], references, left_out=left_out)
     for path, r in found:
         out.runs += 1
@@ -120,7 +120,7 @@ def summarise(
         if r.get("stl_task") is not None or (seeds is not None and r["seed"] not in seeds):
             continue
         label = r["method_label"]
-        value = _delta(r["test"], refs)
+        value = delta_against(r["test"], refs)
         if value is not None and not math.isfinite(value):
             out.non_finite.append((path, f"{label} seed {r['seed']}: Delta_m is {value}"))
         elif value is not None:
@@ -132,8 +132,6 @@ def summarise(
 
 
 def _benchmark_section(s: BenchmarkSummary, plots: Path | None) -> list[str]:
-    from bayesagg.report import protocol_report
-
     lines = [f"## {s.benchmark}, protocol `{s.protocol}`", ""]
     report = protocol_report(s.folder, references=s.references)
     lines += [report.split("\n", 2)[2].strip(), ""]  # without its own title

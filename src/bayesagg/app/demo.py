@@ -20,16 +20,19 @@ The printed table has one row per method and fits 100 columns; the per-task metr
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from bayesagg.app.report import write_report
+from bayesagg.metrics import delta_m, higher_is_better, mean_rank
 from bayesagg.runner.compare import compare
 from bayesagg.runner.config import RunConfig, check_device
 from bayesagg.runner.references import OWN_FILE
-from bayesagg.runner.results import find_results
+from bayesagg.runner.results import find_results, protocol_dir
 
 __all__ = ["DEMO_METHODS", "committed_references", "demo", "demo_table"]
 
@@ -46,7 +49,7 @@ _NAMES = {"ls": "LS", "famo": "FAMO", "bayesagg": "BayesAgg-MTL", "stl": "STL"}
 
 def committed_references() -> dict[str, Any]:
     """Return the committed STL references of the default demo setting (with their command)."""
-    text = resources.files("bayesagg.runner").joinpath(REFERENCES_FILE).read_text()
+    text = resources.files("bayesagg.app").joinpath(REFERENCES_FILE).read_text()
     return json.loads(text)
 
 
@@ -67,8 +70,6 @@ def demo(
     echo: Callable[[str], None] | None = None,
 ) -> str:
     """Train the demo's methods (and STL where no references fit) and return its summary."""
-    from bayesagg.report import write_report
-
     check_device(device)
     say = echo or (lambda _msg: None)
     config = RunConfig(
@@ -82,7 +83,6 @@ def demo(
         references="own",
         out=out,
     )
-    from bayesagg.runner.results import protocol_dir
 
     folder = protocol_dir(config)
     committed = committed_references()
@@ -128,8 +128,6 @@ def demo(
 
 def demo_table(runs: list[Mapping[str, Any]], methods: tuple[str, ...]) -> tuple[str, str]:
     """Return the compact table (one row per method, < 100 columns) and its one-line reading."""
-    from bayesagg.metrics import delta_m, mean_rank
-
     by_method = {r["method"]: r for r in runs if r.get("stl_task") is None}
     refs = next(r["delta_m"]["references"] for r in by_method.values() if r.get("delta_m"))
     values = refs["values"]
@@ -175,14 +173,10 @@ def demo_table(runs: list[Mapping[str, Any]], methods: tuple[str, ...]) -> tuple
 
 
 def _higher(key: str) -> bool:
-    from bayesagg.metrics import higher_is_better
-
     return higher_is_better(key)
 
 
 def _wrap(text: str, width: int) -> str:
-    import textwrap
-
     return textwrap.fill(text, width=width)
 
 
@@ -197,7 +191,6 @@ def write_demo_references(out: str | Path, molecules: int, epochs: int, seed: in
         model_options={"dim": DEMO_WIDTH},
         out=str(out),
     )
-    from bayesagg.runner.results import protocol_dir
 
     own = json.loads((protocol_dir(config) / OWN_FILE).read_text())
     if not own["complete"]:
