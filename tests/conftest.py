@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # One intra-op thread, the command line's default on a machine with <= 2 cores per process: the
 # suite's matrices are small, and on shared cores torch's default team of threads makes such
-# steps tens of times slower (benchmarks/threads.py). Tests that use threads set their own.
+# steps tens of times slower (scripts/timing/threads.py). Tests that use threads set their own.
 torch.set_num_threads(1)
 
 

@@ -86,11 +86,11 @@ def test_an_early_error_stays_the_only_line(install_fake, capsys, tmp_path):  # 
 
 
 def test_threads_benchmark_runs_on_a_tiny_setting(capsys, monkeypatch):
-    """benchmarks/threads.py (named by the README) runs; its figures are not checked here."""
+    """scripts/timing/threads.py (named by the README) runs; its figures are not checked here."""
     from conftest import ROOT
 
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import threads as benchmark  # benchmarks/threads.py
+    monkeypatch.syspath_prepend(str(ROOT / "scripts" / "timing"))
+    import threads as benchmark  # scripts/timing/threads.py
 
     rows = benchmark.main(
         ["--threads", "1,2", "--repeats", "1", "--warmup", "0", "--sizes", "qm9", "--batch", "8"]

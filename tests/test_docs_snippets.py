@@ -25,7 +25,7 @@ so they are checked without running:
   ``nice``) is parsed by the command line's own argparse parser: an unknown subcommand or flag,
   a missing required option or a value of the wrong type fails, and the benchmark and method
   names it gives must be in the registries;
-- every command that runs a script of this repository (``python benchmarks/x.py``, ``python
+- every command that runs a script of this repository (``python scripts/timing/x.py``, ``python
   examples/x.py``, ``python -m bayesagg.examples.x``) must name a script that exists, and every
   ``--flag`` it uses must appear in the script's ``--help`` (all scripts' help is read in one
   child process, so that their imports do not touch this one).
@@ -371,9 +371,9 @@ def test_script_command_flags_exist(
 
 
 def test_every_linked_example_exists():
-    """Paths to examples/ and benchmarks/ scripts named anywhere in the docs exist."""
+    """Paths to examples/ and scripts/ files named anywhere in the docs exist."""
     for path in DOCUMENTS:
-        for name in re.findall(r"\b((?:examples|benchmarks)/[\w/]+\.py)\b", path.read_text()):
+        for name in re.findall(r"\b((?:examples|scripts)/[\w/]+\.py)\b", path.read_text()):
             if (ROOT / name).is_file() or (ROOT / "src" / "bayesagg" / name).is_file():
                 continue
             pytest.fail(f"{path.relative_to(ROOT)} names {name}, which does not exist")

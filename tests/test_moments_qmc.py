@@ -3,7 +3,7 @@
 The reference samples the whole weight matrix W ~ N(mean, cov) in float64 and forms
 g = W^T (softmax(a) - e_y) explicitly (independent of :mod:`bayesagg.moments`); the rule must
 agree within 5 standard errors of that reference, for C = 2, 5, 10, 40 and narrow to wide logit
-posteriors. The 2M-sample sweep with median errors is benchmarks/multiclass_moments.py.
+posteriors. The 2M-sample sweep with median errors is scripts/studies/multiclass_moments.py.
 """
 
 from __future__ import annotations
@@ -195,10 +195,10 @@ def test_qmc_rule_size_follows_the_logit_width() -> None:
     for sd, factor in ((0.1, 1), (0.39, 1), (0.41, 2), (0.79, 2), (0.81, 4), (1.59, 4), (1.61, 16)):
         # Independent logits of sd s: every difference has sd s sqrt(2), so the width is s.
         v = (sd**2 * torch.eye(classes, dtype=DT))[None]
-        assert int(moments._qmc_counts(v, classes)) == base * factor, sd
+        assert int(moments.qmc_node_counts(v, classes)) == base * factor, sd
     # A shift of all logits together does not change the softmax, nor the rule size.
     shifted = (0.1**2 * torch.eye(classes, dtype=DT) + 100.0)[None]
-    assert int(moments._qmc_counts(shifted, classes)) == base
+    assert int(moments.qmc_node_counts(shifted, classes)) == base
     # max(64, 4C, 640 / C) rounded up to a power of 2.
     assert [moments._qmc_base(c) for c in (2, 3, 5, 10, 17, 40)] == [512, 256, 128, 64, 128, 256]
 
@@ -254,9 +254,36 @@ def test_qmc_blocks_with_mixed_rule_sizes_equal_one_example_at_a_time(chunk_size
     ht = augment(h, True)
     c, p = mean.shape
     v = torch.einsum("bp,kpjq,bq->bkj", ht, cov.reshape(c, p, c, p), ht)
-    assert len(moments._qmc_counts(v, c).unique()) >= 3
+    assert len(moments.qmc_node_counts(v, c).unique()) >= 3
     mu, var = moments.multiclass(h, y, mean, cov, chunk_size=chunk_size)
     for i in range(h.shape[0]):
         one = moments.multiclass(h[i : i + 1], y[i : i + 1], mean, cov)
         torch.testing.assert_close(mu[i], one[0][0], rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(var[i], one[1][0], rtol=1e-12, atol=1e-14)
+
+
+def test_a_one_point_rule_at_the_mean_logits_is_the_plug_in_gradient():
+    """``rule``: the node z = 0 with weight 1 evaluates the conditional mean at a = mu_a only,
+    so mu_d = sum_c m[c, d] (softmax(mu_a) - e_y)_c, written out here."""
+    torch.manual_seed(3)
+    b, d, c = 4, 5, 3
+    h = torch.randn(b, d, dtype=torch.float64)
+    y = torch.tensor([0, 2, 1, 2])
+    mean = torch.randn(c, d + 1, dtype=torch.float64)
+    a = torch.randn(c * (d + 1), c * (d + 1), dtype=torch.float64)
+    cov = a @ a.T / (c * (d + 1)) + 0.1 * torch.eye(c * (d + 1), dtype=torch.float64)
+    rule = (torch.zeros(1, c, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+    mu, _ = moments.multiclass(h, y, mean, cov, rule=rule)
+    logits = h @ mean[:, :d].T + mean[:, d]
+    r = torch.softmax(logits, dim=1) - F.one_hot(y, c).double()
+    expected = r @ mean[:, :d]
+    torch.testing.assert_close(mu[:, 0], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_a_rule_is_refused_where_it_means_nothing():
+    h, y, mean, cov = torch.randn(2, 3), torch.tensor([0, 1]), torch.randn(2, 4), torch.eye(8)
+    rule = (torch.zeros(1, 2), torch.ones(1))
+    with pytest.raises(ValueError, match="method='qmc' only"):
+        moments.multiclass(h, y, mean, cov, method="monte_carlo", rule=rule)
+    with pytest.raises(ValueError, match=r"rule must be \(nodes \[N, C\], weights \[N\]\)"):
+        moments.multiclass(h, y, mean, cov, rule=(torch.zeros(3, 2), torch.ones(2)))

@@ -29,7 +29,15 @@ from torch import Tensor
 
 from bayesagg.linalg import augment, check_finite, cholesky, class_ids
 
-__all__ = ["DEFAULT_SAMPLES", "QMC_LEVELS", "binary", "multiclass", "qmc_nodes", "regression"]
+__all__ = [
+    "DEFAULT_SAMPLES",
+    "QMC_LEVELS",
+    "binary",
+    "multiclass",
+    "qmc_node_counts",
+    "qmc_nodes",
+    "regression",
+]
 
 logger = logging.getLogger("bayesagg")
 
@@ -43,7 +51,7 @@ DEFAULT_SAMPLES = {"monte_carlo": 1024, "rao_blackwell": 256}
 #: Multiclass ``"qmc"`` rule sizes: (width bound, factor). An example whose width, the largest
 #: standard deviation of a logit difference sd(a_i - a_j) / sqrt(2), is below a level's bound
 #: gets that level's node count: the base size (:func:`_qmc_base`) times the factor.
-#: The bounds come from the accuracy sweep of ``benchmarks/multiclass_moments.py``.
+#: The bounds come from the accuracy sweep of ``scripts/studies/multiclass_moments.py``.
 QMC_LEVELS = ((0.4, 1), (0.8, 2), (1.6, 4), (math.inf, 16))
 
 
@@ -284,6 +292,7 @@ def multiclass(
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
     check: bool = True,
+    rule: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Return (mu, var) [B, 1, D] of the cross-entropy gradient g = W^T (softmax(a) - e_y).
 
@@ -326,8 +335,21 @@ def multiclass(
 
     ``check=False`` skips the value checks (finiteness, class-id range; shapes are always
     checked), for callers that made them already.
+
+    ``rule`` (``"qmc"`` only): another fixed rule (nodes z [N, C] of N(0, I_C), weights [N]
+    summing to 1) in place of the qmc nodes, for comparing integration rules with the same
+    conditional formulas (scripts/studies/multiclass_moments.py).
     """
     _method(method, ("qmc", "rao_blackwell", "monte_carlo"))
+    if rule is not None and method != "qmc":
+        raise ValueError(f"rule replaces the nodes of method='qmc' only, got method={method!r}")
+    if rule is not None and (
+        rule[0].ndim != 2 or rule[1].shape != (rule[0].shape[0],) or rule[0].shape[0] < 1
+    ):
+        raise ValueError(
+            "rule must be (nodes [N, C], weights [N]), got shapes "
+            f"{tuple(rule[0].shape)} and {tuple(rule[1].shape)}"
+        )
     b, d, c, bias = _check_common(h, mean, "C")
     if c < 2:
         raise ValueError(f"mean must have at least 2 classes (rows), got {c}")
@@ -345,7 +367,7 @@ def multiclass(
             raise ValueError(
                 f"num_samples of the qmc rule must be even and >= 2 C = {2 * c}, got {num_samples}"
             )
-        mu, var = _multiclass_qmc(ht, onehot, mean, cov, d, num_samples, chunk_size)
+        mu, var = _multiclass_qmc(ht, onehot, mean, cov, d, num_samples, chunk_size, rule)
         return mu[:, None, :], var.clamp_min(0)[:, None, :]
     samples = _samples(num_samples, method)
     if method == "monte_carlo":
@@ -513,8 +535,12 @@ def qmc_nodes(
     return _qmc_nodes_cpu(count, classes).to(dtype=dtype, device=device)
 
 
-def _qmc_counts(logit_cov: Tensor, classes: int) -> Tensor:
-    """Return each example's ``"qmc"`` node count from its logit covariance V [n, C, C]."""
+def qmc_node_counts(logit_cov: Tensor, classes: int) -> Tensor:
+    """Return each example's ``"qmc"`` node count from its logit covariance V [n, C, C].
+
+    The rule of :func:`multiclass` (``method="qmc"``, ``num_samples=None``): the base size
+    times the factor of the first :data:`QMC_LEVELS` bound above the example's width.
+    """
     # The softmax ignores shifts of all logits together, so the width that matters is that of
     # the differences: Var(a_i - a_j) = V_ii + V_jj - 2 V_ij, halved so that independent
     # logits of standard deviation s have width s whatever C.
@@ -591,7 +617,7 @@ def _multiclass_qmc(
         if rule is not None:
             counts = torch.full((n,), nodes, dtype=torch.long)
         elif num_samples is None:
-            counts = _qmc_counts(logit_cov, c).cpu()
+            counts = qmc_node_counts(logit_cov, c).cpu()
         else:
             counts = torch.full((n,), num_samples, dtype=torch.long)
         levels = counts.unique().tolist()

@@ -6,7 +6,7 @@ D + 1) the work per operation is tiny, so every operation is dominated by waking
 the thread team; when the cores are shared (``--nproc`` processes, or other jobs on the
 machine) a thread that is descheduled stalls the whole team. On a 2-core machine with other
 work running, torch's default of 2 threads has made such steps tens of times slower than one
-thread (``benchmarks/threads.py`` measures it on the machine at hand). Hence the default: share the
+thread (``scripts/timing/threads.py`` measures it on the machine at hand). Hence the default: share the
 cores among the processes, and below 3 cores per process use one thread.
 """
 

@@ -1,6 +1,6 @@
 """Print each method's training loss per task at the last epoch, mean over seeds.
 
-    python benchmarks/train_loss_table.py results/qm9/quick ls uw imtl-g-ub bayesagg bayesagg-paper
+    python scripts/tables/train_loss_table.py results/qm9/quick ls uw imtl-g-ub bayesagg bayesagg-paper
 
 Reads ``<folder>/<method>/seed<N>/epochs.csv`` (the ``train_loss/<task>`` columns: the mean
 loss of the epoch's training batches, standardised targets on QM9). A method whose losses stay

@@ -1,6 +1,6 @@
 """Print a BayesAgg-MTL run's per-epoch diagnostics (``diag/`` columns of epochs.csv) as markdown.
 
-    python benchmarks/diagnostics_table.py RUN_DIR/epochs.csv [--plot out.png]
+    python scripts/tables/diagnostics_table.py RUN_DIR/epochs.csv [--plot out.png]
 
 Columns: epoch, whether it was a warm-up epoch, cos(BayesAgg, LS) of the encoder gradient, and
 per classification group the batch posterior mean's and the prior mean's distance to the live

@@ -9,7 +9,7 @@ run does (same seed, data order, warm-up), then fits each head again on the trai
 with several prior precisions and prints the training MSE (standardised targets) of each fit
 next to the live head's, and the spectrum of H^T H that the prior competes with.
 
-    python benchmarks/qm9_head_shrinkage.py --epochs 7 --seed 0 --data-dir ../shared/data
+    python scripts/studies/qm9_head_shrinkage.py --epochs 7 --seed 0 --data-dir ../shared/data
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ elements and calls of every torch.distributed collective (``all_reduce``, ``all_
 (:func:`bayesagg.distributed.average_gradients`). Also times the steps (median), which on a
 shared machine is indicative only. Prints a markdown table (docs/distributed.md).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/ddp_communication.py --nproc 2
+    OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/timing/ddp_communication.py --nproc 2
 """
 
 from __future__ import annotations

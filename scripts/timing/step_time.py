@@ -1,7 +1,7 @@
 """Time one BayesAgg-MTL step next to one plain backward, at the paper's sizes (CPU by default).
 
-    nice -n 10 .venv/bin/python benchmarks/step_time.py [--threads 2] [--repeats 30] [--profile]
-    nice -n 10 .venv/bin/python benchmarks/step_time.py --accuracy --threads 1 --sizes multimnist,utkface
+    nice -n 10 .venv/bin/python scripts/timing/step_time.py [--threads 2] [--repeats 30] [--profile]
+    nice -n 10 .venv/bin/python scripts/timing/step_time.py --accuracy --threads 1 --sizes multimnist,utkface
 
 The BayesAgg step is everything ``BayesAgg.backward(h, heads, targets)`` does after the forward
 pass: input checks, adding the batch to the epoch's prior statistics, the batch posteriors with
@@ -26,7 +26,7 @@ errs) against a Monte-Carlo reference of ``--reference-samples`` (2M) draws on t
 ``--reference-examples`` (16) examples and ``--reference-dims`` (16) evenly spaced dimensions
 of g: it draws those dimensions' class weights W[:, d] and the examples' logits from their exact
 joint Gaussian and forms g_d = W[:, d]^T (softmax(a) - e_y) explicitly (``reference_dims`` in
-benchmarks/multiclass_moments.py: the whole 1285-dimensional UTKFace weight vector would cost
+scripts/studies/multiclass_moments.py: the whole 1285-dimensional UTKFace weight vector would cost
 ~40x more per draw). Its own noise floor (median standard error) is printed beside it.
 Target: one 10-class group at MultiMNIST size in <= 10 ms on one thread, errors <= 1 %.
 """
@@ -79,7 +79,7 @@ SIZES = (
 )
 
 
-def _targets(groups: Sequence[TaskGroup], batch: int, g: torch.Generator) -> list[Tensor]:
+def random_targets(groups: Sequence[TaskGroup], batch: int, g: torch.Generator) -> list[Tensor]:
     out = []
     for group in groups:
         if isinstance(group, Regression):
@@ -107,7 +107,7 @@ def _median_ms(run: Callable[[], None], repeats: int, warmup: int) -> float:
     return _times_ms(run, repeats, warmup)[0]
 
 
-def _setup(size: Size, method: str, seed: int = 0):
+def setup(size: Size, method: str, seed: int = 0):
     """Return (agg, heads, h, targets) with the prior fitted on 20 earlier batches."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -116,17 +116,17 @@ def _setup(size: Size, method: str, seed: int = 0):
     for _ in range(20):
         # ELU-like features, as the paper's encoders end in an ELU.
         h = torch.nn.functional.elu(torch.randn(size.batch, size.dim, generator=g))
-        agg.backward(h.requires_grad_(True), heads, _targets(size.groups, size.batch, g))
+        agg.backward(h.requires_grad_(True), heads, random_targets(size.groups, size.batch, g))
     agg.end_epoch()
     h = torch.nn.functional.elu(torch.randn(size.batch, size.dim, generator=g))
-    return agg, heads, h.requires_grad_(True), _targets(size.groups, size.batch, g)
+    return agg, heads, h.requires_grad_(True), random_targets(size.groups, size.batch, g)
 
 
 def time_size(
     size: Size, method: str, repeats: int, warmup: int
 ) -> tuple[tuple[float, float], tuple[float, float]]:
     """Return ((median, min) BayesAgg step ms, (median, min) plain backward ms)."""
-    agg, heads, h, targets = _setup(size, method)
+    agg, heads, h, targets = setup(size, method)
 
     def bayesagg_step() -> None:
         h.grad = None
@@ -142,7 +142,7 @@ def time_size(
 
 def profile_size(size: Size, method: str, repeats: int, warmup: int) -> dict[str, float]:
     """Return median ms of the stages of one step, timed through the pure functions."""
-    agg, heads, h, targets = _setup(size, method)
+    agg, heads, h, targets = setup(size, method)
     hd = h.detach()
     # Every head here has a bias (regression included), so P = D + 1 for every group.
     priors = [
@@ -205,7 +205,7 @@ def profile_size(size: Size, method: str, repeats: int, warmup: int) -> dict[str
 
 def accuracy(chosen: Sequence[Size], args: argparse.Namespace) -> list[dict[str, object]]:
     """Print one multiclass group's moment time and error per estimator (``--accuracy``)."""
-    from multiclass_moments import reference_dims  # benchmarks/multiclass_moments.py
+    from multiclass_moments import reference_dims  # scripts/studies/multiclass_moments.py
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
@@ -225,7 +225,7 @@ def accuracy(chosen: Sequence[Size], args: argparse.Namespace) -> list[dict[str,
         if index is None:
             continue
         group = size.groups[index]
-        agg, heads, h, targets = _setup(size, "qmc")
+        agg, heads, h, targets = setup(size, "qmc")
         hd, y = h.detach(), targets[index]
         m0, p0 = agg.prior.prior(index, size.dim + 1, dtype=hd.dtype, device=hd.device)
         head = heads[index]
@@ -268,7 +268,7 @@ def accuracy(chosen: Sequence[Size], args: argparse.Namespace) -> list[dict[str,
                 ht = torch.cat([hd, hd.new_ones(hd.shape[0], 1)], 1)
                 c, p = mean.shape
                 v = torch.einsum("bp,kpjq,bq->bkj", ht, cov.reshape(c, p, c, p), ht)
-                counts = moments._qmc_counts(v, c).unique(return_counts=True)
+                counts = moments.qmc_node_counts(v, c).unique(return_counts=True)
                 used = ", ".join(f"{int(k)} ({int(m)} ex.)" for k, m in zip(*counts, strict=True))
             else:
                 used = f"{moments.DEFAULT_SAMPLES[method]} draws"

@@ -14,7 +14,7 @@ medians (ms) over at least ``--repeats`` runs (more for cheap configurations, up
 ``--min-time`` seconds) after ``--warmup`` runs, and the ratios ours / LS and
 ours / torchjd. Stateful methods (Nash-MTL, GradVac) run their normal sequence of steps.
 
-    nice -n 10 .venv/bin/python benchmarks/method_time.py --repeats 15 --threads 1 --markdown
+    nice -n 10 .venv/bin/python scripts/timing/method_time.py --repeats 15 --threads 1 --markdown
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """One torch thread against torch's default, side by side in one process, on this project's steps.
 
-    nice -n 10 .venv/bin/python benchmarks/threads.py                 # as the machine is now
-    nice -n 10 .venv/bin/python benchmarks/threads.py --busy 2        # with 2 spinning processes
-    .venv/bin/python benchmarks/threads.py --threads 1,2,4 --repeats 30 --sizes qm9,utkface
+    nice -n 10 .venv/bin/python scripts/timing/threads.py                 # as the machine is now
+    nice -n 10 .venv/bin/python scripts/timing/threads.py --busy 2        # with 2 spinning processes
+    .venv/bin/python scripts/timing/threads.py --threads 1,2,4 --repeats 30 --sizes qm9,utkface
 
 Why: torch starts one intra-op thread per core in every process. Multi-task steps are made of
 small operations (per-task heads, K x K Gramians, BayesAgg-MTL's posteriors of width D + 1),
@@ -15,7 +15,7 @@ What is timed, for every thread count in ``--threads`` (default: 1 and torch's d
 process, i.e. ``OMP_NUM_THREADS`` or the physical cores):
 
 - ``bayesagg step <size>``: ``BayesAgg.backward(h, heads, targets)`` on a leaf ``h`` at the
-  paper's sizes (as benchmarks/step_time.py: prior fitted on 20 earlier batches), the small
+  paper's sizes (as scripts/timing/step_time.py: prior fitted on 20 earlier batches), the small
   linear algebra alone;
 - ``multimnist <method> step``: one whole training step of the MultiMNIST LeNet (batch 256,
   random images): forward, task losses, ``method.backward``, Adam step, as the runner does.
@@ -41,7 +41,7 @@ import torch
 from bayesagg import methods
 from bayesagg.benchmarks import registry
 from bayesagg.tasks import task_losses
-from step_time import SIZES, _setup, _targets  # benchmarks/step_time.py
+from step_time import SIZES, random_targets, setup  # scripts/timing/step_time.py
 
 #: torch's own default in this process, read before anything changes it.
 TORCH_DEFAULT = torch.get_num_threads()
@@ -76,7 +76,7 @@ def busy(n: int) -> Iterator[None]:
 def bayesagg_step(name: str) -> Callable[[], None]:
     """Return one BayesAgg-MTL backward at the size ``name`` (the small linear algebra)."""
     size = next(s for s in SIZES if s.name == name)
-    agg, heads, h, targets = _setup(size, "qmc")
+    agg, heads, h, targets = setup(size, "qmc")
 
     def step() -> None:
         h.grad = None
@@ -96,7 +96,7 @@ def multimnist_step(method_name: str, batch: int = 256) -> Callable[[], None]:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 1, 28, 28, generator=g)
-    targets = _targets(groups, batch, g)
+    targets = random_targets(groups, batch, g)
 
     def step() -> None:
         h, outputs = model(x)

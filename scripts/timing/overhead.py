@@ -16,8 +16,8 @@ step is a BayesAgg-MTL step. A method whose warm-up step costs more than ``--max
 LS's is not timed in rounds (its cost is not in doubt, and a round would take minutes on a
 CPU); its warm-up ratio is printed instead, marked as such.
 
-    python benchmarks/overhead.py --data-dir ../shared/data                       # everything
-    python benchmarks/overhead.py --benchmarks multimnist --methods bayesagg,mgda-ub --rounds 5
+    python scripts/timing/overhead.py --data-dir ../shared/data                       # everything
+    python scripts/timing/overhead.py --benchmarks multimnist --methods bayesagg,mgda-ub --rounds 5
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ again for every method) and of the variant (medians of different rounds, so thei
 need not equal the median ratio on a machine whose load varies). Each variant keeps its own
 model and optimiser (same initial weights) across rounds.
 
-    nice -n 10 .venv/bin/python benchmarks/torchjd_step.py --rounds 5 --steps 3 --threads 1
+    nice -n 10 .venv/bin/python scripts/timing/torchjd_step.py --rounds 5 --steps 3 --threads 1
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ VARIANTS = ("ls", "ours", "autojac", "autogram")
 
 
 def torchjd_aggregator(name: str, k: int) -> Any:
-    """torchjd's aggregator with this package's defaults (as benchmarks/method_time.py)."""
+    """torchjd's aggregator with this package's defaults (as scripts/timing/method_time.py)."""
     import torchjd.aggregation as tja
 
     return {

@@ -6,7 +6,7 @@ For a check on seeds nobody tuned on, where the runs to compare live in differen
 folder and the mean difference of each to the first, with the Student-t interval that
 ``bayesagg summary`` uses (:func:`bayesagg.app.summary.paired_interval`).
 
-    python benchmarks/paired_table.py --seeds 3,4,5 \\
+    python scripts/tables/paired_table.py --seeds 3,4,5 \\
         results/qm9/quick/ls "results/ablation/qm9/quick/bayesagg_regression_fit=refit_regression_prior=evidence"
 """
 

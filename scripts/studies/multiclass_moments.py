@@ -1,6 +1,6 @@
 """Accuracy of the multiclass gradient-moment rules against a 2M-sample Monte-Carlo reference.
 
-    nice -n 10 .venv/bin/python benchmarks/multiclass_moments.py [--samples 2000000]
+    nice -n 10 .venv/bin/python scripts/studies/multiclass_moments.py [--samples 2000000]
 
 For C in {2, 5, 10, 40} and logit posteriors from narrow to wide (median logit standard
 deviation 0.1, 0.3, 1 and 3), each rule's moments (mu, var) of g = W^T (softmax(a) - e_y) are
@@ -177,11 +177,7 @@ def degree5(classes: int) -> tuple[Tensor, Tensor]:
 
 def with_rule(h, y, mean, cov, rule) -> tuple[Tensor, Tensor]:
     """The conditional formulas of the ``qmc`` estimator over another rule (z, weights)."""
-    d = h.shape[1]
-    ht = augment(h, mean.shape[1] == d + 1)
-    onehot = F.one_hot(y, mean.shape[0]).to(h.dtype)
-    mu, var = moments._multiclass_qmc(ht, onehot, mean, cov, d, None, None, rule=rule)
-    return mu[:, None], var.clamp_min(0)[:, None]
+    return moments.multiclass(h, y, mean, cov, rule=rule)
 
 
 def estimators(classes: int) -> dict[str, object]:
@@ -209,7 +205,7 @@ def nodes_used(name: str, h, mean, cov, classes: int) -> str:
         ht = augment(h, True)
         c, p = mean.shape
         v = torch.einsum("bp,kpjq,bq->bkj", ht, cov.reshape(c, p, c, p), ht)
-        counts = moments._qmc_counts(v, classes)
+        counts = moments.qmc_node_counts(v, classes)
         return "/".join(str(int(n)) for n in counts.unique())
     sizes = {
         "qmc-64": max(64, 4 * classes),

@@ -22,7 +22,7 @@ For every failed solve recorded by :class:`bayesagg.methods.gradient.nash_mtl.Na
     PYTHONPATH=src python -m bayesagg run --benchmark qm9 --method nash-mtl --protocol quick \\
         --epochs 6 --train-limit 1000 --model-option dim=32 --hp solver=ccp \\
         --hp dump_failures=nash_failures.pt --out runs-nash
-    PYTHONPATH=src python benchmarks/nash_mtl_failures.py nash_failures.pt
+    PYTHONPATH=src python scripts/studies/nash_mtl_failures.py nash_failures.pt
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Print the issue-7 ablation table: BayesAgg-MTL variants vs LS, mean +- std over seeds.
 
-    python benchmarks/ablation_table.py results/ablation/multimnist/quick results/multimnist/quick --seeds 0,1,2
+    python scripts/tables/ablation_table.py results/ablation/multimnist/quick results/multimnist/quick --seeds 0,1,2
 
 The folders given are merged into one table. For every method folder under them (``ls``,
 ``bayesagg``, ``bayesagg_<hp>``...; ``stl`` is skipped) it reads ``seed<N>/result.json`` and prints the validation criterion (what the choice is made

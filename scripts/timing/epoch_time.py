@@ -8,7 +8,7 @@ of which ``data_seconds`` (waiting for the loader and moving the batch) and the 
 UTKFace is run twice, decoding the JPEGs at every epoch (``cache=False``, the old default) and
 from the decoded uint8 cache (today's default).
 
-    python benchmarks/epoch_time.py --data-dir ../shared/data [--benchmarks multimnist,qm9]
+    python scripts/timing/epoch_time.py --data-dir ../shared/data [--benchmarks multimnist,qm9]
 """
 
 from __future__ import annotations

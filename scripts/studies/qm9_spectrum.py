@@ -11,7 +11,7 @@ the effective number of weights of the gamma fit (PRML Eq. 3.91), its training M
 standardised with that subset's statistics) next to least squares', and the evidence
 maximiser (alpha, beta; :mod:`bayesagg.evidence`).
 
-    python benchmarks/qm9_spectrum.py --seed 0 --data-dir ../shared/data
+    python scripts/studies/qm9_spectrum.py --seed 0 --data-dir ../shared/data
 """
 
 from __future__ import annotations
