@@ -265,7 +265,7 @@ def test_no_exact_form_is_an_error_not_a_silent_fallback(tmp_path: Path):
     ExcessMTL (per-coordinate state) and a subclass of a Gramian method that changes its rule
     (here: coordinate-wise clipping, which is not rotation-invariant) are not on the list.
     """
-    from bayesagg.methods._distributed import representation_direction
+    from bayesagg.methods._data_parallel import representation_direction
     from bayesagg.methods.gradient.excess_mtl import ExcessMTL
     from bayesagg.methods.gradient.upgrad import UPGrad
 
@@ -286,7 +286,7 @@ def test_every_representation_method_has_a_data_parallel_form_or_is_listed():
     square root: the same direction as the method on the whole Jacobian (the square-root trick
     on its own, without communication), two steps so that the state carries over.
     """
-    from bayesagg.methods._distributed import representation_direction
+    from bayesagg.methods._data_parallel import representation_direction
 
     g = torch.Generator().manual_seed(3)
     checked = []
@@ -313,7 +313,7 @@ def test_every_representation_method_has_a_data_parallel_form_or_is_listed():
 def test_weights_inconsistent_with_the_direction_are_an_error():
     """The square-root path reads last_weights: a method whose weights do not give its
     direction would be silently wrong, so it is checked (here a patched ConFIG)."""
-    from bayesagg.methods._distributed import representation_direction
+    from bayesagg.methods._data_parallel import representation_direction
 
     method = methods.create("config-ub", num_tasks=2)
     rule = method.aggregate
@@ -359,17 +359,17 @@ def test_all_gather_of_unequal_shards_in_rank_order(two_processes):
 
 def test_ntkmtl_sr_refuses_unequal_shares(monkeypatch):
     """The chunks are placed on global indices r*b..: unequal shares would misplace them."""
-    from bayesagg.methods import _distributed
+    from bayesagg.methods import _data_parallel
 
     def other_holds_one_more(tensor, group):  # a 2-process sum where the other rank has b + 1
         other = torch.zeros_like(tensor)
         other[:, -1] = tensor[:, -1] + 1
         return tensor + other
 
-    monkeypatch.setattr(_distributed, "world_size", lambda group: 2)
-    monkeypatch.setattr(_distributed, "rank", lambda group: 0)
-    monkeypatch.setattr(_distributed, "all_reduce_sum", other_holds_one_more)
+    monkeypatch.setattr(_data_parallel, "world_size", lambda group: 2)
+    monkeypatch.setattr(_data_parallel, "rank", lambda group: 0)
+    monkeypatch.setattr(_data_parallel, "all_reduce_sum", other_holds_one_more)
     method = methods.create("ntkmtl-sr", num_tasks=2)
     jac = torch.randn(2, 3, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match="unequal parts of the batch"):
-        _distributed.representation_direction(method, jac, torch.ones(2), torch.randn(3, 4), 1)
+        _data_parallel.representation_direction(method, jac, torch.ones(2), torch.randn(3, 4), 1)

@@ -286,7 +286,7 @@ def test_the_commands_are_found():
         "summary",
         "sweep",
     }
-    assert any(target == "bayesagg.examples.distributed" for _, _, target, _ in SCRIPT_COMMANDS)
+    assert any(target == "bayesagg.examples.ddp" for _, _, target, _ in SCRIPT_COMMANDS)
 
 
 @pytest.mark.parametrize(

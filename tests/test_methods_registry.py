@@ -161,7 +161,7 @@ def _imports(module: str) -> set[str]:
 def test_no_import_cycle_between_base_and_the_data_parallel_module() -> None:
     """The data-parallel module does not import the methods: they call it, not the reverse."""
     assert not any(
-        m.startswith("bayesagg.methods") for m in _imports("bayesagg.methods._distributed")
+        m.startswith("bayesagg.methods") for m in _imports("bayesagg.methods._data_parallel")
     )
 
 

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from bayesagg.app.cli import main
-from bayesagg.runner.distributed import Context
+from bayesagg.runner.launch import Context
 from bayesagg.runner.train import make_loader
 
 SPEC = SimpleNamespace(graph=False)
@@ -98,7 +98,7 @@ def test_nproc_2_reproduces_the_one_process_run(tmp_path, capsys):
 
 def test_nproc_must_match_the_launcher(monkeypatch):
     from bayesagg.runner.config import ConfigError
-    from bayesagg.runner.distributed import initialised
+    from bayesagg.runner.launch import initialised
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")

@@ -169,7 +169,7 @@ def test_references_with_a_zero_are_refused_before_training(
 
 def test_nproc_is_bounded_by_the_cores(install_fake, monkeypatch, capsys, tmp_path):  # noqa: F811
     import bayesagg.runner.checks as checks
-    import bayesagg.runner.distributed as distributed
+    import bayesagg.runner.launch as distributed
 
     monkeypatch.setattr(checks, "available_cores", lambda: 2)
 

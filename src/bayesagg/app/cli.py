@@ -24,8 +24,8 @@ from bayesagg.benchmarks.paths import MissingDataError
 from bayesagg.runner import compare, run
 from bayesagg.runner.checks import check_nproc
 from bayesagg.runner.config import ConfigError, RunConfig
-from bayesagg.runner.distributed import initialised, launch, launched
 from bayesagg.runner.hparams import parse_hparams
+from bayesagg.runner.launch import initialised, launch, launched
 from bayesagg.runner.sweep import sweep, sweeps_report
 from bayesagg.runner.threads import default_threads, threads_note, using
 

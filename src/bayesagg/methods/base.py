@@ -413,7 +413,7 @@ class Aggregator(StepMethod):
         group = resolve_group(self.process_group)
         if self.space == "representation" and group is not None:
             # data parallelism: weights from the all-reduced Gramian, applied to the local rows
-            from bayesagg.methods._distributed import representation_direction
+            from bayesagg.methods._data_parallel import representation_direction
 
             direction = representation_direction(
                 self, target_jacs[0], losses, representation, group

@@ -12,7 +12,7 @@ Why the split matters:
 - data parallelism: the weights depend on J only through G, and G of the global batch is one
   K x K all-reduce, so the rule applied to a square root ``S`` of the global Gramian
   (``S S^T = G``) gives the global weights on every process; each process then applies them
-  to its own rows (:mod:`bayesagg.methods._distributed`). A method built on this base is exact
+  to its own rows (:mod:`bayesagg.methods._data_parallel`). A method built on this base is exact
   under data parallelism by construction;
 - gradients through the direction: the weights are computed on the detached Jacobian (the
   solvers run in NumPy), and ``w @ J`` keeps J's graph, so ``aggregate`` of a Jacobian that
@@ -117,7 +117,7 @@ class GramianWeighting(Aggregator):
         self, jacobian: Tensor, losses: Tensor, representation: Tensor, group: Any
     ) -> Tensor:
         """The rule on a square root of the all-reduced Gramian, its weights on the local rows."""
-        from bayesagg.methods._distributed import square_root_direction
+        from bayesagg.methods._data_parallel import square_root_direction
 
         return square_root_direction(self, jacobian, losses, group)
 

@@ -23,8 +23,8 @@ from bayesagg.metrics import delta_m
 from bayesagg.runner.checkpoint import CHECKPOINT_FILE, Checkpoint
 from bayesagg.runner.checks import check_writable
 from bayesagg.runner.config import RunConfig, check_device
-from bayesagg.runner.distributed import context as distributed_context
-from bayesagg.runner.distributed import distributed_fields, is_main
+from bayesagg.runner.launch import context as distributed_context
+from bayesagg.runner.launch import distributed_fields, is_main
 from bayesagg.runner.lock import RunLock, remove_stale_temporaries
 from bayesagg.runner.plan import Plan, normalised, plan
 from bayesagg.runner.references import write_own_references

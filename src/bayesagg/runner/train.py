@@ -33,7 +33,7 @@ from bayesagg.methods.base import Method
 from bayesagg.metrics import evaluate
 from bayesagg.runner.checkpoint import Checkpoint, Progress, Scheduler
 from bayesagg.runner.clipping import GradientClipping
-from bayesagg.runner.distributed import Context
+from bayesagg.runner.launch import Context
 from bayesagg.runner.plan import Plan
 from bayesagg.runner.results import EpochLog, flatten
 from bayesagg.runner.selection import Criterion
@@ -290,7 +290,7 @@ def predict(
         for i in range(len(groups)):
             preds[i].append(outputs[i].cpu())
             targs[i].append(targets[i].cpu())
-    # multi-process runs (runner/distributed.py): each process predicted its shard
+    # multi-process runs (runner/launch.py): each process predicted its shard
     gather = getattr(loader, "gather", lambda t: t)
     return [gather(torch.cat(p)) for p in preds], [gather(torch.cat(t)) for t in targs]
 
@@ -848,7 +848,7 @@ def train(
     """Train ``model`` with ``method`` under the plan's protocol; return the selected epoch.
 
     ``task``: the task an STL model trains (the divergence check watches it only).
-    ``distributed``: this process's :class:`bayesagg.runner.distributed.Context` in a
+    ``distributed``: this process's :class:`bayesagg.runner.launch.Context` in a
     multi-process run (None: one process). ``diagnostics``: BayesAgg-MTL runs add
     :mod:`bayesagg.diagnostics`'s per-epoch columns to the epoch log. ``checkpoint``: resume
     from it if it holds this run, and save it at the end of every epoch (runner/checkpoint.py;

@@ -96,7 +96,7 @@ class NTKMTLSR(Aggregator):
     axis) uses one chunk: ``lambda_i = |g_i|^2``.
 
     Data parallelism: the chunks are those of the global batch, their squared norms summed over
-    the processes (``bayesagg.methods._distributed``; docs/distributed.md).
+    the processes (``bayesagg.methods._data_parallel``; docs/distributed.md).
     """
 
     name = "ntkmtl-sr"
@@ -155,7 +155,7 @@ class NTKMTLSR(Aggregator):
         self, jacobian: Tensor, losses: Tensor, representation: Tensor, group: Any
     ) -> Tensor:
         """The weights from the chunks of the global batch, applied to the local rows."""
-        from bayesagg.methods._distributed import ntkmtl_sr_eigenvalues
+        from bayesagg.methods._data_parallel import ntkmtl_sr_eigenvalues
 
         return self._weighted(ntkmtl_sr_eigenvalues(self.num_chunks, jacobian, group), jacobian)
 

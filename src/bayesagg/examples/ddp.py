@@ -1,8 +1,8 @@
 """A user's own data-parallel training loop with BayesAgg-MTL or a registry method.
 
-    torchrun --nproc-per-node 2 -m bayesagg.examples.distributed --method bayesagg
-    torchrun --nproc-per-node 2 -m bayesagg.examples.distributed --method mgda-ub
-    python -m bayesagg.examples.distributed --method bayesagg          # one process
+    torchrun --nproc-per-node 2 -m bayesagg.examples.ddp --method bayesagg
+    torchrun --nproc-per-node 2 -m bayesagg.examples.ddp --method mgda-ub
+    python -m bayesagg.examples.ddp --method bayesagg          # one process
 
 Every process builds the same data, model and method (same seeds), reads its contiguous
 1/N slice of every global batch, and runs: forward through ``DistributedDataParallel`` under
