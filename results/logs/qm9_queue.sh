@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 9 campaign, QM9 quick: a shared job queue; every worker claims the next job with an
+# The comparison campaign, QM9 quick: a shared job queue; every worker claims the next job with an
 # atomic mkdir, so two workers never train the same run. Restart: rm -rf $CLAIMS and run again
 # (finished runs are reused, interrupted ones resume from checkpoint.pt).
 # Model selection of the multi-task runs: validation Delta_m against this project's STL models

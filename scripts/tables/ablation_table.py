@@ -1,4 +1,4 @@
-"""Print the issue-7 ablation table: BayesAgg-MTL variants vs LS, mean +- std over seeds.
+"""Print an ablation table: BayesAgg-MTL variants vs LS, mean +- std over seeds.
 
     python scripts/tables/ablation_table.py results/ablation/multimnist/quick results/multimnist/quick --seeds 0,1,2
 
