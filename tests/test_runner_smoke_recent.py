@@ -1,5 +1,11 @@
-"""The methods published since 2023 (and their "-ub" variants) on every runnable benchmark's smoke
-protocol, end to end on real data, shrunk to one epoch on a few batches to stay fast.
+"""The methods published since 2023 (and their "-ub" variants) on the runnable benchmarks' smoke
+protocols, end to end on real data, shrunk to one epoch on a few batches to stay fast.
+
+Every method runs on MultiMNIST (the fastest) and on one of the other three benchmarks, in
+turn (method i on the (i mod 3)-th): each method meets a second data path (graphs, a
+regression and classification mix, ten binary tasks) and each benchmark a third of the
+methods, at a third of the time of every method on every benchmark (the data paths
+themselves are covered by tests/test_runner_smoke.py).
 
 Same data sources and skips as tests/test_runner_smoke.py. STCH gets ``warmup_epochs=0`` and
 two epochs so that its smooth-Tchebycheff phase (after the nadir epoch) runs too.
@@ -23,6 +29,16 @@ NEW = [
 ]  # fmt: skip
 METHODS = [m for m in names() if m in NEW or m.endswith("-ub")]
 DATA = {"qm9": None, "utkface": "utkface", "multimnist": "mnist", "fashion-mtl": "fashion-mnist"}
+OTHERS = ["qm9", "utkface", "fashion-mtl"]
+
+
+def methods_for(benchmark: str) -> list[str]:
+    """All methods on MultiMNIST; on the others, every third method in turn."""
+    if benchmark == "multimnist":
+        return METHODS
+    return METHODS[OTHERS.index(benchmark) :: len(OTHERS)]
+
+
 SHRINK = ["--epochs", "1", "--train-limit", "32", "--eval-limit", "16", "--batch-size", "16"]
 EXTRA = {"stch": ["--epochs", "2", "--hp", "warmup_epochs=0"]}
 
@@ -38,7 +54,7 @@ def test_new_methods_on_the_smoke_protocol(benchmark, tmp_path, capsys):
     else:
         data_dir = ["--data-dir", str(real_data_dir(folder).parent)]
     assert set(NEW) <= set(METHODS)
-    for method in METHODS:
+    for method in methods_for(benchmark):
         argv = ["run", "-b", benchmark, "-m", method, "--protocol", "smoke", "--no-progress"]
         code = main([*argv, *SHRINK, *EXTRA.get(method, []), "--out", str(tmp_path), *data_dir])
         captured = capsys.readouterr()
@@ -52,3 +68,10 @@ def test_new_methods_on_the_smoke_protocol(benchmark, tmp_path, capsys):
         assert values and all(math.isfinite(v) for v in values), (method, result["test"])
         if method not in ("stch",):
             assert any(w is not None for w in result["weights_per_epoch"]), method
+
+
+def test_every_method_meets_multimnist_and_one_other_benchmark():
+    """A guard on the rotation: each method runs on exactly two benchmarks, MultiMNIST one."""
+    for method in METHODS:
+        where = [b for b in DATA if method in methods_for(b)]
+        assert len(where) == 2 and "multimnist" in where, (method, where)
