@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -246,14 +246,14 @@ class BayesAgg:
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator)}")
         if regression_fit not in ("epoch", "refit"):
             raise ValueError(f"regression_fit must be 'epoch' or 'refit', got {regression_fit!r}")
-        for name, value, allowed in (
+        for name, choice, allowed in (
             ("classification_heads", classification_heads, ("trained", "posterior_mean")),
             ("prior_mean", prior_mean, ("full_data", "live_head")),
             ("regression_prior", regression_prior, ("fixed", "evidence")),
             ("regression_heads", regression_heads, ("fitted", "trained")),
         ):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+            if choice not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {choice!r}")
         if (
             isinstance(regression_refresh, bool)
             or not isinstance(regression_refresh, int)
@@ -741,7 +741,9 @@ class BayesAgg:
                     features = torch.cat([features, torch.ones_like(features[:, :1])], dim=1)
                 if i not in statistics:
                     statistics[i] = RegressionStatistics(
-                        features.shape[1], self.groups[i].outputs, device=h.device
+                        features.shape[1],
+                        cast(Regression, self.groups[i]).outputs,
+                        device=h.device,
                     )
                 statistics[i].update(features, y)
             count += h.shape[0]

@@ -412,6 +412,7 @@ class Aggregator(StepMethod):
         k = self.num_tasks
         group = resolve_group(self.process_group)
         if self.space == "representation" and group is not None:
+            assert representation is not None  # checked above for this space
             # data parallelism: weights from the all-reduced Gramian, applied to the local rows
             from bayesagg.methods._data_parallel import representation_direction
 
@@ -432,6 +433,7 @@ class Aggregator(StepMethod):
                 task, torch.cat([torch.tensordot(w, j, dims=1).reshape(-1) for j in task_jacs])
             )
         if self.space == "representation":
+            assert representation is not None  # checked above for this space
             torch.autograd.backward(
                 representation,
                 direction.view_as(representation).to(representation.dtype),

@@ -11,7 +11,7 @@ the eval-mode refit of the regression heads before an evaluation, the fitted tas
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -107,11 +107,14 @@ class BayesAggMTL(Method):
             raise ValueError(
                 f"method 'bayesagg' needs representation, heads and targets; missing: {', '.join(missing)}"
             )
-        self.aggregator.backward(representation, heads, targets)  # type: ignore[arg-type]
+        # checked above; BayesAgg checks that the heads are nn.Linear
+        self.aggregator.backward(
+            cast(Tensor, representation), cast("Sequence[nn.Linear]", heads), cast(Any, targets)
+        )
         self.last_weights = self.aggregator.last_weights
 
     @property
-    def process_group(self) -> Any:  # type: ignore[override]
+    def process_group(self) -> Any:
         """The data-parallel group, shared with the :class:`BayesAgg` object (docs/distributed.md)."""
         return self.aggregator.process_group
 

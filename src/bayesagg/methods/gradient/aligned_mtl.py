@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from bayesagg.methods.base import Space
 from bayesagg.methods.gramian import Gramian, GramianWeighting
 
 __all__ = ["AlignedMTL", "AlignedMTLUB", "ScaleMode"]
@@ -34,7 +35,7 @@ class AlignedMTL(GramianWeighting):
     """
 
     name = "aligned-mtl"
-    space = "parameters"
+    space: ClassVar[Space] = "parameters"
     hyperparameters = ("scale_mode", "scale_task_gradients")
     properties = frozenset({"permutation_invariant", "scale_homogeneous"})
 

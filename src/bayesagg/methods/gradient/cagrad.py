@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ class CAGrad(GramianWeighting):
         self.rescale: Literal[0, 1, 2] = rescale
         #: Number of failed dual solves (each logged; that step uses the uniform weights).
         self.solver_failures = 0
-        self._dual: dict | None = None
+        self._dual: dict[str, Any] | None = None
 
     def claims(self) -> frozenset[str]:
         """Non-conflicting for ``c >= 1``: the ball then holds ``d = 0``, so the worst task's

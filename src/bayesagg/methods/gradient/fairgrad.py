@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 from torch import Tensor
 
@@ -41,7 +43,7 @@ class FairGrad(ClippedGramianWeighting):
     # not homogeneous (w ~ |J|^(-2 alpha / (alpha + 1)), and the clip); not
     # permutation-invariant either: for a singular Gramian the equations have no solution and
     # the solver's last iterate depends on the order of the tasks
-    properties: frozenset[str] = frozenset()
+    properties: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, num_tasks: int, *, alpha: float = 1.0, max_norm: float = 1.0) -> None:
         super().__init__(num_tasks)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 from torch import Tensor
 
+from bayesagg.methods.base import Space
 from bayesagg.methods.gramian import Gramian, GramianWeighting
 
 __all__ = ["IMTLG", "IMTLGUB"]
@@ -27,7 +30,7 @@ class IMTLG(GramianWeighting):
     """
 
     name = "imtl-g"
-    space = "parameters"
+    space: ClassVar[Space] = "parameters"
     properties = frozenset({"permutation_invariant", "scale_homogeneous"})
 
     def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 import numpy as np
 from torch import Tensor
 
+from bayesagg.methods.base import Space
 from bayesagg.methods.gradient._min_norm import frank_wolfe
 from bayesagg.methods.gramian import Gramian, GramianWeighting
 
@@ -43,7 +44,7 @@ class MGDA(GramianWeighting):
     """
 
     name = "mgda"
-    space = "parameters"
+    space: ClassVar[Space] = "parameters"
     hyperparameters = ("normalization", "max_iter", "tol")
     uses_losses = True
     # not "non_conflicting": the min-norm point is, but Frank-Wolfe stops at the official

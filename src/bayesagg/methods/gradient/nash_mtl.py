@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from bayesagg.methods.base import StepInputs
+from bayesagg.methods.base import Space, StepInputs
 from bayesagg.methods.gramian import ClippedGramianWeighting, Gramian, clip_factor
 
 __all__ = ["NashBargainingError", "NashMTL", "NashMTLSolverError", "nash_bargaining_weights"]
@@ -169,7 +169,7 @@ class NashMTL(ClippedGramianWeighting):
     """
 
     name = "nash-mtl"
-    space = "parameters"
+    space: ClassVar[Space] = "parameters"
     hyperparameters = ("update_weights_every", "optim_niter", "max_norm", "on_solver_failure")
     state_fields = ("step", "alpha", "solver_failures")
     # alpha scales as 1 / |J| (and the clip): not homogeneous

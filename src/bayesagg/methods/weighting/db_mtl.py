@@ -95,7 +95,8 @@ class DBMTL(StepMethod):
             )
             for i, g in enumerate(grads[len(shared) :]):
                 if g is not None:
-                    task_grads[i] = g if task_grads[i] is None else task_grads[i] + g
+                    current = task_grads[i]
+                    task_grads[i] = g if current is None else current + g
         G = all_reduce_mean(torch.stack(rows).detach(), group)  # [K, P]
         if self.buffer is None:
             self.buffer = torch.zeros_like(G)

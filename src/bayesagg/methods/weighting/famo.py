@@ -147,7 +147,7 @@ class FAMO(StepMethod):
             return
         if not objective.requires_grad:
             raise ValueError("famo: the losses carry no autograd graph (computed under no_grad?)")
-        grads = list(torch.autograd.grad(objective, params, allow_unused=True))
+        grads: list[Tensor | None] = list(torch.autograd.grad(objective, params, allow_unused=True))
         if self.max_norm > 0:
             if group is not None:  # the clip needs the global gradient's norm
                 grads[: len(shared)] = _mean_over_processes(grads[: len(shared)], group)

@@ -128,6 +128,8 @@ class GradNorm(StepMethod):
 
     def weight_gradient(self, losses: Tensor, norms: Tensor) -> Tensor:
         """Return ``grad_w L_grad`` [K] at the current weights (Eq. 2, target held constant)."""
+        if self.initial_losses is None:
+            raise RuntimeError("gradnorm: weight_gradient before the first step set L_k(0)")
         L = losses.detach().double().cpu()
         n = norms.detach().double().cpu()
         ratio_loss = L / self.initial_losses  # L~_k

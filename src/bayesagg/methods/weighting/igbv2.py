@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -341,7 +341,7 @@ class IGBv2(LossWeighting):
         if self.base_losses is not None and self._prev_state is not None:
             decrease = (self._prev_state - state) / self.base_losses.to(state)
             reward = float(decrease.min()) * self.reward_scale
-            self._store(self._prev_state, self._prev_action, reward, state)
+            self._store(self._prev_state, cast(Tensor, self._prev_action), reward, state)
         if (
             self.epoch >= self.update_after_epochs
             and self.step % self.update_every == 0
