@@ -7,9 +7,10 @@ source checkout), never from the current directory, so a command finds it from a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["ENV_VAR", "MissingDataError", "data_root", "dataset_dir"]
+__all__ = ["ENV_VAR", "MissingDataError", "data_root", "dataset_dir", "folder_locator"]
 
 ENV_VAR = "BAYESAGG_DATA_DIR"
 
@@ -57,3 +58,21 @@ def dataset_dir(name: str, data_dir: str | os.PathLike[str] | None = None) -> Pa
             f"holds the files, or set ${ENV_VAR}"
         )
     return path
+
+
+def folder_locator(name: str) -> Callable[..., str]:
+    """Return a data module's ``locate`` for data kept in ``<root>/<name>``.
+
+    The returned ``locate(data_dir=None)`` says where the module's ``load`` would read the data
+    from, without reading it (a folder check: cheap enough for ``bayesagg list``), and raises
+    :class:`MissingDataError` naming the fix if it is absent.
+    """
+
+    def locate(data_dir: str | os.PathLike[str] | None = None) -> str:
+        return str(dataset_dir(name, data_dir))
+
+    locate.__doc__ = (
+        f"Return where ``load`` would read the data from (``<root>/{name}``), without reading "
+        "it; raise MissingDataError naming the fix if it is absent."
+    )
+    return locate

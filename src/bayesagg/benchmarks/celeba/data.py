@@ -20,11 +20,12 @@ from torch.utils.data import Dataset
 
 from bayesagg.tasks import Binary
 
-from ..paths import MissingDataError, dataset_dir
+from ..paths import MissingDataError, dataset_dir, folder_locator
 from ..splits import DataFormatError, Splits, limit_splits, warn_skipped
 
 __all__ = [
     "ATTRIBUTES",
+    "FOLDER",
     "GROUPS",
     "CelebAImages",
     "load",
@@ -169,10 +170,10 @@ def _transform(image_size: int) -> Any:
     )
 
 
-def locate(data_dir: str | os.PathLike[str] | None = None) -> str:
-    """Return where :func:`load` would read the data from, without reading it (a folder check:
-    cheap enough for ``bayesagg list``); raise MissingDataError naming the fix if it is absent."""
-    return str(dataset_dir("celeba", data_dir))
+#: The folder under the data root that holds the files.
+FOLDER = "celeba"
+
+locate = folder_locator(FOLDER)
 
 
 def load(
@@ -187,7 +188,7 @@ def load(
     Images listed in the attribute file but absent from ``img_align_celeba/`` or the partition
     are skipped with one counted warning.
     """
-    folder = dataset_dir("celeba", data_dir)
+    folder = dataset_dir(FOLDER, data_dir)
     names, labels = read_attributes(folder / "list_attr_celeba.txt")
     partition = read_partition(folder / "list_eval_partition.txt")
     images = _require(folder / "img_align_celeba")

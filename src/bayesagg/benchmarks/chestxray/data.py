@@ -22,10 +22,10 @@ from torch.utils.data import Dataset
 
 from bayesagg.tasks import Binary
 
-from ..paths import MissingDataError, dataset_dir
+from ..paths import MissingDataError, dataset_dir, folder_locator
 from ..splits import DataFormatError, Splits, limit_splits, warn_skipped
 
-__all__ = ["DISEASES", "GROUPS", "ChestXrayImages", "load", "locate", "read_entries"]
+__all__ = ["DISEASES", "FOLDER", "GROUPS", "ChestXrayImages", "load", "locate", "read_entries"]
 
 #: The 14 labels in alphabetical order (docs/data.md, ChestX-ray14).
 DISEASES = (
@@ -142,10 +142,10 @@ def _transforms(image_size: int, train: bool) -> Any:
     )
 
 
-def locate(data_dir: str | os.PathLike[str] | None = None) -> str:
-    """Return where :func:`load` would read the data from, without reading it (a folder check:
-    cheap enough for ``bayesagg list``); raise MissingDataError naming the fix if it is absent."""
-    return str(dataset_dir("chestxray", data_dir))
+#: The folder under the data root that holds the files.
+FOLDER = "chestxray"
+
+locate = folder_locator(FOLDER)
 
 
 def load(
@@ -165,7 +165,7 @@ def load(
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    folder = dataset_dir("chestxray", data_dir)
+    folder = dataset_dir(FOLDER, data_dir)
     entries = read_entries(folder / "Data_Entry_2017.csv")
     images = _find_images(folder)
     if not images:

@@ -22,10 +22,19 @@ from torch.utils.data import Dataset
 
 from bayesagg.tasks import Binary, Multiclass, Regression
 
-from ..paths import MissingDataError, dataset_dir
+from ..paths import MissingDataError, dataset_dir, folder_locator
 from ..splits import Splits, limit_splits, stratified_split_indices, warn_skipped
 
-__all__ = ["AGE_MEAN", "AGE_STD", "GROUPS", "UTKFaceImages", "load", "locate", "parse_names"]
+__all__ = [
+    "AGE_MEAN",
+    "AGE_STD",
+    "FOLDER",
+    "GROUPS",
+    "UTKFaceImages",
+    "load",
+    "locate",
+    "parse_names",
+]
 
 GROUPS = (Regression("age", 1), Binary("gender", 1), Multiclass("ethnicity", 5))
 
@@ -147,10 +156,10 @@ def _cached_images(folder: Path, names: list[str], size: int, cache_dir: Path) -
     return images
 
 
-def locate(data_dir: str | os.PathLike[str] | None = None) -> str:
-    """Return where :func:`load` would read the data from, without reading it (a folder check:
-    cheap enough for ``bayesagg list``); raise MissingDataError naming the fix if it is absent."""
-    return str(dataset_dir("utkface", data_dir))
+#: The folder under the data root that holds the files.
+FOLDER = "utkface"
+
+locate = folder_locator(FOLDER)
 
 
 def load(
@@ -173,7 +182,7 @@ def load(
     model's step on a CPU (docs/speed.md, "The training loop's own costs"); ``cache=False`` decodes every
     image at every epoch. ``seed`` only picks the ``limit`` subset.
     """
-    folder = dataset_dir("utkface", data_dir)
+    folder = dataset_dir(FOLDER, data_dir)
     files = sorted(entry.name for entry in os.scandir(folder) if entry.is_file())
     names, labels, bad = parse_names([f for f in files if f.endswith(".jpg")])
     warn_skipped("UTKFace files with malformed names", len(bad), bad, folder)
