@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from bayesagg.tasks import Binary
 
-from ..paths import MissingDataError, dataset_dir, folder_locator
+from ..paths import DataDir, MissingDataError, dataset_dir, folder_locator
 from ..splits import DataFormatError, Splits, limit_splits, warn_skipped
 
 __all__ = [
@@ -177,11 +177,7 @@ locate = folder_locator(FOLDER)
 
 
 def load(
-    data_dir: str | os.PathLike[str] | None = None,
-    *,
-    seed: int = 0,
-    limit: int | None = None,
-    image_size: int = 64,
+    data_dir: DataDir = None, *, seed: int = 0, limit: int | None = None, image_size: int = 64
 ) -> Splits:
     """Return CelebA train/val/test from the official partition file.
 

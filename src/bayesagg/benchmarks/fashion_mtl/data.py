@@ -8,14 +8,12 @@ with the binary float32 [10] one-hot class vector.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
 from bayesagg.tasks import Binary
 
-from ..paths import dataset_dir, folder_locator
+from ..paths import DataDir, dataset_dir, folder_locator
 from ..splits import (
     IndexedImages,
     ScaleNormalise,
@@ -51,11 +49,7 @@ locate = folder_locator(FOLDER)
 
 
 def load(
-    data_dir: str | os.PathLike[str] | None = None,
-    *,
-    seed: int = 0,
-    limit: int | None = None,
-    val_fraction: float = 0.1,
+    data_dir: DataDir = None, *, seed: int = 0, limit: int | None = None, val_fraction: float = 0.1
 ) -> Splits:
     """Return train/val/test of the 10 one-vs-rest tasks from ``<data_dir>/fashion-mnist``.
 

@@ -7,14 +7,12 @@ training composites' pixel mean/std; targets ``(left, right)``, two int64 class 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
 from bayesagg.tasks import Multiclass
 
-from ..paths import dataset_dir, folder_locator
+from ..paths import DataDir, dataset_dir, folder_locator
 from ..splits import (
     IndexedImages,
     ScaleNormalise,
@@ -62,11 +60,7 @@ locate = folder_locator(FOLDER)
 
 
 def load(
-    data_dir: str | os.PathLike[str] | None = None,
-    *,
-    seed: int = 0,
-    limit: int | None = None,
-    val_fraction: float = 0.1,
+    data_dir: DataDir = None, *, seed: int = 0, limit: int | None = None, val_fraction: float = 0.1
 ) -> Splits:
     """Return MultiMNIST train/val/test built from MNIST in ``<data_dir>/mnist``.
 

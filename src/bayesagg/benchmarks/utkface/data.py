@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from bayesagg.tasks import Binary, Multiclass, Regression
 
-from ..paths import MissingDataError, dataset_dir, folder_locator
+from ..paths import DataDir, MissingDataError, dataset_dir, folder_locator
 from ..splits import Splits, limit_splits, stratified_split_indices, warn_skipped
 
 __all__ = [
@@ -163,7 +163,7 @@ locate = folder_locator(FOLDER)
 
 
 def load(
-    data_dir: str | os.PathLike[str] | None = None,
+    data_dir: DataDir = None,
     *,
     seed: int = 0,
     limit: int | None = None,
