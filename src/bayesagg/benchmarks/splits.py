@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, Subset
 __all__ = [
     "IDX_FILES",
     "DataFormatError",
+    "ImageFiles",
     "IndexedImages",
     "ScaleNormalise",
     "Splits",
@@ -179,6 +180,36 @@ def limit_splits(splits: Splits, limit: int | None, seed: int) -> Splits:
         keep = np.sort(np.random.default_rng([seed, k]).permutation(len(dataset))[:size])
         out.append(Subset(dataset, keep.tolist()))
     return Splits(*out)
+
+
+class ImageFiles(Dataset):
+    """Items ``(transform(RGB image), (labels[i],))``: image files decoded with PIL, one binary
+    label per task (CelebA's attributes, ChestX-ray14's findings).
+
+    ``labels`` holds ``tasks`` values per image (the subclass's ``tasks``); the whole label
+    tensor is served without decoding any image (:meth:`target_tensors`).
+    """
+
+    #: Labels per image (the benchmark's binary tasks).
+    tasks: int
+
+    def __init__(self, paths: list[Path], labels: np.ndarray, transform: Any) -> None:
+        self.paths = paths
+        self.labels = torch.from_numpy(labels.reshape(-1, self.tasks))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, tuple[Tensor]]:
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as image:
+            return self.transform(image.convert("RGB")), (self.labels[i],)
+
+    def target_tensors(self) -> tuple[Tensor]:
+        """Return all labels at once (no image decoding)."""
+        return (self.labels,)
 
 
 class IndexedImages(Dataset):

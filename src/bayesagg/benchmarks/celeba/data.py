@@ -15,13 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
-from torch.utils.data import Dataset
 
 from bayesagg.tasks import Binary
 
 from ..paths import DataDir, MissingDataError, dataset_dir, folder_locator
-from ..splits import DataFormatError, Splits, limit_splits, warn_skipped
+from ..splits import DataFormatError, ImageFiles, Splits, limit_splits, warn_skipped
 
 __all__ = [
     "ATTRIBUTES",
@@ -134,26 +132,10 @@ def read_partition(path: Path) -> dict[str, int]:
     return partition
 
 
-class CelebAImages(Dataset):
-    """Items ``(transform(image), (attributes,))`` read from JPEG files with PIL."""
+class CelebAImages(ImageFiles):
+    """CelebA's aligned JPEG faces, each with its 40 attributes."""
 
-    def __init__(self, paths: list[Path], labels: np.ndarray, transform: Any) -> None:
-        self.paths = paths
-        self.labels = torch.from_numpy(labels.reshape(-1, 40))
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, tuple[Tensor]]:
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as image:
-            return self.transform(image.convert("RGB")), (self.labels[i],)
-
-    def target_tensors(self) -> tuple[Tensor]:
-        """Return all attribute vectors at once (no image decoding)."""
-        return (self.labels,)
+    tasks = 40
 
 
 def _transform(image_size: int) -> Any:

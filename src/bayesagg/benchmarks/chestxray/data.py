@@ -17,13 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
-from torch.utils.data import Dataset
 
 from bayesagg.tasks import Binary
 
 from ..paths import DataDir, MissingDataError, dataset_dir, folder_locator
-from ..splits import DataFormatError, Splits, limit_splits, warn_skipped
+from ..splits import DataFormatError, ImageFiles, Splits, limit_splits, warn_skipped
 
 __all__ = ["DISEASES", "FOLDER", "GROUPS", "ChestXrayImages", "load", "locate", "read_entries"]
 
@@ -100,26 +98,10 @@ def _find_images(folder: Path) -> dict[str, Path]:
     return images
 
 
-class ChestXrayImages(Dataset):
-    """Items ``(transform(RGB image), (labels,))`` read from PNG files with PIL."""
+class ChestXrayImages(ImageFiles):
+    """ChestX-ray14's PNG radiographs (read as RGB), each with its 14 findings."""
 
-    def __init__(self, paths: list[Path], labels: np.ndarray, transform: Any) -> None:
-        self.paths = paths
-        self.labels = torch.from_numpy(labels.reshape(-1, len(DISEASES)))
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, tuple[Tensor]]:
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as image:
-            return self.transform(image.convert("RGB")), (self.labels[i],)
-
-    def target_tensors(self) -> tuple[Tensor]:
-        """Return all labels at once (no image decoding)."""
-        return (self.labels,)
+    tasks = len(DISEASES)
 
 
 def _transforms(image_size: int, train: bool) -> Any:
