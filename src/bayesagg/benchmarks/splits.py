@@ -27,6 +27,7 @@ __all__ = [
     "IndexedImages",
     "ScaleNormalise",
     "Splits",
+    "crop_transform",
     "limit_splits",
     "limited_sizes",
     "random_split_indices",
@@ -180,6 +181,35 @@ def limit_splits(splits: Splits, limit: int | None, seed: int) -> Splits:
         keep = np.sort(np.random.default_rng([seed, k]).permutation(len(dataset))[:size])
         out.append(Subset(dataset, keep.tolist()))
     return Splits(*out)
+
+
+def crop_transform(
+    size: int,
+    train: bool,
+    *,
+    resize: int | None,
+    mean: Sequence[float],
+    std: Sequence[float],
+    from_pil: bool = False,
+) -> Any:
+    """Return the image benchmarks' torchvision crop pipeline -> normalised float32 [3, S, S].
+
+    In order: a PIL image to a uint8 tensor (``from_pil``); the shorter side resized to
+    ``resize`` (None: the images come resized); a ``size`` crop, random and flipped
+    horizontally at random in training, central otherwise; floats in [0, 1] normalised per
+    channel with ``mean`` and ``std``.
+    """
+    from torchvision.transforms import v2
+
+    steps: list[Any] = [v2.PILToTensor()] if from_pil else []
+    if resize is not None:
+        steps.append(v2.Resize(resize, antialias=True))
+    if train:
+        steps += [v2.RandomCrop(size), v2.RandomHorizontalFlip()]
+    else:
+        steps.append(v2.CenterCrop(size))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    return v2.Compose(steps)
 
 
 class ImageFiles(Dataset):

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from bayesagg.tasks import Binary
 
 from ..paths import DataDir, MissingDataError, dataset_dir, folder_locator
-from ..splits import DataFormatError, ImageFiles, Splits, limit_splits, warn_skipped
+from ..splits import DataFormatError, ImageFiles, Splits, crop_transform, limit_splits, warn_skipped
 
 __all__ = ["DISEASES", "FOLDER", "GROUPS", "ChestXrayImages", "load", "locate", "read_entries"]
 
@@ -105,23 +104,8 @@ class ChestXrayImages(ImageFiles):
 
 
 def _transforms(image_size: int, train: bool) -> Any:
-    from torchvision.transforms import v2
-
     resize = round(image_size * 256 / 224)
-    crop: list[Any] = (
-        [v2.RandomCrop(image_size), v2.RandomHorizontalFlip()]
-        if train
-        else [v2.CenterCrop(image_size)]
-    )
-    return v2.Compose(
-        [
-            v2.PILToTensor(),
-            v2.Resize(resize, antialias=True),
-            *crop,
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(_MEAN, _STD),
-        ]
-    )
+    return crop_transform(image_size, train, resize=resize, mean=_MEAN, std=_STD, from_pil=True)
 
 
 #: The folder under the data root that holds the files.

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from bayesagg.tasks import Binary, Multiclass, Regression
 
 from ..paths import DataDir, MissingDataError, dataset_dir, folder_locator
-from ..splits import Splits, limit_splits, stratified_split_indices, warn_skipped
+from ..splits import Splits, crop_transform, limit_splits, stratified_split_indices, warn_skipped
 
 __all__ = [
     "AGE_MEAN",
@@ -112,17 +112,8 @@ def _decode(path: Path) -> Tensor:
 
 def _transforms(image_size: int, train: bool, resized: bool) -> Any:
     """Return the torchvision pipeline uint8 [3, H, W] -> normalised float32 [3, S, S]."""
-    from torchvision.transforms import v2
-
-    steps: list[Any] = []
-    if not resized:
-        steps.append(v2.Resize(round(image_size * RESIZE_OVER_CROP), antialias=True))
-    if train:
-        steps += [v2.RandomCrop(image_size), v2.RandomHorizontalFlip()]
-    else:
-        steps.append(v2.CenterCrop(image_size))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(_MEAN, _STD)]
-    return v2.Compose(steps)
+    resize = None if resized else round(image_size * RESIZE_OVER_CROP)
+    return crop_transform(image_size, train, resize=resize, mean=_MEAN, std=_STD)
 
 
 def default_cache_dir() -> Path:
