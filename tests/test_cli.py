@@ -92,3 +92,24 @@ def test_run_then_report(install_fake, capsys, tmp_path):  # noqa: F811
     assert main(["report", out]) == 0
     assert "| ls |" in capsys.readouterr().out
     assert (tmp_path / "report.md").is_file()
+
+
+def test_execution_options_data_parallel_only_where_runs_are_planned():
+    # run/compare/sweep take --nproc (data-parallel processes); demo takes the other execution
+    # options but not --nproc.
+    from bayesagg.app.cli import _build_parser
+
+    parser = _build_parser()
+    argv = ["run", "-b", "qm9", "-m", "ls", "--nproc", "2", "--threads", "1", "--device", "cpu"]
+    args = parser.parse_args([*argv, "--force", "--no-progress"])
+    assert (args.nproc, args.threads, args.device, args.force, args.no_progress) == (
+        2,
+        1,
+        "cpu",
+        True,
+        True,
+    )
+    demo = parser.parse_args(["demo", "--threads", "3", "--force"])
+    assert (demo.threads, demo.force, demo.no_progress, demo.device) == (3, True, False, "cpu")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "--nproc", "2"])

@@ -44,6 +44,8 @@ def test_load_on_fixture(tmp_path) -> None:
     x, (y,) = splits.val[1]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
     assert y.shape == (40,) and set(y.unique().tolist()) <= {0.0, 1.0}
+    # The item carries its own image's attributes (as the release lists them).
+    np.testing.assert_array_equal(y.numpy(), expected[int(splits.val.paths[1].stem) - 1])
     assert celeba.GROUPS[0].labels[20] == "Male"
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bayesagg.benchmarks.paths import ENV_VAR, data_root
+import pytest
+
+from bayesagg.benchmarks.paths import ENV_VAR, MissingDataError, data_root, folder_locator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,3 +26,19 @@ def test_default_is_resolved_from_the_project_root_not_the_current_directory(tmp
     monkeypatch.setenv(ENV_VAR, str(tmp_path))
     assert data_root() == tmp_path
     assert data_root("/explicit") == Path("/explicit")
+
+
+def test_folder_locator_names_each_modules_own_folder(tmp_path):
+    # Every image benchmark's ``locate`` is one folder check under the data root: the folder
+    # its ``load`` reads, and a MissingDataError naming that folder when it is absent.
+    from bayesagg.benchmarks.celeba import data as celeba
+    from bayesagg.benchmarks.fashion_mtl import data as fashion
+    from bayesagg.benchmarks.multimnist import data as multimnist
+
+    (tmp_path / "mnist").mkdir()
+    assert multimnist.locate(tmp_path) == str(tmp_path / "mnist")
+    with pytest.raises(MissingDataError, match="fashion-mnist"):
+        fashion.locate(tmp_path)
+    with pytest.raises(MissingDataError, match="'celeba'"):
+        celeba.locate(tmp_path)
+    assert folder_locator("mnist")(str(tmp_path)) == str(tmp_path / "mnist")

@@ -140,3 +140,15 @@ def test_warn_skipped_is_one_counted_warning() -> None:
     with pytest.warns(UserWarning, match=r"skipped 7 broken files in /data: 'a', 'b'") as record:
         warn_skipped("broken files", 7, ["a", "b"], "/data")
     assert len(record) == 1
+
+
+def test_crop_transform_centre_crop_outside_training_random_crop_in_it():
+    from bayesagg.benchmarks.splits import crop_transform
+
+    image = torch.arange(3 * 8 * 8, dtype=torch.uint8).reshape(3, 8, 8)
+    evaluation = crop_transform(4, False, resize=None, mean=(0.5,) * 3, std=(0.25,) * 3)
+    expected = (image[:, 2:6, 2:6].to(torch.float32) / 255 - 0.5) / 0.25
+    torch.testing.assert_close(evaluation(image), expected)
+    training = crop_transform(4, True, resize=None, mean=(0.0,) * 3, std=(1.0,) * 3)
+    crops = {tuple(training(image)[0, 0].tolist()) for _ in range(20)}
+    assert len(crops) > 1  # random crops (a central crop would give one)

@@ -275,3 +275,14 @@ def test_method_settings_scale_their_warmup_with_the_epochs():
     assert p.with_epochs(4).method_settings["bayesagg"]["warmup_epochs"] == 2
     assert p.with_epochs(1).warmup_epochs == 0 and p.warmup_epochs == 5
     assert Protocol(name="y", epochs=3, batch_size=4).warmup_epochs == 0
+
+
+@pytest.mark.parametrize(
+    "name", ["multimnist", "fashion-mtl", "cifar-mtl", "utkface", "celeba", "chestxray"]
+)
+def test_smoke_protocols_are_one_epoch_with_64_samples_and_no_warmup(name):
+    smoke = registry.get(name).protocol("smoke")
+    assert smoke.name == "smoke" and smoke.epochs == 1
+    assert smoke.settings_of("bayesagg")["num_samples"] == 64
+    assert smoke.settings_of("bayesagg")["warmup_epochs"] == 0
+    assert smoke.note.startswith("pipeline check only: ")

@@ -33,14 +33,14 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Regression:
-    """``outputs`` regression targets sharing one linear head; targets ``y`` of shape [B, outputs]."""
+class _OutputTasks:
+    """A group whose linear head has one output per task (:class:`Regression`, :class:`Binary`)."""
 
     name: str
     outputs: int = 1
-    #: Optional per-output task names (e.g. QM9's ``("mu", "alpha", ...)``).
+    #: Optional per-task names, one per output (e.g. QM9's ``("mu", "alpha", ...)``,
+    #: ChestX-ray14's diseases).
     labels: tuple[str, ...] | None = None
-    kind: Literal["regression"] = "regression"
 
     @property
     def num_tasks(self) -> int:
@@ -49,6 +49,13 @@ class Regression:
     @property
     def head_outputs(self) -> int:
         return self.outputs
+
+
+@dataclass(frozen=True)
+class Regression(_OutputTasks):
+    """``outputs`` regression targets sharing one linear head; targets ``y`` of shape [B, outputs]."""
+
+    kind: Literal["regression"] = "regression"
 
     def losses(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Return the per-output mean squared error, shape [outputs]."""
@@ -60,22 +67,10 @@ class Regression:
 
 
 @dataclass(frozen=True)
-class Binary:
+class Binary(_OutputTasks):
     """``outputs`` binary tasks sharing one linear head; targets ``y`` in {0, 1} of shape [B, outputs]."""
 
-    name: str
-    outputs: int = 1
-    #: Optional per-task names (e.g. ChestX-ray14's diseases).
-    labels: tuple[str, ...] | None = None
     kind: Literal["binary"] = "binary"
-
-    @property
-    def num_tasks(self) -> int:
-        return self.outputs
-
-    @property
-    def head_outputs(self) -> int:
-        return self.outputs
 
     def losses(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Return the per-task mean binary cross-entropy (logits in), shape [outputs]."""

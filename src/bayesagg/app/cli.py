@@ -94,22 +94,22 @@ def _common(p: argparse.ArgumentParser, *, benchmark_required: bool = True) -> N
     )
     p.add_argument("--data-dir", metavar="DIR", help="data root (default $BAYESAGG_DATA_DIR)")
     p.add_argument("--out", default="runs", metavar="DIR", help="results folder (default runs/)")
+    _execution_options(p, nproc=True)
+
+
+def _execution_options(p: argparse.ArgumentParser, *, nproc: bool) -> None:
+    """Add how the runs execute: device, (data-parallel processes,) threads, reuse, progress."""
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument(
-        "--nproc",
-        type=int,
-        default=1,
-        metavar="N",
-        help="data-parallel processes (default 1): N processes on PyTorch's elastic launcher "
-        "(gloo on CPU, nccl and one GPU each with --device cuda), each on 1/N of every batch; "
-        "see docs/distributed.md",
-    )
-    _threads_option(p)
-    p.add_argument("--force", action="store_true", help="recompute finished runs")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _threads_option(p: argparse.ArgumentParser) -> None:
+    if nproc:
+        p.add_argument(
+            "--nproc",
+            type=int,
+            default=1,
+            metavar="N",
+            help="data-parallel processes (default 1): N processes on PyTorch's elastic launcher "
+            "(gloo on CPU, nccl and one GPU each with --device cuda), each on 1/N of every batch; "
+            "see docs/distributed.md",
+        )
     p.add_argument(
         "--threads",
         type=int,
@@ -117,6 +117,8 @@ def _threads_option(p: argparse.ArgumentParser) -> None:
         help="torch threads per process (default: OMP_NUM_THREADS if set, else cores / "
         "processes, 1 when that is 2 or less, at most 8; the command prints its choice)",
     )
+    p.add_argument("--force", action="store_true", help="recompute finished runs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -140,10 +142,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--molecules", type=int, default=1000, help="training molecules (1000)")
     demo.add_argument("--epochs", type=int, default=6, help="epochs per method (6)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    _threads_option(demo)
-    demo.add_argument("--force", action="store_true", help="recompute finished runs")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _execution_options(demo, nproc=False)
     demo.set_defaults(func=_demo)
 
     run = sub.add_parser(

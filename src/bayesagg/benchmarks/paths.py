@@ -7,18 +7,23 @@ source checkout), never from the current directory, so a command finds it from a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeAlias
 
-__all__ = ["ENV_VAR", "MissingDataError", "data_root", "dataset_dir"]
+__all__ = ["ENV_VAR", "DataDir", "MissingDataError", "data_root", "dataset_dir", "folder_locator"]
 
 ENV_VAR = "BAYESAGG_DATA_DIR"
+
+#: A data loader's ``data_dir`` argument: a folder, or None for the default data root.
+DataDir: TypeAlias = str | os.PathLike[str] | None
 
 
 class MissingDataError(FileNotFoundError):
     """A benchmark's data is not where it was looked for; the message says how to fix it."""
 
 
-def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path | None:
+def data_root(data_dir: DataDir = None) -> Path | None:
     """Return the data root to use, or None when none is given and no default exists.
 
     Order: the explicit ``data_dir``, then ``$BAYESAGG_DATA_DIR``, then ``../shared/data``
@@ -42,7 +47,7 @@ def _project_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() else None
 
 
-def dataset_dir(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
+def dataset_dir(name: str, data_dir: DataDir = None) -> Path:
     """Return ``<root>/<name>``, raising :class:`MissingDataError` that names the fix if absent."""
     root = data_root(data_dir)
     if root is None:
@@ -57,3 +62,21 @@ def dataset_dir(name: str, data_dir: str | os.PathLike[str] | None = None) -> Pa
             f"holds the files, or set ${ENV_VAR}"
         )
     return path
+
+
+def folder_locator(name: str) -> Callable[..., str]:
+    """Return a data module's ``locate`` for data kept in ``<root>/<name>``.
+
+    The returned ``locate(data_dir=None)`` says where the module's ``load`` would read the data
+    from, without reading it (a folder check: cheap enough for ``bayesagg list``), and raises
+    :class:`MissingDataError` naming the fix if it is absent.
+    """
+
+    def locate(data_dir: DataDir = None) -> str:
+        return str(dataset_dir(name, data_dir))
+
+    locate.__doc__ = (
+        f"Return where ``load`` would read the data from (``<root>/{name}``), without reading "
+        "it; raise MissingDataError naming the fix if it is absent."
+    )
+    return locate

@@ -130,6 +130,27 @@ class Protocol:
             derived, name=name, note=note, method_settings=_frozen_settings(settings), **changes
         )
 
+    def smoke(
+        self, *, batch_size: int, train_limit: int, eval_limit: int, what: str, **changes: Any
+    ) -> Protocol:
+        """Return the ``smoke`` recipe: this one for 1 epoch on a few examples, to prove the
+        pipeline works.
+
+        One epoch leaves no warm-up; BayesAgg-MTL draws 64 Monte-Carlo samples instead of its
+        recipe's. The note is "pipeline check only: " followed by ``what`` (the budget in
+        words); ``changes`` are further budget changes, as for :meth:`derive`.
+        """
+        return self.derive(
+            "smoke",
+            epochs=1,
+            batch_size=batch_size,
+            train_limit=train_limit,
+            eval_limit=eval_limit,
+            method_settings={"bayesagg": {"num_samples": 64}},
+            note=f"pipeline check only: {what}",
+            **changes,
+        )
+
     def with_epochs(self, epochs: int) -> Protocol:
         """Return this protocol with another epoch budget, warm-up scaled in proportion."""
         if epochs < 1:

@@ -23,9 +23,11 @@ from torch.utils.data import Dataset, Subset
 __all__ = [
     "IDX_FILES",
     "DataFormatError",
+    "ImageFiles",
     "IndexedImages",
     "ScaleNormalise",
     "Splits",
+    "crop_transform",
     "limit_splits",
     "limited_sizes",
     "random_split_indices",
@@ -179,6 +181,65 @@ def limit_splits(splits: Splits, limit: int | None, seed: int) -> Splits:
         keep = np.sort(np.random.default_rng([seed, k]).permutation(len(dataset))[:size])
         out.append(Subset(dataset, keep.tolist()))
     return Splits(*out)
+
+
+def crop_transform(
+    size: int,
+    train: bool,
+    *,
+    resize: int | None,
+    mean: Sequence[float],
+    std: Sequence[float],
+    from_pil: bool = False,
+) -> Any:
+    """Return the image benchmarks' torchvision crop pipeline -> normalised float32 [3, S, S].
+
+    In order: a PIL image to a uint8 tensor (``from_pil``); the shorter side resized to
+    ``resize`` (None: the images come resized); a ``size`` crop, random and flipped
+    horizontally at random in training, central otherwise; floats in [0, 1] normalised per
+    channel with ``mean`` and ``std``.
+    """
+    from torchvision.transforms import v2
+
+    steps: list[Any] = [v2.PILToTensor()] if from_pil else []
+    if resize is not None:
+        steps.append(v2.Resize(resize, antialias=True))
+    if train:
+        steps += [v2.RandomCrop(size), v2.RandomHorizontalFlip()]
+    else:
+        steps.append(v2.CenterCrop(size))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    return v2.Compose(steps)
+
+
+class ImageFiles(Dataset):
+    """Items ``(transform(RGB image), (labels[i],))``: image files decoded with PIL, one binary
+    label per task (CelebA's attributes, ChestX-ray14's findings).
+
+    ``labels`` holds ``tasks`` values per image (the subclass's ``tasks``); the whole label
+    tensor is served without decoding any image (:meth:`target_tensors`).
+    """
+
+    #: Labels per image (the benchmark's binary tasks).
+    tasks: int
+
+    def __init__(self, paths: list[Path], labels: np.ndarray, transform: Any) -> None:
+        self.paths = paths
+        self.labels = torch.from_numpy(labels.reshape(-1, self.tasks))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, tuple[Tensor]]:
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as image:
+            return self.transform(image.convert("RGB")), (self.labels[i],)
+
+    def target_tensors(self) -> tuple[Tensor]:
+        """Return all labels at once (no image decoding)."""
+        return (self.labels,)
 
 
 class IndexedImages(Dataset):

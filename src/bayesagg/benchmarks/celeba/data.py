@@ -15,16 +15,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
-from torch.utils.data import Dataset
 
 from bayesagg.tasks import Binary
 
-from ..paths import MissingDataError, dataset_dir
-from ..splits import DataFormatError, Splits, limit_splits, warn_skipped
+from ..paths import DataDir, MissingDataError, dataset_dir, folder_locator
+from ..splits import DataFormatError, ImageFiles, Splits, limit_splits, warn_skipped
 
 __all__ = [
     "ATTRIBUTES",
+    "FOLDER",
     "GROUPS",
     "CelebAImages",
     "load",
@@ -133,26 +132,10 @@ def read_partition(path: Path) -> dict[str, int]:
     return partition
 
 
-class CelebAImages(Dataset):
-    """Items ``(transform(image), (attributes,))`` read from JPEG files with PIL."""
+class CelebAImages(ImageFiles):
+    """CelebA's aligned JPEG faces, each with its 40 attributes."""
 
-    def __init__(self, paths: list[Path], labels: np.ndarray, transform: Any) -> None:
-        self.paths = paths
-        self.labels = torch.from_numpy(labels.reshape(-1, 40))
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, tuple[Tensor]]:
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as image:
-            return self.transform(image.convert("RGB")), (self.labels[i],)
-
-    def target_tensors(self) -> tuple[Tensor]:
-        """Return all attribute vectors at once (no image decoding)."""
-        return (self.labels,)
+    tasks = 40
 
 
 def _transform(image_size: int) -> Any:
@@ -169,25 +152,21 @@ def _transform(image_size: int) -> Any:
     )
 
 
-def locate(data_dir: str | os.PathLike[str] | None = None) -> str:
-    """Return where :func:`load` would read the data from, without reading it (a folder check:
-    cheap enough for ``bayesagg list``); raise MissingDataError naming the fix if it is absent."""
-    return str(dataset_dir("celeba", data_dir))
+#: The folder under the data root that holds the files.
+FOLDER = "celeba"
+
+locate = folder_locator(FOLDER)
 
 
 def load(
-    data_dir: str | os.PathLike[str] | None = None,
-    *,
-    seed: int = 0,
-    limit: int | None = None,
-    image_size: int = 64,
+    data_dir: DataDir = None, *, seed: int = 0, limit: int | None = None, image_size: int = 64
 ) -> Splits:
     """Return CelebA train/val/test from the official partition file.
 
     Images listed in the attribute file but absent from ``img_align_celeba/`` or the partition
     are skipped with one counted warning.
     """
-    folder = dataset_dir("celeba", data_dir)
+    folder = dataset_dir(FOLDER, data_dir)
     names, labels = read_attributes(folder / "list_attr_celeba.txt")
     partition = read_partition(folder / "list_eval_partition.txt")
     images = _require(folder / "img_align_celeba")

@@ -53,14 +53,11 @@ SPEC = Benchmark(
             method_settings={"bayesagg": {"warmup_epochs": 1}},
             note="2,000 training images (500 val/test), 5 epochs, batch 64, from scratch",
         ),
-        "smoke": _PAPER.derive(
-            "smoke",
-            epochs=1,
+        "smoke": _PAPER.smoke(
             batch_size=16,
             train_limit=32,
             eval_limit=16,
-            method_settings={"bayesagg": {"num_samples": 64}},
-            note="pipeline check only: 32 images, 1 epoch, no warm-up",
+            what="32 images, 1 epoch, no warm-up",
         ),
     },
     selection="delta_m",

@@ -16,16 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
-from torch.utils.data import Dataset
 
 from bayesagg.tasks import Binary
 
-from ..paths import MissingDataError, dataset_dir
-from ..splits import DataFormatError, Splits, limit_splits, warn_skipped
+from ..paths import DataDir, MissingDataError, dataset_dir, folder_locator
+from ..splits import DataFormatError, ImageFiles, Splits, crop_transform, limit_splits, warn_skipped
 
-__all__ = ["DISEASES", "GROUPS", "ChestXrayImages", "load", "locate", "read_entries"]
+__all__ = ["DISEASES", "FOLDER", "GROUPS", "ChestXrayImages", "load", "locate", "read_entries"]
 
 #: The 14 labels in alphabetical order (docs/data.md, ChestX-ray14).
 DISEASES = (
@@ -100,56 +97,25 @@ def _find_images(folder: Path) -> dict[str, Path]:
     return images
 
 
-class ChestXrayImages(Dataset):
-    """Items ``(transform(RGB image), (labels,))`` read from PNG files with PIL."""
+class ChestXrayImages(ImageFiles):
+    """ChestX-ray14's PNG radiographs (read as RGB), each with its 14 findings."""
 
-    def __init__(self, paths: list[Path], labels: np.ndarray, transform: Any) -> None:
-        self.paths = paths
-        self.labels = torch.from_numpy(labels.reshape(-1, len(DISEASES)))
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, tuple[Tensor]]:
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as image:
-            return self.transform(image.convert("RGB")), (self.labels[i],)
-
-    def target_tensors(self) -> tuple[Tensor]:
-        """Return all labels at once (no image decoding)."""
-        return (self.labels,)
+    tasks = len(DISEASES)
 
 
 def _transforms(image_size: int, train: bool) -> Any:
-    from torchvision.transforms import v2
-
     resize = round(image_size * 256 / 224)
-    crop: list[Any] = (
-        [v2.RandomCrop(image_size), v2.RandomHorizontalFlip()]
-        if train
-        else [v2.CenterCrop(image_size)]
-    )
-    return v2.Compose(
-        [
-            v2.PILToTensor(),
-            v2.Resize(resize, antialias=True),
-            *crop,
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(_MEAN, _STD),
-        ]
-    )
+    return crop_transform(image_size, train, resize=resize, mean=_MEAN, std=_STD, from_pil=True)
 
 
-def locate(data_dir: str | os.PathLike[str] | None = None) -> str:
-    """Return where :func:`load` would read the data from, without reading it (a folder check:
-    cheap enough for ``bayesagg list``); raise MissingDataError naming the fix if it is absent."""
-    return str(dataset_dir("chestxray", data_dir))
+#: The folder under the data root that holds the files.
+FOLDER = "chestxray"
+
+locate = folder_locator(FOLDER)
 
 
 def load(
-    data_dir: str | os.PathLike[str] | None = None,
+    data_dir: DataDir = None,
     *,
     seed: int = 0,
     limit: int | None = None,
@@ -165,7 +131,7 @@ def load(
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    folder = dataset_dir("chestxray", data_dir)
+    folder = dataset_dir(FOLDER, data_dir)
     entries = read_entries(folder / "Data_Entry_2017.csv")
     images = _find_images(folder)
     if not images:

@@ -49,14 +49,11 @@ SPEC = Benchmark(
             eval_limit=2_000,
             note="10,000 training images (2,000 val/test), 10 epochs (BayesAgg warm-up 1)",
         ),
-        "smoke": _PAPER.derive(
-            "smoke",
-            epochs=1,
+        "smoke": _PAPER.smoke(
             batch_size=64,
             train_limit=256,
             eval_limit=128,
-            method_settings={"bayesagg": {"num_samples": 64}},
-            note="pipeline check only: 256 images, 1 epoch, no warm-up",
+            what="256 images, 1 epoch, no warm-up",
         ),
     },
     selection="argmax/accuracy",

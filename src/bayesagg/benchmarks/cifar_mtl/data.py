@@ -8,7 +8,6 @@ with the binary float32 [20] one-hot superclass vector.
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 
 from bayesagg.tasks import Binary
 
-from ..paths import MissingDataError, data_root, dataset_dir
+from ..paths import DataDir, MissingDataError, data_root, dataset_dir
 from ..splits import (
     DataFormatError,
     IndexedImages,
@@ -91,7 +90,7 @@ def _images_and_coarse(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), coarse
 
 
-def _folder(data_dir: str | os.PathLike[str] | None) -> Path:
+def _folder(data_dir: DataDir) -> Path:
     try:
         return dataset_dir("cifar-100-python", data_dir)
     except MissingDataError as error:
@@ -102,18 +101,14 @@ def _folder(data_dir: str | os.PathLike[str] | None) -> Path:
         return nested
 
 
-def locate(data_dir: str | os.PathLike[str] | None = None) -> str:
+def locate(data_dir: DataDir = None) -> str:
     """Return where :func:`load` would read the data from, without reading it (a folder check:
     cheap enough for ``bayesagg list``); raise MissingDataError naming the fix if it is absent."""
     return str(_folder(data_dir))
 
 
 def load(
-    data_dir: str | os.PathLike[str] | None = None,
-    *,
-    seed: int = 0,
-    limit: int | None = None,
-    val_size: int = 5000,
+    data_dir: DataDir = None, *, seed: int = 0, limit: int | None = None, val_size: int = 5000
 ) -> Splits:
     """Return CIFAR-MTL train/val/test: ``val_size`` seeded training images held out for validation."""
     folder = _folder(data_dir)

@@ -8,31 +8,14 @@ selection on the validation 10-way accuracy (as CIFAR-MTL).
 
 from __future__ import annotations
 
-from bayesagg.bayes_agg import PAPER_BEHAVIOUR
-from bayesagg.benchmarks.registry import Benchmark, Protocol
+from dataclasses import replace
+
+from bayesagg.benchmarks.registry import Benchmark, get
 
 # CIFAR-MTL's recipe (the authors' CIFAR-MTL trainer; docs/benchmarks.md, "Settings of the
-# `paper` protocols") at Fashion-MNIST scale:
-# Adam 1e-3, weight decay 1e-4, x0.1 at 60 % and 80 %, heads clipped to 50, drop_last;
-# 3 LS epochs, s 5e-4, gamma 5e-4, 1024 Monte-Carlo samples.
-_PAPER = Protocol(
-    name="paper",
-    epochs=50,
-    batch_size=128,
-    weight_decay=1e-4,
-    scheduler="multistep",
-    milestones=(0.6, 0.8),
-    clip_heads=50.0,
-    drop_last=True,
-    method_settings={
-        "bayesagg": {
-            "warmup_epochs": 3,
-            "s_classification": 5e-4,
-            "gamma": 5e-4,
-            "num_samples": 1024,
-            **PAPER_BEHAVIOUR,
-        }
-    },
+# `paper` protocols") at Fashion-MNIST scale: the same protocol, only its note differs.
+_PAPER = replace(
+    get("cifar-mtl").protocol("paper"),
     note="CIFAR-MTL's published recipe applied to Fashion-MNIST (not a published benchmark)",
 )
 
@@ -52,14 +35,11 @@ SPEC = Benchmark(
             eval_limit=2_000,
             note="4,000 training images (2,000 val/test), 10 epochs (BayesAgg warm-up 1)",
         ),
-        "smoke": _PAPER.derive(
-            "smoke",
-            epochs=1,
+        "smoke": _PAPER.smoke(
             batch_size=64,
             train_limit=512,
             eval_limit=128,
-            method_settings={"bayesagg": {"num_samples": 64}},
-            note="pipeline check only: 512 training images, 1 epoch, no warm-up",
+            what="512 training images, 1 epoch, no warm-up",
         ),
     },
     selection="argmax/accuracy",

@@ -8,14 +8,12 @@ with the binary float32 [10] one-hot class vector.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
 from bayesagg.tasks import Binary
 
-from ..paths import dataset_dir
+from ..paths import DataDir, dataset_dir, folder_locator
 from ..splits import (
     IndexedImages,
     ScaleNormalise,
@@ -25,7 +23,7 @@ from ..splits import (
     stratified_split_indices,
 )
 
-__all__ = ["CLASSES", "GROUPS", "load", "locate"]
+__all__ = ["CLASSES", "FOLDER", "GROUPS", "load", "locate"]
 
 #: Fashion-MNIST's class names in label order (Xiao, Rasul & Vollgraf, 2017).
 CLASSES = (
@@ -44,18 +42,14 @@ CLASSES = (
 GROUPS = (Binary("class", 10, labels=CLASSES),)
 
 
-def locate(data_dir: str | os.PathLike[str] | None = None) -> str:
-    """Return where :func:`load` would read the data from, without reading it (a folder check:
-    cheap enough for ``bayesagg list``); raise MissingDataError naming the fix if it is absent."""
-    return str(dataset_dir("fashion-mnist", data_dir))
+#: The folder under the data root that holds the files.
+FOLDER = "fashion-mnist"
+
+locate = folder_locator(FOLDER)
 
 
 def load(
-    data_dir: str | os.PathLike[str] | None = None,
-    *,
-    seed: int = 0,
-    limit: int | None = None,
-    val_fraction: float = 0.1,
+    data_dir: DataDir = None, *, seed: int = 0, limit: int | None = None, val_fraction: float = 0.1
 ) -> Splits:
     """Return train/val/test of the 10 one-vs-rest tasks from ``<data_dir>/fashion-mnist``.
 
@@ -63,7 +57,7 @@ def load(
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    arrays = read_mnist_layout(dataset_dir("fashion-mnist", data_dir))
+    arrays = read_mnist_layout(dataset_dir(FOLDER, data_dir))
     x, y = arrays["train_images"], arrays["train_labels"].astype(np.int64)
     train_idx, val_idx = stratified_split_indices(y, [1 - val_fraction, val_fraction], seed)
     pixels = x[train_idx].astype(np.float64) / 255.0

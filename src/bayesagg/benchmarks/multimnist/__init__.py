@@ -7,32 +7,16 @@ on the mean validation accuracy of the two tasks.
 
 from __future__ import annotations
 
-from bayesagg.bayes_agg import PAPER_BEHAVIOUR
-from bayesagg.benchmarks.registry import Benchmark, Protocol
+from dataclasses import replace
+
+from bayesagg.benchmarks.recipes import UTKFACE_TRAINER_CLASSIFICATION
+from bayesagg.benchmarks.registry import Benchmark
 
 # Not in the BayesAgg-MTL paper: 100 epochs as Sener & Koltun 2018; everything else is the
 # authors' UTKFace trainer (their classification settings with multiclass tasks; this
-# project's choice, docs/benchmarks.md): Adam 1e-3, weight decay 1e-4, x0.1 at 60 % and 80 %,
-# heads clipped to 10 and shared parameters to 5 after the warm-up, 10 % LS warm-up,
-# s 0.1, gamma 5e-3, 1024 Monte-Carlo samples.
-_PAPER = Protocol(
-    name="paper",
-    epochs=100,
-    batch_size=256,
-    weight_decay=1e-4,
-    scheduler="multistep",
-    milestones=(0.6, 0.8),
-    clip_heads=10.0,
-    clip_shared=5.0,
-    method_settings={
-        "bayesagg": {
-            "warmup_epochs": 10,
-            "s_classification": 0.1,
-            "gamma": 5e-3,
-            "num_samples": 1024,
-            **PAPER_BEHAVIOUR,
-        }
-    },
+# project's choice, docs/benchmarks.md).
+_PAPER = replace(
+    UTKFACE_TRAINER_CLASSIFICATION,
     note=(
         "100 epochs as Sener & Koltun 2018; batch 256 and the rest of the recipe (the authors' "
         "UTKFace trainer: Adam 1e-3, wd 1e-4, x0.1 at 60/80 %, clipping 10/5, BayesAgg "
@@ -53,14 +37,11 @@ SPEC = Benchmark(
             eval_limit=2_000,
             note="10,000 training images (2,000 val/test), 10 epochs (BayesAgg warm-up 1)",
         ),
-        "smoke": _PAPER.derive(
-            "smoke",
-            epochs=1,
+        "smoke": _PAPER.smoke(
             batch_size=64,
             train_limit=512,
             eval_limit=128,
-            method_settings={"bayesagg": {"num_samples": 64}},
-            note="pipeline check only: 512 training images, 1 epoch, no warm-up",
+            what="512 training images, 1 epoch, no warm-up",
         ),
     },
     selection="mean/accuracy",

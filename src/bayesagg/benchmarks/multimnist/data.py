@@ -7,14 +7,12 @@ training composites' pixel mean/std; targets ``(left, right)``, two int64 class 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
 from bayesagg.tasks import Multiclass
 
-from ..paths import dataset_dir
+from ..paths import DataDir, dataset_dir, folder_locator
 from ..splits import (
     IndexedImages,
     ScaleNormalise,
@@ -24,7 +22,7 @@ from ..splits import (
     read_mnist_layout,
 )
 
-__all__ = ["CANVAS", "GROUPS", "compose", "load", "locate", "partners"]
+__all__ = ["CANVAS", "FOLDER", "GROUPS", "compose", "load", "locate", "partners"]
 
 GROUPS = (Multiclass("left", 10), Multiclass("right", 10))
 
@@ -55,18 +53,14 @@ def compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return canvas[:, rows][:, :, rows]
 
 
-def locate(data_dir: str | os.PathLike[str] | None = None) -> str:
-    """Return where :func:`load` would read the data from, without reading it (a folder check:
-    cheap enough for ``bayesagg list``); raise MissingDataError naming the fix if it is absent."""
-    return str(dataset_dir("mnist", data_dir))
+#: The folder under the data root that holds the files.
+FOLDER = "mnist"
+
+locate = folder_locator(FOLDER)
 
 
 def load(
-    data_dir: str | os.PathLike[str] | None = None,
-    *,
-    seed: int = 0,
-    limit: int | None = None,
-    val_fraction: float = 0.1,
+    data_dir: DataDir = None, *, seed: int = 0, limit: int | None = None, val_fraction: float = 0.1
 ) -> Splits:
     """Return MultiMNIST train/val/test built from MNIST in ``<data_dir>/mnist``.
 
@@ -75,7 +69,7 @@ def load(
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    arrays = read_mnist_layout(dataset_dir("mnist", data_dir))
+    arrays = read_mnist_layout(dataset_dir(FOLDER, data_dir))
     parts = {}
     for name, part_seed in (("train", seed), ("test", seed + 1)):
         images, labels = arrays[f"{name}_images"], arrays[f"{name}_labels"].astype(np.int64)

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset, Subset
 
 from bayesagg.tasks import Regression
 
-from ..paths import MissingDataError, data_root
+from ..paths import DataDir, MissingDataError, data_root
 from ..pyg import torch_geometric
 from ..splits import Splits, limited_sizes, warn_skipped
 
@@ -493,7 +493,7 @@ def _split_ids(n: int, seed: int, limit: int | None) -> tuple[np.ndarray, np.nda
     return train[:k_train], val[:k_val], test[:k_test]
 
 
-def locate(data_dir: str | os.PathLike[str] | None = None) -> str:
+def locate(data_dir: DataDir = None) -> str:
     """Return where :func:`load` would read the molecules from, without reading them (folder
     and file checks, in :func:`load`'s order: cheap enough for ``bayesagg list``); raise
     MissingDataError naming the fix if there is no source."""
@@ -509,7 +509,7 @@ def locate(data_dir: str | os.PathLike[str] | None = None) -> str:
 
 
 def load(
-    data_dir: str | os.PathLike[str] | None = None,
+    data_dir: DataDir = None,
     *,
     seed: int = 0,
     limit: int | None = None,

@@ -61,16 +61,13 @@ SPEC = Benchmark(
                 "10 epochs (BayesAgg warm-up 1)"
             ),
         ),
-        "smoke": _PAPER.derive(
-            "smoke",
-            epochs=1,
+        "smoke": _PAPER.smoke(
             batch_size=32,
             train_limit=64,
             eval_limit=32,
-            method_settings={"bayesagg": {"num_samples": 64}},
             # No decoded cache: 64 faces do not pay for decoding all 23,705 once.
             data_options={"image_size": 64, "cache": False},
-            note="pipeline check only: 64 faces at 64 px, 1 epoch, no warm-up, 64 MC samples",
+            what="64 faces at 64 px, 1 epoch, no warm-up, 64 MC samples",
         ),
     },
     selection="delta_m",

@@ -22,10 +22,19 @@ from torch.utils.data import Dataset
 
 from bayesagg.tasks import Binary, Multiclass, Regression
 
-from ..paths import MissingDataError, dataset_dir
-from ..splits import Splits, limit_splits, stratified_split_indices, warn_skipped
+from ..paths import DataDir, MissingDataError, dataset_dir, folder_locator
+from ..splits import Splits, crop_transform, limit_splits, stratified_split_indices, warn_skipped
 
-__all__ = ["AGE_MEAN", "AGE_STD", "GROUPS", "UTKFaceImages", "load", "locate", "parse_names"]
+__all__ = [
+    "AGE_MEAN",
+    "AGE_STD",
+    "FOLDER",
+    "GROUPS",
+    "UTKFaceImages",
+    "load",
+    "locate",
+    "parse_names",
+]
 
 GROUPS = (Regression("age", 1), Binary("gender", 1), Multiclass("ethnicity", 5))
 
@@ -103,17 +112,8 @@ def _decode(path: Path) -> Tensor:
 
 def _transforms(image_size: int, train: bool, resized: bool) -> Any:
     """Return the torchvision pipeline uint8 [3, H, W] -> normalised float32 [3, S, S]."""
-    from torchvision.transforms import v2
-
-    steps: list[Any] = []
-    if not resized:
-        steps.append(v2.Resize(round(image_size * RESIZE_OVER_CROP), antialias=True))
-    if train:
-        steps += [v2.RandomCrop(image_size), v2.RandomHorizontalFlip()]
-    else:
-        steps.append(v2.CenterCrop(image_size))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(_MEAN, _STD)]
-    return v2.Compose(steps)
+    resize = None if resized else round(image_size * RESIZE_OVER_CROP)
+    return crop_transform(image_size, train, resize=resize, mean=_MEAN, std=_STD)
 
 
 def default_cache_dir() -> Path:
@@ -147,14 +147,14 @@ def _cached_images(folder: Path, names: list[str], size: int, cache_dir: Path) -
     return images
 
 
-def locate(data_dir: str | os.PathLike[str] | None = None) -> str:
-    """Return where :func:`load` would read the data from, without reading it (a folder check:
-    cheap enough for ``bayesagg list``); raise MissingDataError naming the fix if it is absent."""
-    return str(dataset_dir("utkface", data_dir))
+#: The folder under the data root that holds the files.
+FOLDER = "utkface"
+
+locate = folder_locator(FOLDER)
 
 
 def load(
-    data_dir: str | os.PathLike[str] | None = None,
+    data_dir: DataDir = None,
     *,
     seed: int = 0,
     limit: int | None = None,
@@ -173,7 +173,7 @@ def load(
     model's step on a CPU (docs/speed.md, "The training loop's own costs"); ``cache=False`` decodes every
     image at every epoch. ``seed`` only picks the ``limit`` subset.
     """
-    folder = dataset_dir("utkface", data_dir)
+    folder = dataset_dir(FOLDER, data_dir)
     files = sorted(entry.name for entry in os.scandir(folder) if entry.is_file())
     names, labels, bad = parse_names([f for f in files if f.endswith(".jpg")])
     warn_skipped("UTKFace files with malformed names", len(bad), bad, folder)
