@@ -5,7 +5,7 @@ protocols").
 from __future__ import annotations
 
 from bayesagg.bayes_agg import PAPER_BEHAVIOUR
-from bayesagg.benchmarks.registry import Protocol
+from bayesagg.benchmarks.spec import Protocol
 
 __all__ = ["UTKFACE_TRAINER_CLASSIFICATION"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from bayesagg.benchmarks.recipes import UTKFACE_TRAINER_CLASSIFICATION
-from bayesagg.benchmarks.registry import Benchmark
+from bayesagg.benchmarks.spec import Benchmark
 
 # Not in the BayesAgg-MTL paper: 100 epochs, batch 256 (Sener & Koltun 2018); the rest is the
 # authors' UTKFace trainer (this project's choice, docs/benchmarks.md).

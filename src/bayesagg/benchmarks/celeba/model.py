@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from bayesagg.benchmarks.registry import MultiTaskModel, linear_heads
+from bayesagg.benchmarks.heads import MultiTaskModel, linear_heads
 from bayesagg.tasks import TaskGroup
 
 __all__ = ["build_model"]

@@ -9,7 +9,7 @@ machines; the loader reads the NIH layout.
 from __future__ import annotations
 
 from bayesagg.bayes_agg import PAPER_BEHAVIOUR
-from bayesagg.benchmarks.registry import Benchmark, Protocol
+from bayesagg.benchmarks.spec import Benchmark, Protocol
 
 # The authors' ChestX-ray14 trainer (docs/benchmarks.md, "Settings of the `paper` protocols";
 # paper App. B): Adam 1e-3, no weight decay,

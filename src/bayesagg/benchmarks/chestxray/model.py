@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bayesagg.benchmarks.registry import MultiTaskModel, linear_heads
+from bayesagg.benchmarks.heads import MultiTaskModel, linear_heads
 from bayesagg.benchmarks.utkface.model import resnet_encoder
 from bayesagg.tasks import TaskGroup
 

@@ -9,7 +9,7 @@ reads the official ``cifar-100-python`` files.
 from __future__ import annotations
 
 from bayesagg.bayes_agg import PAPER_BEHAVIOUR
-from bayesagg.benchmarks.registry import Benchmark, Protocol
+from bayesagg.benchmarks.spec import Benchmark, Protocol
 
 # The authors' CIFAR-MTL trainer (docs/benchmarks.md, "Settings of the `paper` protocols";
 # paper App. B): Adam 1e-3, weight decay 1e-4,

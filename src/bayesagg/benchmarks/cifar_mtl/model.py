@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from bayesagg.benchmarks.registry import MultiTaskModel, linear_heads
+from bayesagg.benchmarks.heads import MultiTaskModel, linear_heads
 from bayesagg.tasks import TaskGroup
 
 __all__ = ["ConvEncoder", "build_model"]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bayesagg.benchmarks.registry import Benchmark, get
+from bayesagg.benchmarks.cifar_mtl import SPEC as CIFAR_MTL
+from bayesagg.benchmarks.spec import Benchmark
 
 # CIFAR-MTL's recipe (the authors' CIFAR-MTL trainer; docs/benchmarks.md, "Settings of the
 # `paper` protocols") at Fashion-MNIST scale: the same protocol, only its note differs.
 _PAPER = replace(
-    get("cifar-mtl").protocol("paper"),
+    CIFAR_MTL.protocol("paper"),
     note="CIFAR-MTL's published recipe applied to Fashion-MNIST (not a published benchmark)",
 )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bayesagg.benchmarks.cifar_mtl.model import ConvEncoder
-from bayesagg.benchmarks.registry import MultiTaskModel, linear_heads
+from bayesagg.benchmarks.heads import MultiTaskModel, linear_heads
 from bayesagg.tasks import TaskGroup
 
 __all__ = ["build_model"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from bayesagg.benchmarks.recipes import UTKFACE_TRAINER_CLASSIFICATION
-from bayesagg.benchmarks.registry import Benchmark
+from bayesagg.benchmarks.spec import Benchmark
 
 # Not in the BayesAgg-MTL paper: 100 epochs as Sener & Koltun 2018; everything else is the
 # authors' UTKFace trainer (their classification settings with multiclass tasks; this

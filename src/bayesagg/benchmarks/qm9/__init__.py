@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from bayesagg.bayes_agg import PAPER_BEHAVIOUR
-from bayesagg.benchmarks.registry import Benchmark, Protocol
+from bayesagg.benchmarks.spec import Benchmark, Protocol
 
 _ENERGY = 1000.0  # eV -> meV for HOMO, LUMO, ZPVE, U0, U, H, G (docs/data.md, QM9)
 

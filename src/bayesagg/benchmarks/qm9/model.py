@@ -15,8 +15,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bayesagg.benchmarks.heads import MultiTaskModel, linear_heads
 from bayesagg.benchmarks.pyg import torch_geometric
-from bayesagg.benchmarks.registry import MultiTaskModel, linear_heads
 from bayesagg.tasks import TaskGroup
 
 __all__ = ["MPNNEncoder", "build_model"]

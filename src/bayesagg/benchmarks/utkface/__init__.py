@@ -8,7 +8,7 @@ Brier score reported for the classification tasks (paper App. C.1).
 from __future__ import annotations
 
 from bayesagg.bayes_agg import PAPER_BEHAVIOUR
-from bayesagg.benchmarks.registry import Benchmark, Protocol
+from bayesagg.benchmarks.spec import Benchmark, Protocol
 from bayesagg.tasks import Multiclass, Regression
 
 # The authors' UTKFace trainer (docs/benchmarks.md, "Settings of the `paper` protocols",
