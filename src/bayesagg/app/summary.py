@@ -2,7 +2,7 @@
 
 ``bayesagg summary results/multimnist/quick results/fashion-mtl/quick ... --output RESULTS.md``
 writes, for each protocol folder (the ``--out`` of ``bayesagg compare`` plus the benchmark and
-protocol), the per-task table of :func:`bayesagg.report.protocol_report` and a second table:
+protocol), the per-task table of :func:`bayesagg.app.report.protocol_report` and a second table:
 each method's Delta_m (against the folder's STL references, as the report computes it), its
 paired difference to linear scalarisation over the seeds both have, with a 95 % Student-t
 interval (n - 1 degrees of freedom), and its rank by mean Delta_m. Across the folders: each
