@@ -40,6 +40,8 @@ VARIANTS = {
     "bayesagg-multiclass": (MULTICLASS_GROUPS, "rao_blackwell"),
     "bayesagg-multiclass-mc": (MULTICLASS_GROUPS, "monte_carlo"),
     "bayesagg-binary-mc": (GROUPS, "monte_carlo"),
+    # the Kronecker-factored multiclass posterior: all-reduced factors, batch and epoch prior
+    "bayesagg-multiclass-kron": (MULTICLASS_GROUPS, "qmc"),
 }
 OPTIONS = {
     "famo-clip": ("famo", {"max_norm": 0.01}),  # the clip needs the global gradient's norm
@@ -72,8 +74,9 @@ def _method(name: str) -> methods.Method:
         return methods.create(base, num_tasks=K, **hparams)
     if name in VARIANTS:  # BayesAgg-MTL's sampling moment estimators
         groups, moments = VARIANTS[name]
+        extra = {"multiclass_posterior": "kron"} if name.endswith("-kron") else {}
         return methods.create(
-            "bayesagg", num_tasks=K, groups=groups, moments=moments, num_samples=64
+            "bayesagg", num_tasks=K, groups=groups, moments=moments, num_samples=64, **extra
         )
     if name in ("nash-mtl", "nash-mtl-ub"):  # steps 1 and 3 solve, step 2 reuses the weights
         return methods.create(name, num_tasks=K, update_weights_every=2)
@@ -175,6 +178,21 @@ def _posterior_checks(group, rank: int, world: int) -> dict[str, torch.Tensor]:
     out["prior"] = torch.cat(
         [torch.cat([p.mean.reshape(-1), p.precision.reshape(-1)]) for p in prior.posteriors]
     )
+    # The Kronecker-factored multiclass posterior: its batch fit and its epoch refit.
+    from bayesagg.kronecker import KroneckerPrecision
+    from bayesagg.kronecker import posterior as kron_posterior
+
+    iso = KroneckerPrecision.isotropic(3, d + 1, 0.5, dtype=torch.float64)
+    fit = kron_posterior(h[rows], y_m[rows], w_m, b_m, m0, iso, reduce=reduce)
+    out["kron"] = torch.cat([fit.mean.reshape(-1), fit.precision.dense().reshape(-1)])
+    kron_prior = EpochPrior(groups, gamma=0.5, multiclass_posterior="kron")
+    kron_prior.reduce = reduce
+    for half in (slice(0, n // 2), slice(n // 2, n)):
+        idx = torch.tensor(list(range(n)[half][rank::world]))
+        kron_prior.accumulate(h[idx], [y_r[idx], y_b[idx], y_m[idx]], [True, True, True])
+    kron_prior.refit(heads)
+    last = kron_prior.posteriors[2]
+    out["kron_prior"] = torch.cat([last.mean.reshape(-1), last.precision.dense().reshape(-1)])
     return out
 
 

@@ -37,19 +37,19 @@ Scale: the weights sum to one over the K tasks, so the gradient sent into the en
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
 
+from bayesagg import kronecker, posterior
 from bayesagg import moments as gradient_moments
-from bayesagg import posterior
 from bayesagg.aggregation import weights as aggregation_weights
 from bayesagg.linalg import NumericalError
 from bayesagg.newton import check_newton, newton_posterior
 from bayesagg.posterior import Gaussian
-from bayesagg.prior import EpochPrior, RegressionPrior, RegressionStatistics
+from bayesagg.prior import EpochPrior, MulticlassPosterior, RegressionPrior, RegressionStatistics
 from bayesagg.tasks import (
     Binary,
     Multiclass,
@@ -67,6 +67,7 @@ __all__ = [
     "BayesAgg",
     "ClassificationHeads",
     "MomentMethod",
+    "MulticlassPosterior",
     "PriorMean",
     "RegressionFit",
     "RegressionHeads",
@@ -148,6 +149,12 @@ class BayesAgg:
             ``False`` is the authors' code (their regression posterior has none; predictions
             are ``h @ mean_w^T``): the head's bias is left out of every regression posterior
             and the fits write zero into it. Default ``True`` (the head decides).
+        multiclass_posterior: ``"dense"`` (default; the paper's): a multiclass head's posterior
+            keeps its full (C P) x (C P) precision; ``"kron"``: the Kronecker-factored
+            posterior of :mod:`bayesagg.kronecker` (K-FAC factors of the Gauss-Newton matrix,
+            the isotropic prior added exactly), whose cost grows as C^3 + P^3 instead of
+            (C P)^3, for heads with many classes or features (docs/bayesagg.md). Needs
+            ``moments="qmc"``.
 
     Options beyond the paper. The library's defaults are the sturdier variant chosen
     by the options ablation (results/ablation/README.md): half-damped Newton fits
@@ -217,6 +224,7 @@ class BayesAgg:
         regression_prior: RegressionPrior = "evidence",
         regression_heads: RegressionHeads = "fitted",
         regression_refresh: int = 0,
+        multiclass_posterior: MulticlassPosterior = "dense",
     ) -> None:
         check_groups(groups)
         for name, value in (("s_regression", s_regression), ("s_classification", s_classification)):
@@ -262,6 +270,15 @@ class BayesAgg:
             raise ValueError(
                 f"regression_refresh must be an integer >= 0 (steps), got {regression_refresh!r}"
             )
+        if multiclass_posterior not in ("dense", "kron"):
+            raise ValueError(
+                f"multiclass_posterior must be 'dense' or 'kron', got {multiclass_posterior!r}"
+            )
+        if multiclass_posterior == "kron" and moments != "qmc":
+            raise ValueError(
+                "multiclass_posterior='kron' has the deterministic moments only: use "
+                f"moments='qmc', got {moments!r}"
+            )
         check_newton(newton_steps, newton_damping)
         self.groups: tuple[TaskGroup, ...] = tuple(groups)
         self.s_regression = float(s_regression)
@@ -285,6 +302,7 @@ class BayesAgg:
         self.regression_prior: RegressionPrior = regression_prior
         self.regression_heads: RegressionHeads = regression_heads
         self.regression_refresh = regression_refresh
+        self.multiclass_posterior: MulticlassPosterior = multiclass_posterior
         self.reset()
 
     # ------------------------------------------------------------------ state and inspection
@@ -309,6 +327,7 @@ class BayesAgg:
             newton_damping=self.newton_damping,
             regression_prior=self.regression_prior,
             refresh_every=self.regression_refresh,
+            multiclass_posterior=self.multiclass_posterior,
         )
         #: Task weights of the last BayesAgg step, alpha averaged over batch and dimensions [K]
         #: (paper Fig. 3); ``None`` before the first step after the warm-up.
@@ -372,6 +391,7 @@ class BayesAgg:
             "regression_prior": self.regression_prior,
             "regression_heads": self.regression_heads,
             "regression_refresh": self.regression_refresh,
+            "multiclass_posterior": self.multiclass_posterior,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -394,6 +414,8 @@ class BayesAgg:
         # States saved while ``reset_encoder_optimizer`` was an option of this class carry it;
         # it is the training-loop adapter's now (methods/bayesagg_mtl.py), which checks it.
         theirs = {k: v for k, v in state["config"].items() if k != "reset_encoder_optimizer"}
+        # States saved before the Kronecker-factored option existed held dense posteriors.
+        theirs.setdefault("multiclass_posterior", "dense")
         differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         if differ:
             details = ", ".join(
@@ -523,6 +545,21 @@ class BayesAgg:
             elif head.bias is not None:
                 y = y - head.bias.detach().to(h.dtype)  # the live bias is part of the prediction
         try:
+            if isinstance(precision0, kronecker.KroneckerPrecision):  # multiclass_posterior="kron"
+                factored = newton_posterior(
+                    "kron",
+                    h,
+                    y,
+                    head.weight.detach().to(h.dtype),
+                    head.bias.detach().to(h.dtype),
+                    mean0,
+                    precision0,
+                    steps=self.newton_steps,
+                    damping=self.newton_damping,
+                    check=False,
+                    reduce=self.prior.reduce,
+                )
+                return kronecker.moments(h, y, factored, check=False)
             if isinstance(group, Regression):
                 post = posterior.regression(
                     h,
@@ -909,7 +946,9 @@ class BayesAgg:
         return heads, targets, bias
 
 
-def _write_regression_heads(heads: Sequence[nn.Linear], fitted: dict[int, Gaussian]) -> None:
+def _write_regression_heads(
+    heads: Sequence[nn.Linear], fitted: Mapping[int, Gaussian | kronecker.KroneckerGaussian]
+) -> None:
     """Set heads to posterior means [O, P] (last column the bias when P = D + 1, else bias 0)."""
     with torch.no_grad():
         for i, gaussian in fitted.items():

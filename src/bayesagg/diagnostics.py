@@ -43,8 +43,9 @@ import torch
 from torch import Tensor, nn
 
 from bayesagg.bayes_agg import BayesAgg
+from bayesagg.kronecker import KroneckerPrecision
 from bayesagg.newton import newton_posterior
-from bayesagg.posterior import effective_parameters
+from bayesagg.posterior import Gaussian, effective_parameters
 from bayesagg.tasks import Regression, TaskGroup, task_losses
 
 __all__ = ["TrainingDiagnostics"]
@@ -113,7 +114,7 @@ class TrainingDiagnostics:
         prior = self.aggregator.prior
         if prior.refits:  # the full-data fits exist (the aggregator refits before this is read)
             for i, (group, fitted) in enumerate(zip(prior.groups, prior.posteriors, strict=True)):
-                if isinstance(group, Regression) and fitted is not None:
+                if isinstance(group, Regression) and isinstance(fitted, Gaussian):
                     dof = effective_parameters(fitted, prior.prior_precision(i))
                     out[f"diag/regression_dof/{group.name}"] = float(dof)
                     # The full-data fit's prior and noise precisions (chosen by the evidence
@@ -155,7 +156,7 @@ class TrainingDiagnostics:
                 mean0 = theta
             y = y.to(features.dtype) if group.kind == "binary" else y.long()
             post = newton_posterior(
-                group.kind,
+                "kron" if isinstance(precision0, KroneckerPrecision) else group.kind,
                 features,
                 y,
                 theta[:, :-1],

@@ -16,11 +16,14 @@ approach the MAP (a Laplace approximation at the mode); ``damping < 1`` shortens
 
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+from collections.abc import Callable
+from typing import Literal, overload
 
 from torch import Tensor
 
-from bayesagg import posterior
+from bayesagg import kronecker, posterior
+from bayesagg.kronecker import KroneckerGaussian, KroneckerPrecision
 from bayesagg.posterior import Gaussian, Reduce
 
 __all__ = ["check_newton", "newton_posterior"]
@@ -34,6 +37,7 @@ def check_newton(steps: int, damping: float) -> None:
         raise ValueError(f"newton_damping must be in (0, 1], got {damping!r}")
 
 
+@overload
 def newton_posterior(
     kind: Literal["binary", "multiclass"],
     h: Tensor,
@@ -47,15 +51,72 @@ def newton_posterior(
     damping: float = 1.0,
     check: bool = True,
     reduce: Reduce | None = None,
-) -> Gaussian:
+) -> Gaussian: ...
+
+
+@overload
+def newton_posterior(
+    kind: Literal["kron"],
+    h: Tensor,
+    y: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    prior_mean: Tensor,
+    prior_precision: KroneckerPrecision,
+    *,
+    steps: int = 1,
+    damping: float = 1.0,
+    check: bool = True,
+    reduce: Reduce | None = None,
+) -> KroneckerGaussian: ...
+
+
+@overload
+def newton_posterior(
+    kind: Literal["binary", "multiclass", "kron"],
+    h: Tensor,
+    y: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    prior_mean: Tensor,
+    prior_precision: Tensor | KroneckerPrecision,
+    *,
+    steps: int = 1,
+    damping: float = 1.0,
+    check: bool = True,
+    reduce: Reduce | None = None,
+) -> Gaussian | KroneckerGaussian: ...
+
+
+def newton_posterior(
+    kind: Literal["binary", "multiclass", "kron"],
+    h: Tensor,
+    y: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    prior_mean: Tensor,
+    prior_precision: Tensor | KroneckerPrecision,
+    *,
+    steps: int = 1,
+    damping: float = 1.0,
+    check: bool = True,
+    reduce: Reduce | None = None,
+) -> Gaussian | KroneckerGaussian:
     """Return the classification posterior after ``steps`` Newton steps of size ``damping``.
 
     Arguments as :func:`bayesagg.posterior.binary` / :func:`bayesagg.posterior.multiclass`
     (``reduce``: the sum over processes of data parallelism, applied at every step); the mean
-    has their layout ([O or C, D + 1], bias last).
+    has their layout ([O or C, D + 1], bias last). ``kind="kron"``: the multiclass posterior
+    in Kronecker-factored form (:func:`bayesagg.kronecker.posterior`, ``prior_precision`` a
+    :class:`~bayesagg.kronecker.KroneckerPrecision`).
     """
     check_newton(steps, damping)
-    fit = posterior.binary if kind == "binary" else posterior.multiclass
+    fits: dict[str, Callable[..., Gaussian | KroneckerGaussian]] = {
+        "binary": posterior.binary,
+        "multiclass": posterior.multiclass,
+        "kron": kronecker.posterior,
+    }
+    fit = fits[kind]
     if steps == 1 and damping == 1.0:
         return fit(h, y, weight, bias, prior_mean, prior_precision, check=check, reduce=reduce)
     d = weight.shape[1]
@@ -69,4 +130,4 @@ def newton_posterior(
         theta = current + damping * (post.mean - current)
         weight, bias = theta[:, :d], theta[:, d]
     assert post is not None and theta is not None
-    return Gaussian(mean=theta, precision=post.precision, cholesky=post.cholesky)
+    return dataclasses.replace(post, mean=theta)

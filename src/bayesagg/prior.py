@@ -33,12 +33,23 @@ from torch import Tensor, nn
 
 from bayesagg import posterior
 from bayesagg.evidence import EvidenceFit, maximise_evidence
+from bayesagg.kronecker import KroneckerGaussian, KroneckerPrecision
 from bayesagg.linalg import NumericalError, augment, cholesky
 from bayesagg.newton import check_newton, newton_posterior
 from bayesagg.posterior import Gaussian
 from bayesagg.tasks import Binary, Multiclass, Regression, TaskGroup, check_groups
 
-__all__ = ["EpochPrior", "RegressionPrior", "RegressionStatistics", "isotropic_prior"]
+__all__ = [
+    "EpochPrior",
+    "MulticlassPosterior",
+    "RegressionPrior",
+    "RegressionStatistics",
+    "isotropic_prior",
+]
+
+#: How a multiclass head's posterior is stored: ``"dense"`` (the paper's (C P) x (C P)
+#: precision) or ``"kron"`` (Kronecker-factored, :mod:`bayesagg.kronecker`).
+MulticlassPosterior = Literal["dense", "kron"]
 
 #: How the full-data regression fit's prior and noise are set: ``"fixed"`` (the paper: prior
 #: N(0, gamma I), noise variance ``noise_var``) or ``"evidence"`` (both chosen per group and
@@ -171,8 +182,15 @@ class EpochPrior:
         newton_damping: float = 1.0,
         regression_prior: RegressionPrior = "fixed",
         refresh_every: int = 0,
+        multiclass_posterior: MulticlassPosterior = "dense",
     ) -> None:
         check_groups(groups)
+        if multiclass_posterior not in ("dense", "kron"):
+            raise ValueError(
+                f"multiclass_posterior must be 'dense' or 'kron', got {multiclass_posterior!r}"
+            )
+        #: The multiclass groups' posterior form (:data:`MulticlassPosterior`).
+        self.multiclass_posterior: MulticlassPosterior = multiclass_posterior
         if (
             isinstance(refresh_every, bool)
             or not isinstance(refresh_every, int)
@@ -211,14 +229,16 @@ class EpochPrior:
         #: Whether each group's head has a bias (fixed by the first batch); None until then.
         self.bias: list[bool] | None = None
         #: The full-data posterior of each group from the last refit (None: isotropic prior).
-        self.posteriors: list[Gaussian | None] = [None] * len(self.groups)
+        self.posteriors: list[Gaussian | KroneckerGaussian | None] = [None] * len(self.groups)
         #: Number of refits done so far.
         self.refits = 0
         self._statistics: list[RegressionStatistics | None] = [None] * len(self.groups)
         self._features: list[Tensor] = []
         self._targets: list[list[Tensor]] = [[] for _ in self.groups]
         self._count = 0
-        self._cast: dict[tuple[int, int, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+        self._cast: dict[
+            tuple[int, int, torch.dtype, torch.device], tuple[Tensor, Tensor | KroneckerPrecision]
+        ] = {}
         #: Sum over processes of the refit's data statistics (data parallelism; set by BayesAgg).
         self.reduce: posterior.Reduce | None = None
 
@@ -346,16 +366,27 @@ class EpochPrior:
                 )
             return stats.fit(self.gamma, self.noise_var, self.reduce), None
 
+    def kron(self, index: int) -> bool:
+        """Return whether group ``index`` keeps a Kronecker-factored posterior."""
+        return self.multiclass_posterior == "kron" and isinstance(self.groups[index], Multiclass)
+
     def prior(
         self, index: int, num_params: int, *, dtype: torch.dtype, device: torch.device
-    ) -> tuple[Tensor, Tensor]:
-        """Return group ``index``'s prior (mean, precision) in ``dtype`` on ``device``."""
+    ) -> tuple[Tensor, Tensor | KroneckerPrecision]:
+        """Return group ``index``'s prior (mean, precision) in ``dtype`` on ``device``.
+
+        The precision is a :class:`~bayesagg.kronecker.KroneckerPrecision` for the multiclass
+        groups of ``multiclass_posterior="kron"``, else a dense tensor.
+        """
         key = (index, num_params, dtype, device)
         if key not in self._cast:
             fitted = self.posteriors[index]
             if fitted is None:
-                self._cast[key] = isotropic_prior(
-                    self.groups[index], num_params, self.gamma, dtype=dtype, device=device
+                self._cast[key] = self._isotropic(index, num_params, dtype, device)
+            elif isinstance(fitted, KroneckerGaussian):
+                self._cast[key] = (
+                    fitted.mean.to(dtype=dtype, device=device),
+                    fitted.precision.to(dtype, device),
                 )
             else:
                 if fitted.mean.shape[-1] != num_params:
@@ -369,6 +400,18 @@ class EpochPrior:
                 )
         return self._cast[key]
 
+    def _isotropic(
+        self, index: int, num_params: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[Tensor, Tensor | KroneckerPrecision]:
+        """Return N(0, gamma I) for group ``index``, in its posterior's form."""
+        group = self.groups[index]
+        if self.kron(index):
+            mean = torch.zeros(group.head_outputs, num_params, dtype=dtype, device=device)
+            return mean, KroneckerPrecision.isotropic(
+                group.head_outputs, num_params, self.gamma, dtype=dtype, device=device
+            )
+        return isotropic_prior(group, num_params, self.gamma, dtype=dtype, device=device)
+
     def refit(self, heads: Sequence[nn.Module] | None) -> None:
         """Replace every group's prior by its full-data posterior on this epoch, then clear.
 
@@ -380,7 +423,7 @@ class EpochPrior:
         if self.num_examples == 0:
             self.clear()
             return
-        new: list[Gaussian | None] = []
+        new: list[Gaussian | KroneckerGaussian | None] = []
         evidence: list[EvidenceFit | None] = [None] * len(self.groups)
         features = None
         for i, group in enumerate(self.groups):
@@ -400,16 +443,12 @@ class EpochPrior:
             weight = head.weight.detach().to(device=features.device, dtype=self.fit_dtype)
             bias = head.bias.detach().to(device=features.device, dtype=self.fit_dtype)
             y = torch.cat(self._targets[i])
-            mean0, precision0 = isotropic_prior(
-                group,
-                features.shape[1] + 1,
-                self.gamma,
-                dtype=self.fit_dtype,
-                device=features.device,
+            mean0, precision0 = self._isotropic(
+                i, features.shape[1] + 1, self.fit_dtype, features.device
             )
             assert isinstance(group, (Binary, Multiclass))
-            fitted = newton_posterior(
-                group.kind,
+            classified = newton_posterior(
+                "kron" if self.kron(i) else group.kind,
                 features,
                 y.to(self.fit_dtype) if isinstance(group, Binary) else y,
                 weight,
@@ -420,7 +459,7 @@ class EpochPrior:
                 damping=self.newton_damping,
                 reduce=self.reduce,
             )
-            new.append(fitted)
+            new.append(classified)
         self.posteriors = new
         self.evidence = evidence
         self._epoch_examples = self.num_examples
@@ -444,10 +483,7 @@ class EpochPrior:
             "evidence": [None if e is None else dict(vars(e)) for e in self.evidence],
             "bias": None if self.bias is None else list(self.bias),
             "refits": self.refits,
-            "posteriors": [
-                None if p is None else {"mean": p.mean.clone(), "precision": p.precision.clone()}
-                for p in self.posteriors
-            ],
+            "posteriors": [_stored(p) for p in self.posteriors],
             "statistics": [None if s is None else s.state_dict() for s in self._statistics],
             "count": self._count,
             "recent": [None if r is None else r.state_dict() for r in self._recent],
@@ -471,9 +507,7 @@ class EpochPrior:
         ]
         self.bias = None if state["bias"] is None else list(state["bias"])
         self.refits = int(state["refits"])
-        self.posteriors = [
-            None if p is None else _gaussian(p["mean"], p["precision"]) for p in state["posteriors"]
-        ]
+        self.posteriors = [_restored(p) for p in state["posteriors"]]
         self._statistics = [
             None if s is None else RegressionStatistics.from_state(s) for s in state["statistics"]
         ]
@@ -488,6 +522,34 @@ class EpochPrior:
         self._cast = {}
 
 
-def _gaussian(mean: Tensor, precision: Tensor) -> Gaussian:
-    """Return a :class:`Gaussian` from a stored mean and precision (refactorised)."""
-    return Gaussian(mean.clone(), precision.clone(), cholesky(precision, what="stored prior"))
+def _stored(fitted: Gaussian | KroneckerGaussian | None) -> dict[str, Any] | None:
+    """Return a fitted posterior as plain tensors and numbers (cloned) for a state dict."""
+    if fitted is None:
+        return None
+    if isinstance(fitted, KroneckerGaussian):
+        factors = fitted.precision
+        return {
+            "mean": fitted.mean.clone(),
+            "classes": factors.classes.clone(),
+            "features": factors.features.clone(),
+            "count": factors.count,
+            "tau": factors.tau,
+        }
+    return {"mean": fitted.mean.clone(), "precision": fitted.precision.clone()}
+
+
+def _restored(state: dict[str, Any] | None) -> Gaussian | KroneckerGaussian | None:
+    """Return the posterior :func:`_stored` saved (refactorised)."""
+    if state is None:
+        return None
+    mean = state["mean"].clone()
+    if "classes" in state:
+        factors = KroneckerPrecision(
+            state["classes"].clone(),
+            state["features"].clone(),
+            float(state["count"]),
+            float(state["tau"]),
+        )
+        return KroneckerGaussian.decompose(mean, factors)
+    precision = state["precision"].clone()
+    return Gaussian(mean, precision, cholesky(precision, what="stored prior"))
