@@ -324,7 +324,7 @@ def moments(
         # (the eigenbasis root Q_c diag(sqrt(nu)) was measured 3x less accurate on narrow
         # posteriors: it aligns one node axis with the logits' softmax-invariant common shift).
         z = basis.mT @ qmc_nodes(count, c, dtype=dtype, device=h.device).mT  # [C, N]
-        per_example = max(c * count, d * c, p * c, 4 * c * c)
+        per_example = max(c * count, d * c, p * c, 4 * c * c, min(d, 2 * c) * count)
         rows = chunk_size or max(1, _BLOCK_ELEMENTS // per_example)
         for start in range(0, which.numel(), rows):
             index = which[start : start + rows]
@@ -357,6 +357,7 @@ def _block(
 ) -> tuple[Tensor, Tensor]:
     """Return (mu, var) [n, D] of n examples from the rule's nodes z [C, N] (equal weights)."""
     n = nu.shape[0]
+    d = m.shape[1]
     count = z.shape[1]
     root = nu.sqrt()  # [n, C]
     # kappa [n, D, C] = Q_f[:D] (q * w^T): the cross-covariances in the class basis.
@@ -366,12 +367,20 @@ def _block(
     r = torch.softmax(logits, dim=1) - onehot[:, :, None]
     rotated = basis.mT @ r  # [n, C, N]: r' = Q_c^T r
     x = torch.cat([r, rotated * z], dim=1)  # [n, 2C, N]
-    x_mean = x.mean(dim=2)  # [n, 2C]
-    centred = x - x_mean[:, :, None]
-    x_cov = centred @ centred.mT / count  # [n, 2C, 2C]
     a = torch.cat([m.mT.expand(n, -1, -1), coefficient], dim=2)  # [n, D, 2C]: A_d = [m_d, c_d]
-    mu = (a @ x_mean[:, :, None]).squeeze(-1)
-    spread = ((a @ x_cov) * a).sum(dim=-1)  # Var over a of E[g_d | a]
+    width = x.shape[1]
+    if (count + d) * width < d * count:
+        # Many dimensions: the mean and covariance of x over the nodes, then one quadratic
+        # form per dimension, O(N (2C)^2 + D (2C)^2) instead of O(N D 2C).
+        x_mean = x.mean(dim=2)  # [n, 2C]
+        centred = x - x_mean[:, :, None]
+        x_cov = centred @ centred.mT / count  # [n, 2C, 2C]
+        mu = (a @ x_mean[:, :, None]).squeeze(-1)
+        spread = ((a @ x_cov) * a).sum(dim=-1)  # Var over a of E[g_d | a]
+    else:
+        f = a @ x  # [n, D, N]: E[g_d | a_n] at every node
+        mu = f.mean(dim=2)
+        spread = (f - mu[:, :, None]).square().mean(dim=2)
     # E over a of Var(g_d | a) = sum_i (sigma_di - kappa_di^2 / nu_i) E[r'_i^2].
     second = rotated.square().mean(dim=2)  # [n, C]
     conditional = sigma[None] - kappa.square() / nu[:, None, :]  # [n, D, C]
