@@ -72,6 +72,10 @@ def study(benchmark: str, args: argparse.Namespace) -> None:
         )
     )
     protocol = p.protocol
+    if not any(isinstance(group, Multiclass) for group in p.groups):
+        kinds = ", ".join(f"{g.name} ({g.kind})" for g in p.groups)
+        print(f"\n{benchmark}: no multiclass head ({kinds}): nothing to compare")
+        return
     splits = p.spec.load(
         args.data_dir, seed=args.seed, limit=protocol.train_limit, **dict(protocol.data_options)
     )

@@ -294,10 +294,12 @@ def moments(
         )
     y = class_ids(y, b, c) if check else y.long()
     dtype = h.dtype
-    mean = post.mean.to(dtype)
-    basis = post.class_basis.to(dtype)
-    feature_basis = post.feature_basis.to(dtype)
-    w = post.variances.to(dtype)
+    # Contiguous copies: eigh returns column-major bases, and the batched products below
+    # against strided operands were measured several times slower.
+    mean = post.mean.to(dtype).contiguous()
+    basis = post.class_basis.to(dtype).contiguous()
+    feature_basis = post.feature_basis.to(dtype).contiguous()
+    w = post.variances.to(dtype).contiguous()
     if check:
         check_finite(h=h, mean=mean, variances=w)
     ht = augment(h, True)
@@ -317,6 +319,8 @@ def moments(
     mu = ht.new_empty(b, d)
     var = ht.new_empty(b, d)
     onehot = F.one_hot(y, c).to(dtype)
+    m = mean[:, :d].contiguous()
+    feature_rows = feature_basis[:d].contiguous()
     for count in counts.unique().tolist():
         which = (counts == count).nonzero().squeeze(-1).to(h.device)
         # The nodes enter as Q_c^T z: the logits are then drawn through the symmetric square
@@ -334,9 +338,9 @@ def moments(
                 nu[index],
                 q[index],
                 onehot[index],
-                mean[:, :d],
+                m,
                 basis,
-                feature_basis[:d],
+                feature_rows,
                 w,
                 sigma,
             )
