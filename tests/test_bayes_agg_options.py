@@ -299,3 +299,26 @@ def test_options_are_part_of_the_configuration():
     for bad in ({"prior_mean": "zero"}, {"classification_heads": "frozen"}):
         with pytest.raises(ValueError):
             BayesAgg.paper([Binary("b", 1)], **bad)
+
+
+def test_autocast_does_not_reach_the_posteriors_and_moments():
+    """Under a caller's bfloat16 autocast the aggregated gradient is the float32 one exactly:
+    the fits, moments and weights run with autocast off (mixed-precision training loops)."""
+    torch.manual_seed(0)
+    groups = [Regression("r", 2), Binary("b", 1), Multiclass("m", 4)]
+    heads = [nn.Linear(D, 2), nn.Linear(D, 1), nn.Linear(D, 4)]
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(16, D, generator=g)
+    targets = [
+        torch.randn(16, 2, generator=g),
+        torch.randint(0, 2, (16, 1), generator=g).float(),
+        torch.randint(0, 4, (16,), generator=g),
+    ]
+    results = []
+    for autocast in (False, True):
+        agg = BayesAgg(groups, regression_prior="fixed")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            agg.backward(h.clone().requires_grad_(), heads, targets)
+            agg.end_epoch(heads)
+            results.append(agg.representation_gradient(h.clone().requires_grad_(), heads, targets))
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)

@@ -652,7 +652,7 @@ class BayesAgg:
         Eq. 7), the weights alpha [B, K, D] and each group's moments, on detached features."""
         dtype = torch.promote_types(h.dtype, torch.float32)
         features = h.detach().to(dtype)
-        with torch.no_grad():
+        with torch.no_grad(), _without_autocast(h.device):
             moments = [
                 self._group_moments(i, group, head, features, y, bias[i])
                 for i, (group, head, y) in enumerate(zip(self.groups, heads, targets, strict=True))
@@ -690,6 +690,10 @@ class BayesAgg:
         mean (paper Sec. 3.1, "Making predictions"). An epoch without steps changes no prior.
         """
         heads = self._heads if heads is None else self._check_heads(heads, None)
+        with _without_autocast(heads[0].weight.device if heads else torch.device("cpu")):
+            self._end_epoch(heads)
+
+    def _end_epoch(self, heads: Sequence[nn.Linear] | None) -> None:
         self.prior.reduce = self._reducer()
         examples = self.prior.num_examples
         if self.prior.reduce is not None and heads:  # data parallelism: the global count
@@ -944,6 +948,16 @@ class BayesAgg:
         bias = self._posterior_bias(heads)
         self.prior.check_bias(bias)
         return heads, targets, bias
+
+
+def _without_autocast(device: torch.device) -> torch.autocast:
+    """Return a context in which ``device``'s autocast is off.
+
+    Under a caller's ``torch.autocast`` (mixed precision) the posteriors, moments and weights
+    would otherwise run their matrix products in bfloat16 or float16: they are computed in the
+    features' dtype promoted to at least float32 (the fits in float64), whatever the encoder's.
+    """
+    return torch.autocast(device.type, enabled=False)
 
 
 def _write_regression_heads(
