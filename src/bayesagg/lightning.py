@@ -29,6 +29,11 @@ calls ``method.before_evaluation`` (BayesAgg-MTL's eval-mode refit of its regres
 ``regression_fit="refit"``). At the start of the first epoch after the method's own warm-up
 (``method.own_warmup_epochs()``) it calls ``method.end_warmup`` with each optimiser.
 
+Two hooks are the runner's, not a training step's: ``method.fitted_tasks()`` (the tasks whose
+heads hold a fit, for a divergence check) and ``method.report_notes()`` (sentences for a run's
+result); read them from ``module.method``. A method with its own parameters keeps them where it
+was built: UW on a GPU needs ``method_options={"device": ...}`` (it says so otherwise).
+
 Checkpoints: :meth:`MultiTaskModule.on_save_checkpoint` stores ``method.state_dict()`` (and the
 running sums of the current epoch) under the key ``"bayesagg"`` of Lightning's checkpoint, and
 :meth:`MultiTaskModule.on_load_checkpoint` restores them, so ``ModelCheckpoint`` and
