@@ -58,7 +58,12 @@ def loader() -> DataLoader:
 
 
 def plain_loop(
-    name: str, *, epochs: int = EPOCHS, refit: bool = False
+    name: str,
+    *,
+    epochs: int = EPOCHS,
+    refit: bool = False,
+    batches: int | None = None,
+    step_lr: bool = False,
 ) -> tuple[dict[str, Tensor], Method]:
     """The README's own loop with every hook: the reference (written out, not the module)."""
     encoder, heads = problem.make_parts()
@@ -72,13 +77,16 @@ def plain_loop(
         [*encoder.parameters(), *heads.parameters(), *method.parameters()], lr=problem.LR
     )
     train = loader()
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
     warmup = method.own_warmup_epochs()
     for epoch in range(epochs):
         train.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
         if warmup and epoch == warmup:
             method.end_warmup(optimizer, list(encoder.parameters()))
-        total = torch.zeros(problem.K, dtype=torch.float64)
+        total, steps = torch.zeros(problem.K, dtype=torch.float64), 0
         for x, *targets in train:
+            if steps == batches:  # Trainer(limit_train_batches=batches)
+                break
             optimizer.zero_grad()
             h = encoder(x)
             losses = task_losses(problem.GROUPS, [head(h) for head in heads], targets)
@@ -98,7 +106,8 @@ def plain_loop(
                         task_losses(problem.GROUPS, [head(h) for head in heads], targets)
                     )
             total += losses.detach()
-        method.end_epoch(total / len(train))
+            steps += 1
+        method.end_epoch(total / steps)
         if refit:
             encoder.eval()
             with torch.no_grad():
@@ -107,6 +116,8 @@ def plain_loop(
                     epoch, heads, lambda ordered=ordered: ((encoder(x), t) for x, *t in ordered)
                 )
             encoder.train()
+        if step_lr:
+            schedule.step()
     return problem.weights_of(encoder, heads), method
 
 
@@ -142,6 +153,7 @@ def fit(
     ckpt_path: str | None = None,
     callbacks: list[Any] | None = None,
     validate: bool = False,
+    **trainer_options: Any,
 ) -> MultiTaskModule:
     encoder, heads = problem.make_parts(seed)
     module = module_class(
@@ -152,7 +164,7 @@ def fit(
         method_options=problem.OPTIONS.get(name),
         lr=problem.LR,
     )
-    options = problem.trainer_options()
+    options = {**problem.trainer_options(), **trainer_options}
     if callbacks:
         options["enable_checkpointing"] = True
     trainer = pl.Trainer(max_epochs=epochs, callbacks=callbacks, **options)
@@ -190,6 +202,31 @@ def test_before_evaluation_refits_the_regression_heads_as_the_plain_loop():
     # and the refit does change the heads: without it the weights differ
     assert not torch.allclose(
         plain_loop("bayesagg")[0]["heads.0.weight"], reference["heads.0.weight"]
+    )
+
+
+def test_end_epoch_follows_the_last_batch_of_a_limited_epoch():
+    """``limit_train_batches``: the epoch ends, and ``end_epoch`` runs, after its 2nd batch."""
+    module = fit("bayesagg", module_class=ValidatedModule, validate=True, limit_train_batches=2)
+    assert module.seen == [(0, 1), (1, 2), (2, 3)]  # end_epoch before each validation
+    assert_same_weights(module, plain_loop("bayesagg", batches=2)[0])
+
+
+class ScheduledModule(MultiTaskModule):
+    """Adam with a learning rate halved after every epoch (a StepLR of interval "epoch")."""
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+
+def test_an_epoch_scheduler_is_stepped_after_each_epoch():
+    module = fit("dwa", module_class=ScheduledModule)
+    assert_same_weights(module, plain_loop("dwa", step_lr=True)[0])
+    assert not torch.allclose(
+        plain_loop("dwa")[0]["encoder.0.weight"],
+        plain_loop("dwa", step_lr=True)[0]["encoder.0.weight"],
     )
 
 

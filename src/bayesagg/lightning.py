@@ -273,12 +273,13 @@ class MultiTaskModule(pl.LightningModule):
         self._loss_sum = step_sum if self._loss_sum is None else self._loss_sum + step_sum
         self._steps += 1
         self._step_schedulers("step", len(optimizers))
-        if self._is_last_batch(batch_idx):
+        # Lightning knows the epoch's last batch (by prefetching one, or limit_train_batches).
+        if self.trainer.is_last_batch:
             self._end_epoch()
         return detached
 
     def on_train_epoch_end(self) -> None:
-        """End the epoch here if its last batch was not recognised as such (a skipped rest)."""
+        """End the epoch here if no step saw its last batch (``on_train_batch_start`` gave -1)."""
         if not self._epoch_ended:
             self._end_epoch()
 
@@ -312,9 +313,6 @@ class MultiTaskModule(pl.LightningModule):
         self.last_epoch_losses = saved["last_epoch_losses"]
 
     # -- the epoch's end ---------------------------------------------------------------------
-    def _is_last_batch(self, batch_idx: int) -> bool:
-        trainer = self.trainer
-        return bool(trainer.is_last_batch) or batch_idx + 1 >= trainer.num_training_batches
 
     def _end_epoch(self) -> None:
         """``end_epoch`` with the epoch's mean losses, ``before_evaluation``, epoch schedules."""
