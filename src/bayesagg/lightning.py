@@ -58,10 +58,11 @@ data-parallel form assumes each process holds a contiguous slice of the global b
 like the runner's); every other method only needs equal shares.
 
 Not supported: 16-bit mixed precision with its gradient scaler (the scaling lives in
-``manual_backward``; the module refuses it; ``"bf16-mixed"`` needs none), gradient accumulation, Lightning's ``gradient_clip_val`` (Lightning refuses
-both under manual optimisation; clip in ``on_before_optimizer_step``). Learning-rate schedulers
-of ``configure_optimizers`` with interval ``"step"`` or ``"epoch"`` are stepped after each step
-or after the epoch's end; a ``ReduceLROnPlateau`` is left to the user (it needs a metric).
+``manual_backward``; the module refuses it; ``"bf16-mixed"`` needs none); gradient accumulation
+and Lightning's ``gradient_clip_val`` (Lightning refuses both under manual optimisation; clip in
+``on_before_optimizer_step``). Learning-rate schedulers of ``configure_optimizers`` with interval
+``"step"`` or ``"epoch"`` are stepped after each step or after the epoch's end (every
+``frequency``); a ``ReduceLROnPlateau`` is left to the user (it needs a metric).
 """
 
 from __future__ import annotations
