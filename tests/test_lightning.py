@@ -64,8 +64,11 @@ def plain_loop(
     refit: bool = False,
     batches: int | None = None,
     step_lr: bool = False,
-) -> tuple[dict[str, Tensor], Method]:
-    """The README's own loop with every hook: the reference (written out, not the module)."""
+) -> tuple[dict[str, Tensor], Method, Tensor]:
+    """The README's own loop with every hook: the reference (written out, not the module).
+
+    Returns the final weights, the method and the last epoch's mean task losses.
+    """
     encoder, heads = problem.make_parts()
     method = bayesagg.methods.create(
         name,
@@ -107,7 +110,8 @@ def plain_loop(
                     )
             total += losses.detach()
             steps += 1
-        method.end_epoch(total / steps)
+        epoch_losses = total / steps
+        method.end_epoch(epoch_losses)
         if refit:
             encoder.eval()
             with torch.no_grad():
@@ -118,7 +122,7 @@ def plain_loop(
             encoder.train()
         if step_lr:
             schedule.step()
-    return problem.weights_of(encoder, heads), method
+    return problem.weights_of(encoder, heads), method, epoch_losses
 
 
 class RefitModule(MultiTaskModule):
@@ -186,7 +190,7 @@ FAMILIES = ["ls", "uw", "dwa", "famo", "mgda", "upgrad-ub", "bayesagg"]
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_lightning_trainer_ends_with_the_plain_loops_weights(name: str):
-    reference, method = plain_loop(name)
+    reference, method, _ = plain_loop(name)
     module = fit(name)
     assert_same_weights(module, reference)
     if method.last_weights is not None:
@@ -194,8 +198,19 @@ def test_lightning_trainer_ends_with_the_plain_loops_weights(name: str):
         torch.testing.assert_close(module.method.last_weights, method.last_weights)
 
 
+def test_the_epoch_losses_are_logged_for_callbacks():
+    module = fit("uw")
+    logged = module.trainer.callback_metrics
+    reference = plain_loop("uw")[2]  # the last epoch's mean task losses
+    assert module.last_epoch_losses is not None
+    torch.testing.assert_close(module.last_epoch_losses, reference, rtol=1e-12, atol=1e-12)
+    assert module.task_names == ["r[0]", "r[1]", "b", "m"]
+    for name, value in zip(module.task_names, reference, strict=True):
+        torch.testing.assert_close(logged[f"train_loss/{name}"], value)
+
+
 def test_before_evaluation_refits_the_regression_heads_as_the_plain_loop():
-    reference, method = plain_loop("bayesagg", refit=True)
+    reference, method, _ = plain_loop("bayesagg", refit=True)
     assert "fit_regression_heads" in (method.aggregator.regression_fit_source or "")  # type: ignore[attr-defined]
     module = fit("bayesagg", module_class=RefitModule)
     assert_same_weights(module, reference)

@@ -24,7 +24,8 @@ the weighted sum. That is Lightning's *manual optimisation*: :class:`MultiTaskMo
 At the end of the epoch's last training batch, *before* Lightning's validation loop and its
 checkpoint callbacks, the module calls ``method.end_epoch`` with the epoch's mean task losses
 (over all processes): DWA's and IGBv2's weights, BayesAgg-MTL's full-data prior refit, which
-also writes its regression heads. With :meth:`MultiTaskModule.refit_batches` overridden it then
+also writes its regression heads. It logs those losses as ``train_loss/<task name>`` (for
+loggers, and for a ``ModelCheckpoint`` to monitor) and keeps them in ``last_epoch_losses``. With :meth:`MultiTaskModule.refit_batches` overridden it then
 calls ``method.before_evaluation`` (BayesAgg-MTL's eval-mode refit of its regression heads,
 ``regression_fit="refit"``). At the start of the first epoch after the method's own warm-up
 (``method.own_warmup_epochs()``) it calls ``method.end_warmup`` with each optimiser.
@@ -326,6 +327,14 @@ class MultiTaskModule(pl.LightningModule):
         self._loss_sum, self._steps = None, 0
         self.method.end_epoch(mean)
         self.last_epoch_losses = mean
+        # For loggers and callbacks (ModelCheckpoint(monitor="train_loss/<task>")); the values
+        # are already the same on every process, so the sync is a mean of equal values.
+        self.log_dict(
+            {f"train_loss/{n}": v for n, v in zip(self.task_names, mean, strict=True)},
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+        )
         batches = self.refit_batches()
         if batches is not None:
             training = self.training
