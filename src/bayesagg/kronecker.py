@@ -137,7 +137,7 @@ class KroneckerGaussian:
         try:
             class_values, class_basis = torch.linalg.eigh(precision.classes)
             feature_values, feature_basis = torch.linalg.eigh(precision.features)
-        except torch.linalg.LinAlgError as err:  # non-finite factors
+        except RuntimeError as err:  # torch.linalg.LinAlgError: non-finite factors
             raise NumericalError(
                 f"Kronecker posterior factors could not be decomposed: {err}"
             ) from err
