@@ -4,10 +4,49 @@ protocols").
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
 from bayesagg.bayes_agg import PAPER_BEHAVIOUR
 from bayesagg.benchmarks.spec import Protocol
 
-__all__ = ["UTKFACE_TRAINER_CLASSIFICATION"]
+__all__ = ["UTKFACE_TRAINER_CLASSIFICATION", "paper_quick_smoke"]
+
+
+def paper_quick_smoke(
+    paper: Protocol,
+    *,
+    quick: Mapping[str, Any],
+    smoke: Mapping[str, Any],
+    items: str = "training images",
+) -> dict[str, Protocol]:
+    """Return a benchmark's three recipes: ``paper``, and ``quick`` and ``smoke`` derived from it.
+
+    ``quick`` is :meth:`Protocol.derive` with the budget ``quick`` (``epochs``, the example
+    limits and any other change), ``smoke`` :meth:`Protocol.smoke` with the budget ``smoke``,
+    so both keep the published recipe but for what their budget names (docs/benchmarks.md).
+    A budget without a ``note`` (``what`` for ``smoke``) gets one spelt out from its numbers,
+    so the note cannot drift from the budget: "10,000 training images (2,000 val/test), 10
+    epochs (BayesAgg warm-up 1)" and "512 training images, 1 epoch, no warm-up", ``items``
+    naming the training examples.
+    """
+    budget = dict(quick)
+    note = budget.pop("note", None)
+    derived = paper.derive("quick", note="" if note is None else note, **budget)
+    if note is None:
+        warmup = derived.settings_of("bayesagg").get("warmup_epochs", 0)
+        derived = replace(
+            derived,
+            note=f"{derived.train_limit:,} {items} ({derived.eval_limit:,} val/test), "
+            f"{derived.epochs} epochs (BayesAgg warm-up {warmup})",
+        )
+    budget = dict(smoke)
+    what = budget.pop("what", None)
+    if what is None:
+        what = f"{budget['train_limit']:,} {items}, 1 epoch, no warm-up"
+    return {"paper": paper, "quick": derived, "smoke": paper.smoke(what=what, **budget)}
+
 
 #: The ``paper`` recipe of a classification benchmark that is not in the BayesAgg-MTL paper
 #: (MultiMNIST, CelebA): 100 epochs and batch 256 as Sener & Koltun 2018; everything else is

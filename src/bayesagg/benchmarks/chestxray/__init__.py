@@ -9,6 +9,7 @@ machines; the loader reads the NIH layout.
 from __future__ import annotations
 
 from bayesagg.bayes_agg import PAPER_BEHAVIOUR
+from bayesagg.benchmarks.recipes import paper_quick_smoke
 from bayesagg.benchmarks.spec import Benchmark, Protocol
 
 # The authors' ChestX-ray14 trainer (docs/benchmarks.md, "Settings of the `paper` protocols";
@@ -41,25 +42,20 @@ SPEC = Benchmark(
     name="chestxray",
     package="chestxray",
     description="ChestX-ray14: 14 binary findings, ResNet-34",
-    protocols={
-        "paper": _PAPER,
-        "quick": _PAPER.derive(
-            "quick",
-            epochs=5,
-            batch_size=64,
-            train_limit=2_000,
-            eval_limit=500,
+    protocols=paper_quick_smoke(
+        _PAPER,
+        quick={
+            "epochs": 5,
+            "batch_size": 64,
+            "train_limit": 2_000,
+            "eval_limit": 500,
             # Scaled to 5 epochs the one LS epoch would round to none; the paper's one is kept.
-            method_settings={"bayesagg": {"warmup_epochs": 1}},
-            note="2,000 training images (500 val/test), 5 epochs, batch 64, from scratch",
-        ),
-        "smoke": _PAPER.smoke(
-            batch_size=16,
-            train_limit=32,
-            eval_limit=16,
-            what="32 images, 1 epoch, no warm-up",
-        ),
-    },
+            "method_settings": {"bayesagg": {"warmup_epochs": 1}},
+            "note": "2,000 training images (500 val/test), 5 epochs, batch 64, from scratch",
+        },
+        smoke={"batch_size": 16, "train_limit": 32, "eval_limit": 16},
+        items="images",
+    ),
     selection="delta_m",
     binary_metric="auc",
 )

@@ -9,6 +9,7 @@ reads the official ``cifar-100-python`` files.
 from __future__ import annotations
 
 from bayesagg.bayes_agg import PAPER_BEHAVIOUR
+from bayesagg.benchmarks.recipes import paper_quick_smoke
 from bayesagg.benchmarks.spec import Benchmark, Protocol
 
 # The authors' CIFAR-MTL trainer (docs/benchmarks.md, "Settings of the `paper` protocols";
@@ -40,22 +41,16 @@ SPEC = Benchmark(
     name="cifar-mtl",
     package="cifar_mtl",
     description="CIFAR-100 coarse labels as 20 one-vs-rest binary tasks, 3-layer conv net",
-    protocols={
-        "paper": _PAPER,
-        "quick": _PAPER.derive(
-            "quick",
-            epochs=10,
-            train_limit=10_000,
-            eval_limit=2_000,
-            note="10,000 training images (2,000 val/test), 10 epochs (BayesAgg warm-up 1)",
-        ),
-        "smoke": _PAPER.smoke(
-            batch_size=64,
-            train_limit=256,
-            eval_limit=128,
-            what="256 images, 1 epoch, no warm-up",
-        ),
-    },
+    protocols=paper_quick_smoke(
+        _PAPER,
+        quick={"epochs": 10, "train_limit": 10_000, "eval_limit": 2_000},
+        smoke={
+            "batch_size": 64,
+            "train_limit": 256,
+            "eval_limit": 128,
+            "what": "256 images, 1 epoch, no warm-up",
+        },
+    ),
     selection="argmax/accuracy",
     binary_metric="auc",
     argmax_accuracy=True,

@@ -8,6 +8,7 @@ Brier score reported for the classification tasks (paper App. C.1).
 from __future__ import annotations
 
 from bayesagg.bayes_agg import PAPER_BEHAVIOUR
+from bayesagg.benchmarks.recipes import paper_quick_smoke
 from bayesagg.benchmarks.spec import Benchmark, Protocol
 from bayesagg.tasks import Multiclass, Regression
 
@@ -45,31 +46,30 @@ SPEC = Benchmark(
     name="utkface",
     package="utkface",
     description="UTKFace: age (regression), gender (binary), ethnicity (5 classes), ResNet-18",
-    protocols={
-        "paper": _PAPER,
-        "quick": _PAPER.derive(
-            "quick",
-            epochs=10,
-            train_limit=3_000,
-            eval_limit=1_000,
+    protocols=paper_quick_smoke(
+        _PAPER,
+        quick={
+            "epochs": 10,
+            "train_limit": 3_000,
+            "eval_limit": 1_000,
             # 64 px keeps the slowest method's run (three task backward passes) near 10
             # minutes on the project's 2-core machine, a budget the comparison campaign can
             # afford for every method and seed; the paper crops 128 px.
-            data_options={"image_size": 64},
-            note=(
+            "data_options": {"image_size": 64},
+            "note": (
                 "paper recipe on a CPU budget: 3,000 training faces at 64 px (1,000 val/test), "
                 "10 epochs (BayesAgg warm-up 1)"
             ),
-        ),
-        "smoke": _PAPER.smoke(
-            batch_size=32,
-            train_limit=64,
-            eval_limit=32,
+        },
+        smoke={
+            "batch_size": 32,
+            "train_limit": 64,
+            "eval_limit": 32,
             # No decoded cache: 64 faces do not pay for decoding all 23,705 once.
-            data_options={"image_size": 64, "cache": False},
-            what="64 faces at 64 px, 1 epoch, no warm-up, 64 MC samples",
-        ),
-    },
+            "data_options": {"image_size": 64, "cache": False},
+            "what": "64 faces at 64 px, 1 epoch, no warm-up, 64 MC samples",
+        },
+    ),
     selection="delta_m",
     regression_metric="mse",
     binary_metric="accuracy",
