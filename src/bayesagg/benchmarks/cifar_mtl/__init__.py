@@ -8,32 +8,20 @@ reads the official ``cifar-100-python`` files.
 
 from __future__ import annotations
 
-from bayesagg.bayes_agg import PAPER_BEHAVIOUR
-from bayesagg.benchmarks.recipes import paper_quick_smoke
-from bayesagg.benchmarks.spec import Benchmark, Protocol
+from bayesagg.benchmarks.recipes import authors_trainer, paper_quick_smoke
+from bayesagg.benchmarks.spec import Benchmark
 
 # The authors' CIFAR-MTL trainer (docs/benchmarks.md, "Settings of the `paper` protocols";
 # paper App. B): Adam 1e-3, weight decay 1e-4,
 # x0.1 at 60 % and 80 %, heads' gradient norm clipped to 50 at every step (the shared clip is
 # commented out there), drop_last; 3 LS epochs, s 5e-4, gamma 5e-4, 1024 Monte-Carlo samples.
-_PAPER = Protocol(
-    name="paper",
+_PAPER = authors_trainer(
     epochs=50,
     batch_size=128,
     weight_decay=1e-4,
-    scheduler="multistep",
-    milestones=(0.6, 0.8),
     clip_heads=50.0,
     drop_last=True,
-    method_settings={
-        "bayesagg": {
-            "warmup_epochs": 3,
-            "s_classification": 5e-4,
-            "gamma": 5e-4,
-            "num_samples": 1024,
-            **PAPER_BEHAVIOUR,
-        }
-    },
+    bayesagg={"warmup_epochs": 3, "s_classification": 5e-4, "gamma": 5e-4, "num_samples": 1024},
     note="published recipe",
 )
 

@@ -7,9 +7,8 @@ Brier score reported for the classification tasks (paper App. C.1).
 
 from __future__ import annotations
 
-from bayesagg.bayes_agg import PAPER_BEHAVIOUR
-from bayesagg.benchmarks.recipes import paper_quick_smoke
-from bayesagg.benchmarks.spec import Benchmark, Protocol
+from bayesagg.benchmarks.recipes import authors_trainer, paper_quick_smoke
+from bayesagg.benchmarks.spec import Benchmark
 from bayesagg.tasks import Multiclass, Regression
 
 # The authors' UTKFace trainer (docs/benchmarks.md, "Settings of the `paper` protocols",
@@ -18,26 +17,20 @@ from bayesagg.tasks import Multiclass, Regression
 # step and the shared parameters' to 5 after the warm-up, gender as a 2-class multiclass
 # group, a bias-free regression posterior; 10 LS epochs (paper App. B; the trainer's own
 # default is 5), s 0.3 / 0.1, gamma 5e-3, 1024 Monte-Carlo samples.
-_PAPER = Protocol(
-    name="paper",
+_PAPER = authors_trainer(
     epochs=100,
     batch_size=128,
     weight_decay=1e-4,
-    scheduler="multistep",
-    milestones=(0.6, 0.8),
     clip_heads=10.0,
     clip_shared=5.0,
     groups=(Regression("age", 1), Multiclass("gender", 2), Multiclass("ethnicity", 5)),
-    method_settings={
-        "bayesagg": {
-            "warmup_epochs": 10,
-            "s_regression": 0.3,
-            "s_classification": 0.1,
-            "gamma": 5e-3,
-            "num_samples": 1024,
-            "regression_bias": False,
-            **PAPER_BEHAVIOUR,
-        }
+    bayesagg={
+        "warmup_epochs": 10,
+        "s_regression": 0.3,
+        "s_classification": 0.1,
+        "gamma": 5e-3,
+        "num_samples": 1024,
+        "regression_bias": False,
     },
     note="published recipe (the authors' trainer: gender as a 2-class multiclass group)",
 )
