@@ -356,3 +356,13 @@ def test_paper_quick_smoke_derives_both_budgets_from_the_paper_recipe():
     )
     assert own["quick"].note == "mine"
     assert own["smoke"].note == "pipeline check only: tiny"
+    # The smoke note may call the examples otherwise.
+    named = paper_quick_smoke(
+        paper,
+        quick={"epochs": 5, "train_limit": 10, "eval_limit": 2},
+        smoke={"batch_size": 2, "train_limit": 3, "eval_limit": 1},
+        items="training faces",
+        smoke_items="images",
+    )
+    assert named["quick"].note == "10 training faces (2 val/test), 5 epochs (BayesAgg warm-up 1)"
+    assert named["smoke"].note == "pipeline check only: 3 images, 1 epoch, no warm-up"

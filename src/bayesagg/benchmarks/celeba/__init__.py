@@ -38,13 +38,9 @@ SPEC = Benchmark(
             # Scaled to 5 epochs the warm-up would round to none; one LS epoch is kept.
             "method_settings": {"bayesagg": {"warmup_epochs": 1}},
         },
-        smoke={
-            "batch_size": 16,
-            "train_limit": 32,
-            "eval_limit": 16,
-            "what": "32 images, 1 epoch, no warm-up",
-        },
+        smoke={"batch_size": 16, "train_limit": 32, "eval_limit": 16},
         items="training faces",
+        smoke_items="images",
     ),
     selection="mean/error",
     binary_metric="error",

@@ -32,12 +32,8 @@ SPEC = Benchmark(
     protocols=paper_quick_smoke(
         _PAPER,
         quick={"epochs": 10, "train_limit": 10_000, "eval_limit": 2_000},
-        smoke={
-            "batch_size": 64,
-            "train_limit": 256,
-            "eval_limit": 128,
-            "what": "256 images, 1 epoch, no warm-up",
-        },
+        smoke={"batch_size": 64, "train_limit": 256, "eval_limit": 128},
+        smoke_items="images",
     ),
     selection="argmax/accuracy",
     binary_metric="auc",
