@@ -108,6 +108,17 @@ def test_random_methods_reproducible_with_seed(name: str) -> None:
     torch.testing.assert_close(first[0], first[1], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", ["pcgrad", "gradvac", "graddrop"])
+def test_random_methods_without_seed_follow_the_global_rng(name: str) -> None:
+    """``seed=None`` seeds the method's generator from the global torch RNG: the same global
+    seed gives the same stream, another global seed another one."""
+    streams = []
+    for global_seed in (5, 5, 6):
+        torch.manual_seed(global_seed)
+        streams.append(make(name, 6, seed=None).generator.initial_seed())
+    assert streams[0] == streams[1] != streams[2]
+
+
 @pytest.mark.parametrize("name", ["pcgrad", "gradvac"])
 def test_two_task_random_methods_are_order_invariant(name: str) -> None:
     """With two tasks there is only one order, so swapping the rows changes nothing."""

@@ -286,3 +286,83 @@ def test_smoke_protocols_are_one_epoch_with_64_samples_and_no_warmup(name):
     assert smoke.settings_of("bayesagg")["num_samples"] == 64
     assert smoke.settings_of("bayesagg")["warmup_epochs"] == 0
     assert smoke.note.startswith("pipeline check only: ")
+
+
+# The budget notes as they were written by hand before paper_quick_smoke spelt them out from
+# the numbers: the generated text must read the same.
+BUDGET_NOTES = {
+    "multimnist": (
+        "10,000 training images (2,000 val/test), 10 epochs (BayesAgg warm-up 1)",
+        "pipeline check only: 512 training images, 1 epoch, no warm-up",
+    ),
+    "fashion-mtl": (
+        "4,000 training images (2,000 val/test), 10 epochs (BayesAgg warm-up 1)",
+        "pipeline check only: 512 training images, 1 epoch, no warm-up",
+    ),
+    "cifar-mtl": (
+        "10,000 training images (2,000 val/test), 10 epochs (BayesAgg warm-up 1)",
+        "pipeline check only: 256 images, 1 epoch, no warm-up",
+    ),
+    "celeba": (
+        "5,000 training faces (1,000 val/test), 5 epochs (BayesAgg warm-up 1)",
+        "pipeline check only: 32 images, 1 epoch, no warm-up",
+    ),
+    "chestxray": (
+        "2,000 training images (500 val/test), 5 epochs, batch 64, from scratch",
+        "pipeline check only: 32 images, 1 epoch, no warm-up",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUDGET_NOTES))
+def test_quick_and_smoke_notes_say_their_budget(name):
+    spec = registry.get(name)
+    quick, smoke = BUDGET_NOTES[name]
+    assert spec.protocol("quick").note == quick
+    assert spec.protocol("smoke").note == smoke
+
+
+def test_paper_quick_smoke_derives_both_budgets_from_the_paper_recipe():
+    from bayesagg.benchmarks.recipes import paper_quick_smoke
+
+    paper = Protocol(
+        name="paper",
+        epochs=20,
+        batch_size=8,
+        weight_decay=1e-4,
+        method_settings={"bayesagg": {"warmup_epochs": 4, "num_samples": 1024}},
+        note="published",
+    )
+    out = paper_quick_smoke(
+        paper,
+        quick={"epochs": 5, "train_limit": 12_345, "eval_limit": 67},
+        smoke={"batch_size": 2, "train_limit": 3, "eval_limit": 1},
+        items="molecules",
+    )
+    assert list(out) == ["paper", "quick", "smoke"] and out["paper"] is paper
+    quick, smoke = out["quick"], out["smoke"]
+    assert (quick.name, quick.epochs, quick.batch_size, quick.weight_decay) == ("quick", 5, 8, 1e-4)
+    assert (quick.train_limit, quick.eval_limit) == (12_345, 67)
+    assert quick.settings_of("bayesagg")["warmup_epochs"] == 1  # 4 of 20 epochs, scaled to 5
+    assert quick.note == "12,345 molecules (67 val/test), 5 epochs (BayesAgg warm-up 1)"
+    assert (smoke.name, smoke.epochs, smoke.batch_size, smoke.train_limit) == ("smoke", 1, 2, 3)
+    assert smoke.settings_of("bayesagg")["num_samples"] == 64
+    assert smoke.note == "pipeline check only: 3 molecules, 1 epoch, no warm-up"
+    # A budget's own note is kept as written.
+    own = paper_quick_smoke(
+        paper,
+        quick={"epochs": 5, "train_limit": 10, "eval_limit": 2, "note": "mine"},
+        smoke={"batch_size": 2, "train_limit": 3, "eval_limit": 1, "what": "tiny"},
+    )
+    assert own["quick"].note == "mine"
+    assert own["smoke"].note == "pipeline check only: tiny"
+    # The smoke note may call the examples otherwise.
+    named = paper_quick_smoke(
+        paper,
+        quick={"epochs": 5, "train_limit": 10, "eval_limit": 2},
+        smoke={"batch_size": 2, "train_limit": 3, "eval_limit": 1},
+        items="training faces",
+        smoke_items="images",
+    )
+    assert named["quick"].note == "10 training faces (2 val/test), 5 epochs (BayesAgg warm-up 1)"
+    assert named["smoke"].note == "pipeline check only: 3 images, 1 epoch, no warm-up"

@@ -47,6 +47,7 @@ __all__ = [
     "StepInputs",
     "StepMethod",
     "check_losses",
+    "running_state",
 ]
 
 Space = Literal["loss", "parameters", "representation"]
@@ -62,6 +63,21 @@ def check_losses(losses: Tensor, num_tasks: int) -> None:
     if bad.any():
         idx = bad.nonzero().flatten().tolist()
         raise FloatingPointError(f"non-finite loss for task(s) {idx}: {losses.detach().tolist()}")
+
+
+def running_state(state: Tensor | None, value: Tensor, mismatch: str) -> Tensor:
+    """Return a running per-coordinate state kept across steps: zeros like ``value`` at first.
+
+    ExcessMTL's sums of squared gradients and DB-MTL's gradient EMA hold one entry per
+    coordinate of each step's ``value``; a ``value`` of another shape means another model, so
+    ``ValueError(mismatch)`` is raised, ``mismatch`` formatted with the two shapes
+    (``{state}``, ``{value}``).
+    """
+    if state is None:
+        return torch.zeros_like(value)
+    if state.shape != value.shape:
+        raise ValueError(mismatch.format(state=tuple(state.shape), value=tuple(value.shape)))
+    return state
 
 
 class Method(ABC):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bayesagg.benchmarks.recipes import UTKFACE_TRAINER_CLASSIFICATION
+from bayesagg.benchmarks.recipes import UTKFACE_TRAINER_CLASSIFICATION, paper_quick_smoke
 from bayesagg.benchmarks.spec import Benchmark
 
 # Not in the BayesAgg-MTL paper: 100 epochs, batch 256 (Sener & Koltun 2018); the rest is the
@@ -28,25 +28,20 @@ SPEC = Benchmark(
     name="celeba",
     package="celeba",
     description="CelebA: 40 binary attributes, ResNet-18",
-    protocols={
-        "paper": _PAPER,
-        "quick": _PAPER.derive(
-            "quick",
-            epochs=5,
-            batch_size=128,
-            train_limit=5_000,
-            eval_limit=1_000,
+    protocols=paper_quick_smoke(
+        _PAPER,
+        quick={
+            "epochs": 5,
+            "batch_size": 128,
+            "train_limit": 5_000,
+            "eval_limit": 1_000,
             # Scaled to 5 epochs the warm-up would round to none; one LS epoch is kept.
-            method_settings={"bayesagg": {"warmup_epochs": 1}},
-            note="5,000 training faces (1,000 val/test), 5 epochs (BayesAgg warm-up 1)",
-        ),
-        "smoke": _PAPER.smoke(
-            batch_size=16,
-            train_limit=32,
-            eval_limit=16,
-            what="32 images, 1 epoch, no warm-up",
-        ),
-    },
+            "method_settings": {"bayesagg": {"warmup_epochs": 1}},
+        },
+        smoke={"batch_size": 16, "train_limit": 32, "eval_limit": 16},
+        items="training faces",
+        smoke_items="images",
+    ),
     selection="mean/error",
     binary_metric="error",
 )

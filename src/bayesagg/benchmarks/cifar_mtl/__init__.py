@@ -8,31 +8,20 @@ reads the official ``cifar-100-python`` files.
 
 from __future__ import annotations
 
-from bayesagg.bayes_agg import PAPER_BEHAVIOUR
-from bayesagg.benchmarks.spec import Benchmark, Protocol
+from bayesagg.benchmarks.recipes import authors_trainer, paper_quick_smoke
+from bayesagg.benchmarks.spec import Benchmark
 
 # The authors' CIFAR-MTL trainer (docs/benchmarks.md, "Settings of the `paper` protocols";
 # paper App. B): Adam 1e-3, weight decay 1e-4,
 # x0.1 at 60 % and 80 %, heads' gradient norm clipped to 50 at every step (the shared clip is
 # commented out there), drop_last; 3 LS epochs, s 5e-4, gamma 5e-4, 1024 Monte-Carlo samples.
-_PAPER = Protocol(
-    name="paper",
+_PAPER = authors_trainer(
     epochs=50,
     batch_size=128,
     weight_decay=1e-4,
-    scheduler="multistep",
-    milestones=(0.6, 0.8),
     clip_heads=50.0,
     drop_last=True,
-    method_settings={
-        "bayesagg": {
-            "warmup_epochs": 3,
-            "s_classification": 5e-4,
-            "gamma": 5e-4,
-            "num_samples": 1024,
-            **PAPER_BEHAVIOUR,
-        }
-    },
+    bayesagg={"warmup_epochs": 3, "s_classification": 5e-4, "gamma": 5e-4, "num_samples": 1024},
     note="published recipe",
 )
 
@@ -40,22 +29,12 @@ SPEC = Benchmark(
     name="cifar-mtl",
     package="cifar_mtl",
     description="CIFAR-100 coarse labels as 20 one-vs-rest binary tasks, 3-layer conv net",
-    protocols={
-        "paper": _PAPER,
-        "quick": _PAPER.derive(
-            "quick",
-            epochs=10,
-            train_limit=10_000,
-            eval_limit=2_000,
-            note="10,000 training images (2,000 val/test), 10 epochs (BayesAgg warm-up 1)",
-        ),
-        "smoke": _PAPER.smoke(
-            batch_size=64,
-            train_limit=256,
-            eval_limit=128,
-            what="256 images, 1 epoch, no warm-up",
-        ),
-    },
+    protocols=paper_quick_smoke(
+        _PAPER,
+        quick={"epochs": 10, "train_limit": 10_000, "eval_limit": 2_000},
+        smoke={"batch_size": 64, "train_limit": 256, "eval_limit": 128},
+        smoke_items="images",
+    ),
     selection="argmax/accuracy",
     binary_metric="auc",
     argmax_accuracy=True,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bayesagg.benchmarks.recipes import UTKFACE_TRAINER_CLASSIFICATION
+from bayesagg.benchmarks.recipes import UTKFACE_TRAINER_CLASSIFICATION, paper_quick_smoke
 from bayesagg.benchmarks.spec import Benchmark
 
 # Not in the BayesAgg-MTL paper: 100 epochs as Sener & Koltun 2018; everything else is the
@@ -28,22 +28,11 @@ SPEC = Benchmark(
     name="multimnist",
     package="multimnist",
     description="MultiMNIST: left and right digit (2 x 10 classes), LeNet-style encoder",
-    protocols={
-        "paper": _PAPER,
-        "quick": _PAPER.derive(
-            "quick",
-            epochs=10,
-            train_limit=10_000,
-            eval_limit=2_000,
-            note="10,000 training images (2,000 val/test), 10 epochs (BayesAgg warm-up 1)",
-        ),
-        "smoke": _PAPER.smoke(
-            batch_size=64,
-            train_limit=512,
-            eval_limit=128,
-            what="512 training images, 1 epoch, no warm-up",
-        ),
-    },
+    protocols=paper_quick_smoke(
+        _PAPER,
+        quick={"epochs": 10, "train_limit": 10_000, "eval_limit": 2_000},
+        smoke={"batch_size": 64, "train_limit": 512, "eval_limit": 128},
+    ),
     selection="mean/accuracy",
     binary_metric="accuracy",
 )

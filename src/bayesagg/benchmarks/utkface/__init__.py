@@ -7,8 +7,8 @@ Brier score reported for the classification tasks (paper App. C.1).
 
 from __future__ import annotations
 
-from bayesagg.bayes_agg import PAPER_BEHAVIOUR
-from bayesagg.benchmarks.spec import Benchmark, Protocol
+from bayesagg.benchmarks.recipes import paper_quick_smoke, utkface_trainer
+from bayesagg.benchmarks.spec import Benchmark
 from bayesagg.tasks import Multiclass, Regression
 
 # The authors' UTKFace trainer (docs/benchmarks.md, "Settings of the `paper` protocols",
@@ -17,26 +17,16 @@ from bayesagg.tasks import Multiclass, Regression
 # step and the shared parameters' to 5 after the warm-up, gender as a 2-class multiclass
 # group, a bias-free regression posterior; 10 LS epochs (paper App. B; the trainer's own
 # default is 5), s 0.3 / 0.1, gamma 5e-3, 1024 Monte-Carlo samples.
-_PAPER = Protocol(
-    name="paper",
-    epochs=100,
+_PAPER = utkface_trainer(
     batch_size=128,
-    weight_decay=1e-4,
-    scheduler="multistep",
-    milestones=(0.6, 0.8),
-    clip_heads=10.0,
-    clip_shared=5.0,
     groups=(Regression("age", 1), Multiclass("gender", 2), Multiclass("ethnicity", 5)),
-    method_settings={
-        "bayesagg": {
-            "warmup_epochs": 10,
-            "s_regression": 0.3,
-            "s_classification": 0.1,
-            "gamma": 5e-3,
-            "num_samples": 1024,
-            "regression_bias": False,
-            **PAPER_BEHAVIOUR,
-        }
+    bayesagg={
+        "warmup_epochs": 10,
+        "s_regression": 0.3,
+        "s_classification": 0.1,
+        "gamma": 5e-3,
+        "num_samples": 1024,
+        "regression_bias": False,
     },
     note="published recipe (the authors' trainer: gender as a 2-class multiclass group)",
 )
@@ -45,31 +35,30 @@ SPEC = Benchmark(
     name="utkface",
     package="utkface",
     description="UTKFace: age (regression), gender (binary), ethnicity (5 classes), ResNet-18",
-    protocols={
-        "paper": _PAPER,
-        "quick": _PAPER.derive(
-            "quick",
-            epochs=10,
-            train_limit=3_000,
-            eval_limit=1_000,
+    protocols=paper_quick_smoke(
+        _PAPER,
+        quick={
+            "epochs": 10,
+            "train_limit": 3_000,
+            "eval_limit": 1_000,
             # 64 px keeps the slowest method's run (three task backward passes) near 10
             # minutes on the project's 2-core machine, a budget the comparison campaign can
             # afford for every method and seed; the paper crops 128 px.
-            data_options={"image_size": 64},
-            note=(
+            "data_options": {"image_size": 64},
+            "note": (
                 "paper recipe on a CPU budget: 3,000 training faces at 64 px (1,000 val/test), "
                 "10 epochs (BayesAgg warm-up 1)"
             ),
-        ),
-        "smoke": _PAPER.smoke(
-            batch_size=32,
-            train_limit=64,
-            eval_limit=32,
+        },
+        smoke={
+            "batch_size": 32,
+            "train_limit": 64,
+            "eval_limit": 32,
             # No decoded cache: 64 faces do not pay for decoding all 23,705 once.
-            data_options={"image_size": 64, "cache": False},
-            what="64 faces at 64 px, 1 epoch, no warm-up, 64 MC samples",
-        ),
-    },
+            "data_options": {"image_size": 64, "cache": False},
+            "what": "64 faces at 64 px, 1 epoch, no warm-up, 64 MC samples",
+        },
+    ),
     selection="delta_m",
     regression_metric="mse",
     binary_metric="accuracy",

@@ -6,9 +6,15 @@ Used by UPGrad and DualProj: ``pi_J(J^T u) = J^T v`` with ``v = argmin_{v >= u} 
 
 from __future__ import annotations
 
-import numpy as np
+from abc import abstractmethod
 
-__all__ = ["dual_cone_weights", "gramian_factor", "project_weights"]
+import numpy as np
+import torch
+from torch import Tensor
+
+from bayesagg.methods.gramian import Gramian, GramianWeighting
+
+__all__ = ["DualConeWeighting", "dual_cone_weights", "gramian_factor", "project_weights"]
 
 
 def gramian_factor(m: np.ndarray, eps: float = 0.0) -> np.ndarray:
@@ -46,3 +52,29 @@ def dual_cone_weights(m: np.ndarray, u: np.ndarray, eps: float = 0.0) -> np.ndar
     scale-free. ``eps``: the precision of the gradients (:func:`gramian_factor`).
     """
     return project_weights(gramian_factor(m, eps), u)
+
+
+class DualConeWeighting(GramianWeighting):
+    """A weighting by projection onto the dual cone ``{x : J x >= 0}`` (UPGrad, DualProj).
+
+    The projection is scale-free, so both solve it on the Gramian divided by its mean diagonal,
+    with the gradients' precision as ``eps`` (:func:`gramian_factor`); a zero Gramian (every
+    gradient 0) gets the mean weights 1/K. Both guarantee that no task's loss increases to
+    first order, and are permutation-invariant and scale-homogeneous (Quinton & Rey 2024).
+    """
+
+    space = "parameters"
+    properties = frozenset({"non_conflicting", "permutation_invariant", "scale_homogeneous"})
+
+    def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
+        """Return :meth:`cone_weights` of the normalised Gramian (1/K each if it is 0)."""
+        m = gramian.numpy()
+        k = m.shape[0]
+        scale = np.trace(m) / k
+        if not scale > 0:
+            return np.full(k, 1.0 / k)
+        return self.cone_weights(m / scale, torch.finfo(gramian.dtype).eps)
+
+    @abstractmethod
+    def cone_weights(self, m: np.ndarray, eps: float) -> np.ndarray:
+        """Return the K weights for the Gramian ``m`` normalised to mean diagonal 1."""

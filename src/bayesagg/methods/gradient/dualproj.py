@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from bayesagg.methods.gradient._dual_cone import dual_cone_weights
-from bayesagg.methods.gramian import Gramian, GramianWeighting
+from bayesagg.methods.gradient._dual_cone import DualConeWeighting, dual_cone_weights
 
 __all__ = ["DualProj"]
 
 
-class DualProj(GramianWeighting):
+class DualProj(DualConeWeighting):
     """Projection of the mean gradient onto the dual cone (Quinton & Rey 2024, "Jacobian descent").
 
     ``d = pi_J(1/K sum_i g_i)``, where ``pi_J`` projects onto ``{x : J x >= 0}``: the closest
@@ -28,15 +25,8 @@ class DualProj(GramianWeighting):
     """
 
     name = "dualproj"
-    space = "parameters"
-    properties = frozenset({"non_conflicting", "permutation_invariant", "scale_homogeneous"})
 
-    def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
+    def cone_weights(self, m: np.ndarray, eps: float) -> np.ndarray:
         """Return ``v = argmin_{v >= 1/K} v^T G v`` (on the normalised Gramian)."""
-        m = gramian.numpy()
         k = m.shape[0]
-        scale = np.trace(m) / k
-        weights = np.full(k, 1.0 / k)
-        if scale > 0:
-            weights = dual_cone_weights(m / scale, weights, torch.finfo(gramian.dtype).eps)
-        return weights
+        return dual_cone_weights(m, np.full(k, 1.0 / k), eps)

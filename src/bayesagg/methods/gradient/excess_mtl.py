@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from bayesagg.methods.base import Aggregator
+from bayesagg.methods.base import Aggregator, running_state
 
 __all__ = ["ExcessMTL"]
 
@@ -66,13 +66,12 @@ class ExcessMTL(Aggregator):
     def excess_risks(self, jacobian: Tensor) -> Tensor:
         """Accumulate ``g_i^2`` and return the estimates ``g_i^T H_i^{-1} g_i`` [K] (Eq. 6-7)."""
         squared = jacobian.detach() ** 2
-        if self.squared_sum is None:
-            self.squared_sum = torch.zeros_like(squared)
-        elif self.squared_sum.shape != squared.shape:
-            raise ValueError(
-                f"ExcessMTL keeps per-coordinate sums of shape {tuple(self.squared_sum.shape)}, "
-                f"got a Jacobian of shape {tuple(squared.shape)} (call reset() for a new model)"
-            )
+        self.squared_sum = running_state(
+            self.squared_sum,
+            squared,
+            "ExcessMTL keeps per-coordinate sums of shape {state}, got a Jacobian of shape "
+            "{value} (call reset() for a new model)",
+        )
         self.squared_sum += squared.to(self.squared_sum)
         return (squared / torch.sqrt(self.squared_sum + 1e-7)).sum(dim=1).double().cpu()
 

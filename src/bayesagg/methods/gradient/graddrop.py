@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from bayesagg.methods._seeding import check_seed, reseed
 from bayesagg.methods.base import Aggregator
 
 __all__ = ["GradDrop"]
@@ -51,8 +52,7 @@ class GradDrop(Aggregator):
             raise ValueError(
                 f"leak must be one value or {num_tasks} values in [0, 1], got {leak!r}"
             )
-        if seed is not None and (int(seed) != seed or seed < 0):
-            raise ValueError(f"seed must be a non-negative integer or None, got {seed}")
+        check_seed(seed)
         self.leak = torch.tensor(values, dtype=torch.float64)
         self.seed = seed
         self.generator = torch.Generator()
@@ -60,8 +60,7 @@ class GradDrop(Aggregator):
 
     def reset(self) -> None:
         """Re-seed the generator of the uniform draws."""
-        seed = self.seed if self.seed is not None else int(torch.randint(2**62, ()).item())
-        self.generator.manual_seed(seed)
+        reseed(self.generator, self.seed)
 
     def _masked_sum(self, signed: Tensor, grads: Tensor) -> Tensor:
         """Return ``sum_i (l_i + (1 - l_i) M_i) grads_i`` with the masks of the signed [K, *F]."""

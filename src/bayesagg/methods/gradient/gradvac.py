@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bayesagg.methods._seeding import check_seed, reseed
 from bayesagg.methods.gramian import Gramian, GramianWeighting
 
 __all__ = ["GradVac"]
@@ -47,8 +48,7 @@ class GradVac(GramianWeighting):
             raise ValueError(f"beta must be in [0, 1], got {beta}")
         if not eps >= 0.0:
             raise ValueError(f"eps must be non-negative, got {eps}")
-        if seed is not None and (int(seed) != seed or seed < 0):
-            raise ValueError(f"seed must be a non-negative integer or None, got {seed}")
+        check_seed(seed)
         self.beta = float(beta)
         self.eps = float(eps)
         self.seed = seed
@@ -58,8 +58,7 @@ class GradVac(GramianWeighting):
     def reset(self) -> None:
         """Clear the targets phi_hat and re-seed the order generator."""
         self.phi_hat = np.zeros((self.num_tasks, self.num_tasks))
-        seed = self.seed if self.seed is not None else int(torch.randint(2**62, ()).item())
-        self.generator.manual_seed(seed)
+        reseed(self.generator, self.seed)
 
     def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
         """Return the weights of ``sum_i g_i^PC``, updating phi_hat."""

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bayesagg.methods._seeding import check_seed, reseed
 from bayesagg.methods.gramian import Gramian, GramianWeighting
 
 __all__ = ["PCGrad"]
@@ -35,16 +36,13 @@ class PCGrad(GramianWeighting):
 
     def __init__(self, num_tasks: int, *, seed: int | None = None) -> None:
         super().__init__(num_tasks)
-        if seed is not None and (int(seed) != seed or seed < 0):
-            raise ValueError(f"seed must be a non-negative integer or None, got {seed}")
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.generator = torch.Generator()
         self.reset()
 
     def reset(self) -> None:
         """Re-seed the projection-order generator."""
-        seed = self.seed if self.seed is not None else int(torch.randint(2**62, ()).item())
-        self.generator.manual_seed(seed)
+        reseed(self.generator, self.seed)
 
     def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
         """Return the weights of ``sum_i g_i^PC`` (each ``g_i^PC`` a combination of rows)."""

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from bayesagg.methods.gradient._dual_cone import gramian_factor, project_weights
-from bayesagg.methods.gramian import Gramian, GramianWeighting
+from bayesagg.methods.gradient._dual_cone import (
+    DualConeWeighting,
+    gramian_factor,
+    project_weights,
+)
 
 __all__ = ["UPGrad"]
 
 
-class UPGrad(GramianWeighting):
+class UPGrad(DualConeWeighting):
     """Unconflicting projection of gradients (Quinton & Rey 2024, "Jacobian descent", Eq. 5).
 
     ``d = 1/K sum_i pi_J(g_i)``, where ``pi_J`` projects onto the dual cone
@@ -29,15 +30,8 @@ class UPGrad(GramianWeighting):
     """
 
     name = "upgrad"
-    space = "parameters"
-    properties = frozenset({"non_conflicting", "permutation_invariant", "scale_homogeneous"})
 
-    def weights(self, gramian: Gramian, losses: Tensor | None) -> np.ndarray:
+    def cone_weights(self, m: np.ndarray, eps: float) -> np.ndarray:
         """Return ``1/K sum_i v_i``, ``v_i`` the dual-cone weights of the unit vector ``e_i``."""
-        m = gramian.numpy()
-        k = m.shape[0]
-        scale = np.trace(m) / k
-        if not scale > 0:
-            return np.full(k, 1.0 / k)
-        factor = gramian_factor(m / scale, torch.finfo(gramian.dtype).eps)
-        return np.stack([project_weights(factor, e) for e in np.eye(k)]).mean(axis=0)
+        factor = gramian_factor(m, eps)
+        return np.stack([project_weights(factor, e) for e in np.eye(m.shape[0])]).mean(axis=0)

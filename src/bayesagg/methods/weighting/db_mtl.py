@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from bayesagg.distributed import all_reduce_mean, global_losses, resolve_group
-from bayesagg.methods.base import StepInputs, StepMethod
+from bayesagg.methods.base import StepInputs, StepMethod, running_state
 from bayesagg.methods.weighting._common import (
     accumulate,
     check_probability,
@@ -98,13 +98,12 @@ class DBMTL(StepMethod):
                     current = task_grads[i]
                     task_grads[i] = g if current is None else current + g
         G = all_reduce_mean(torch.stack(rows).detach(), group)  # [K, P]
-        if self.buffer is None:
-            self.buffer = torch.zeros_like(G)
-        elif self.buffer.shape != G.shape:
-            raise ValueError(
-                f"db-mtl: shared parameters changed size: EMA buffer {tuple(self.buffer.shape)}, "
-                f"gradients {tuple(G.shape)}; call reset() for a new model"
-            )
+        self.buffer = running_state(
+            self.buffer,
+            G,
+            "db-mtl: shared parameters changed size: EMA buffer {state}, gradients {value}; "
+            "call reset() for a new model",
+        )
         self.step += 1
         beta_t = self.beta / self.step**self.beta_sigma
         self.buffer = G + beta_t * (self.buffer.to(G) - G)
