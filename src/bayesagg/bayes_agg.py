@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from bayesagg import kronecker, posterior
 from bayesagg import moments as gradient_moments
 from bayesagg.aggregation import weights as aggregation_weights
+from bayesagg.kronecker import KroneckerGaussian, KroneckerPrecision
 from bayesagg.linalg import NumericalError
 from bayesagg.newton import check_newton, newton_posterior
 from bayesagg.posterior import Gaussian
@@ -545,20 +546,9 @@ class BayesAgg:
             elif head.bias is not None:
                 y = y - head.bias.detach().to(h.dtype)  # the live bias is part of the prediction
         try:
-            if isinstance(precision0, kronecker.KroneckerPrecision):  # multiclass_posterior="kron"
-                factored = newton_posterior(
-                    "kron",
-                    h,
-                    y,
-                    head.weight.detach().to(h.dtype),
-                    head.bias.detach().to(h.dtype),
-                    mean0,
-                    precision0,
-                    steps=self.newton_steps,
-                    damping=self.newton_damping,
-                    check=False,
-                    reduce=self.prior.reduce,
-                )
+            if isinstance(precision0, KroneckerPrecision):  # multiclass_posterior="kron"
+                factored = self._newton("kron", h, y, head, mean0, precision0)
+                assert isinstance(factored, KroneckerGaussian)
                 return kronecker.moments(h, y, factored, check=False)
             if isinstance(group, Regression):
                 post = posterior.regression(
@@ -572,15 +562,13 @@ class BayesAgg:
                     reduce=self.prior.reduce,
                 )
                 return gradient_moments.regression(h, y, post.mean, post.covariance(), check=False)
-            weight = head.weight.detach().to(h.dtype)
-            offset = head.bias.detach().to(h.dtype)
             if isinstance(group, Binary):
-                post = self._newton("binary", h, y, weight, offset, mean0, precision0)
+                fit = self._newton("binary", h, y, head, mean0, precision0)
                 return gradient_moments.binary(
                     h,
                     y,
-                    post.mean,
-                    post.covariance(),
+                    fit.mean,
+                    fit.covariance(),
                     # Binary moments have one deterministic rule: "qmc" uses it too.
                     method="monte_carlo" if self.moments == "monte_carlo" else "rao_blackwell",
                     num_samples=self.num_samples or gradient_moments.DEFAULT_SAMPLES["monte_carlo"],
@@ -588,12 +576,12 @@ class BayesAgg:
                     nodes=self.nodes,
                     check=False,
                 )
-            post = self._newton("multiclass", h, y, weight, offset, mean0, precision0)
+            fit = self._newton("multiclass", h, y, head, mean0, precision0)
             return gradient_moments.multiclass(
                 h,
                 y,
-                post.mean,
-                post.covariance(),
+                fit.mean,
+                fit.covariance(),
                 method=self.moments,
                 num_samples=None if self.moments == "qmc" else self.num_samples,
                 generator=self.generator,
@@ -611,11 +599,25 @@ class BayesAgg:
             return None
         return lambda t: all_reduce_sum(t, group)
 
-    def _newton(self, kind: Literal["binary", "multiclass"], *args: Tensor) -> Gaussian:
-        """Return a batch posterior of a classification group (:func:`newton_posterior`)."""
+    def _newton(
+        self,
+        kind: Literal["binary", "multiclass", "kron"],
+        h: Tensor,
+        y: Tensor,
+        head: nn.Linear,
+        prior_mean: Tensor,
+        prior_precision: Tensor | KroneckerPrecision,
+    ) -> Gaussian | KroneckerGaussian:
+        """Return a batch posterior of a classification group around its head
+        (:func:`newton_posterior`)."""
         return newton_posterior(
             kind,
-            *args,
+            h,
+            y,
+            head.weight.detach().to(h.dtype),
+            head.bias.detach().to(h.dtype),
+            prior_mean,
+            prior_precision,
             steps=self.newton_steps,
             damping=self.newton_damping,
             check=False,
@@ -961,7 +963,7 @@ def _without_autocast(device: torch.device) -> torch.autocast:
 
 
 def _write_regression_heads(
-    heads: Sequence[nn.Linear], fitted: Mapping[int, Gaussian | kronecker.KroneckerGaussian]
+    heads: Sequence[nn.Linear], fitted: Mapping[int, Gaussian | KroneckerGaussian]
 ) -> None:
     """Set heads to posterior means [O, P] (last column the bias when P = D + 1, else bias 0)."""
     with torch.no_grad():

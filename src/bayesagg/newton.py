@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Literal, overload
+from typing import Literal
 
 from torch import Tensor
 
@@ -35,57 +35,6 @@ def check_newton(steps: int, damping: float) -> None:
         raise ValueError(f"newton_steps must be a positive integer, got {steps!r}")
     if not 0.0 < damping <= 1.0:
         raise ValueError(f"newton_damping must be in (0, 1], got {damping!r}")
-
-
-@overload
-def newton_posterior(
-    kind: Literal["binary", "multiclass"],
-    h: Tensor,
-    y: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    prior_mean: Tensor,
-    prior_precision: Tensor,
-    *,
-    steps: int = 1,
-    damping: float = 1.0,
-    check: bool = True,
-    reduce: Reduce | None = None,
-) -> Gaussian: ...
-
-
-@overload
-def newton_posterior(
-    kind: Literal["kron"],
-    h: Tensor,
-    y: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    prior_mean: Tensor,
-    prior_precision: KroneckerPrecision,
-    *,
-    steps: int = 1,
-    damping: float = 1.0,
-    check: bool = True,
-    reduce: Reduce | None = None,
-) -> KroneckerGaussian: ...
-
-
-@overload
-def newton_posterior(
-    kind: Literal["binary", "multiclass", "kron"],
-    h: Tensor,
-    y: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    prior_mean: Tensor,
-    prior_precision: Tensor | KroneckerPrecision,
-    *,
-    steps: int = 1,
-    damping: float = 1.0,
-    check: bool = True,
-    reduce: Reduce | None = None,
-) -> Gaussian | KroneckerGaussian: ...
 
 
 def newton_posterior(
