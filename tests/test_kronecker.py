@@ -300,3 +300,48 @@ def test_bayesagg_kron_state_round_trip_and_checks():
         BayesAgg([Multiclass("m", 3)], multiclass_posterior="kron", moments="monte_carlo")
     with pytest.raises(ValueError, match="'dense' or 'kron'"):
         BayesAgg([Multiclass("m", 3)], multiclass_posterior="diagonal")
+
+
+def test_cost_model_script_measures_and_refuses_what_would_not_fit(tmp_path):
+    """scripts/timing/cost_model.py on a tiny grid: both forms measured, in forked processes,
+    and a configuration over the memory limit refused with the reason (no timing asserted)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "timing" / "cost_model.py"
+    out = tmp_path / "rows.json"
+    common = ["--dims", "4", "--batches", "8", "--tasks", "2", "--repeats", "1", "--warmup", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, str(script), "--classes", "3", *common, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=True,
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["form"] for r in rows} == {"dense", "kron"}
+    assert all(r["bayesagg_ms"] > 0 and r["ls_ms"] > 0 for r in rows), run.stdout
+    refused = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--classes",
+            "1000",
+            *common,
+            "--forms",
+            "dense",
+            "--max-gib",
+            "0.001",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=True,
+    )
+    assert "GiB (> --max-gib 0.001)" in refused.stdout
