@@ -465,10 +465,12 @@ class BayesAgg:
         self.prior.reduce = self._reducer()
         if self.in_warmup:
             losses = task_losses(self.groups, [head(h) for head in heads], targets)
-            losses.sum().backward()
+            with _without_autocast(h.device):  # the backward pass in the forward's dtypes
+                losses.sum().backward()
             losses = losses.detach()
         else:
-            losses = self._bayesagg_step(h, heads, targets, bias)
+            with _without_autocast(h.device):
+                losses = self._bayesagg_step(h, heads, targets, bias)
         # Only a step that succeeded feeds next epoch's prior.
         self.prior.accumulate(h.detach(), targets, bias)
         self.step += 1
@@ -958,6 +960,9 @@ def _without_autocast(device: torch.device) -> torch.autocast:
     Under a caller's ``torch.autocast`` (mixed precision) the posteriors, moments and weights
     would otherwise run their matrix products in bfloat16 or float16: they are computed in the
     features' dtype promoted to at least float32 (the fits in float64), whatever the encoder's.
+    The backward pass runs with it off too (on the CPU it runs on the calling thread, where an
+    active autocast would recast its products), as the heads' losses recomputed after the
+    warm-up: a step inside an autocast region fills the gradients of a step outside one.
     """
     return torch.autocast(device.type, enabled=False)
 

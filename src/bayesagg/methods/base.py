@@ -303,7 +303,12 @@ class StepMethod(DeclaredFields, Method):
     ) -> None:
         """Check the losses, then :meth:`fill_gradients` (``heads``, ``targets`` unused)."""
         check_losses(losses, self.num_tasks)
-        self.fill_gradients(losses, StepInputs(shared_parameters, task_parameters, representation))
+        # Autocast off: under a caller's mixed precision the Gramians, solvers and weighted sums
+        # would otherwise run in bfloat16 / float16; the gradients keep their own dtypes.
+        with torch.autocast(losses.device.type, enabled=False):
+            self.fill_gradients(
+                losses, StepInputs(shared_parameters, task_parameters, representation)
+            )
 
     @abstractmethod
     def fill_gradients(self, losses: Tensor, inputs: StepInputs) -> None:
