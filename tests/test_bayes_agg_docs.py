@@ -1,7 +1,7 @@
 """The code blocks of docs/bayesagg.md run as written, each on its own, and do what they say.
 
 tests/test_docs_snippets.py runs every Python block of the docs as a script; this file looks
-closer at the two blocks of docs/bayesagg.md (what they print, what they leave behind).
+closer at the three blocks of docs/bayesagg.md (what they print, what they leave behind).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "bayesagg.md"
 
 def _blocks() -> list[str]:
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     return blocks
 
 
@@ -40,3 +40,11 @@ def test_the_registry_loop_runs_on_its_own(capsys):
     assert method.aggregator.epoch == 3  # type: ignore[attr-defined]
     assert method.last_weights is not None  # type: ignore[attr-defined]  # BayesAgg steps ran
     assert "full-data posterior mean of epoch 2" in capsys.readouterr().out
+
+
+def test_the_factored_posterior_block_builds_it():
+    namespace: dict[str, object] = {"__name__": "__main__"}
+    exec(compile(_blocks()[2], str(DOC), "exec"), namespace)
+    agg = namespace["agg"]
+    assert agg.multiclass_posterior == "kron"  # type: ignore[attr-defined]
+    assert agg.prior.multiclass_posterior == "kron"  # type: ignore[attr-defined]
