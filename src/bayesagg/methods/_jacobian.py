@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,6 +30,41 @@ def check_inputs(tensors: Sequence[Tensor], what: str) -> list[Tensor]:
                 "pass only trainable tensors"
             )
     return tensors
+
+
+#: Why a method that differentiates the task losses one by one refuses a compiled model.
+COMPILED_MODEL = (
+    "the losses' graph runs through a model compiled by torch.compile, and this method "
+    "differentiates the K task losses through the shared parameters one by one (K backward "
+    "passes over one graph); compiled graphs do not support that: with torch's default donated "
+    "buffers the second pass raises, and without them it returns wrong gradients (measured "
+    "with torch 2.14 on the CPU: the first task's gradient right, the others not). Use the "
+    "method's representation form (its '-ub' name: one backward pass through the encoder), a "
+    "loss weighting or BayesAgg-MTL, or leave the shared encoder uncompiled"
+)
+
+
+def check_not_compiled(losses: Tensor, inputs: Sequence[Tensor], state: dict[str, bool]) -> None:
+    """Raise ``RuntimeError`` if the backward passes from ``losses`` to ``inputs`` would run
+    through a ``torch.compile`` graph.
+
+    For methods that take several backward passes over one graph. The walk stops at the inputs
+    (a representation's producer, e.g. a compiled encoder, is never traversed). It runs on the
+    first call only (``state`` remembers it), so a step costs nothing after.
+    """
+    if state.get("graph_checked"):
+        return
+    seen: set[Any] = {t.grad_fn for t in inputs if t.grad_fn is not None}
+    stack = [losses.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if "CompiledFunction" in type(node).__name__:
+            raise RuntimeError(COMPILED_MODEL)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    state["graph_checked"] = True
 
 
 def jacobians(
@@ -83,6 +119,7 @@ def jacobians_auto(
     batch some backward op of the model (e.g. an RNN kernel) the same graph can still be
     differentiated with K plain passes; the fallback is logged once and kept in ``state``.
     """
+    check_not_compiled(losses, inputs, state)
     mode = state.get("batched")
     if mode is None:
         try:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from bayesagg.distributed import all_reduce_mean, global_losses, resolve_group
+from bayesagg.methods._jacobian import check_not_compiled
 from bayesagg.methods.base import StepInputs, StepMethod, running_state
 from bayesagg.methods.weighting._common import (
     accumulate,
@@ -47,6 +48,8 @@ class DBMTL(StepMethod):
         self, num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8
     ) -> None:
         super().__init__(num_tasks)
+        #: Whether the losses' graph was checked for a compiled model (first step only).
+        self._graph_checks: dict[str, bool] = {}
         check_probability(beta, "beta", self.name, closed=True)
         if not (beta_sigma >= 0 and math.isfinite(beta_sigma)):
             raise ValueError(f"db-mtl: beta_sigma must be finite and >= 0, got {beta_sigma}")
@@ -81,6 +84,7 @@ class DBMTL(StepMethod):
         log_losses = torch.log(global_losses(losses, group) + self.eps)
         rows: list[Tensor] = []
         task_grads: list[Tensor | None] = [None] * len(task)
+        check_not_compiled(losses, shared + task, self._graph_checks)
         for k in range(self.num_tasks):
             grads = torch.autograd.grad(
                 log_losses[k], shared + task, retain_graph=k < self.num_tasks - 1, allow_unused=True

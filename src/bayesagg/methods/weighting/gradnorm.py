@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from bayesagg.distributed import all_reduce_mean, global_losses, resolve_group
+from bayesagg.methods._jacobian import check_not_compiled
 from bayesagg.methods.base import StepInputs, StepMethod
 from bayesagg.methods.weighting._common import SGD, Adam, backward_objective
 
@@ -63,6 +64,8 @@ class GradNorm(StepMethod):
         min_weight: float = 1e-3,
     ) -> None:
         super().__init__(num_tasks)
+        #: Whether the losses' graph was checked for a compiled model (first step only).
+        self._graph_checks: dict[str, bool] = {}
         if not (alpha >= 0 and math.isfinite(alpha)):
             raise ValueError(f"gradnorm: alpha must be finite and >= 0, got {alpha}")
         if not (lr > 0 and math.isfinite(lr)):
@@ -108,6 +111,7 @@ class GradNorm(StepMethod):
         """Return ``||grad_W L_k||`` for every task [K] (graph kept for the main backward)."""
         group = resolve_group(self.process_group)
         norms = []
+        check_not_compiled(losses, last, self._graph_checks)
         for k in range(self.num_tasks):
             grads = torch.autograd.grad(losses[k], last, retain_graph=True, allow_unused=True)
             if group is not None:
