@@ -7,10 +7,18 @@ per-task losses are computed and how many tasks it puts on the aggregation axis:
 - :class:`Regression` with ``outputs`` outputs: ``outputs`` tasks, squared error (no 1/2);
 - :class:`Binary` with ``outputs`` binary tasks: ``outputs`` tasks, BCE with logits;
 - :class:`Multiclass` with ``classes`` classes: one task, cross-entropy.
+
+Missing labels. A regression target may be NaN and a binary or multiclass target
+:data:`MISSING` (-100, as ``torch.nn.functional.cross_entropy``'s ``ignore_index``): that
+example has no label for that task. A task's loss is then the mean over the examples that have
+its label, and a task with no label in the batch has loss 0 (with the graph attached, so its
+gradient is 0, never NaN); :func:`task_losses` logs once per task when that happens. With no
+missing label the losses are computed exactly as before (same operations).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -20,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "MISSING",
     "Binary",
     "Multiclass",
     "Regression",
@@ -30,6 +39,20 @@ __all__ = [
     "task_losses",
     "task_names",
 ]
+
+
+#: The target value of a missing binary or multiclass label (regression: NaN).
+MISSING = -100
+
+_log = logging.getLogger("bayesagg")
+_said_unlabelled: set[str] = set()
+
+
+def _masked_mean(example_losses: Tensor, labelled: Tensor) -> Tensor:
+    """Return per-column means of ``example_losses`` [B, O] over the ``labelled`` rows (0 where
+    none is labelled; the unlabelled entries must already be finite)."""
+    kept = torch.where(labelled, example_losses, torch.zeros_like(example_losses))
+    return kept.sum(dim=0) / labelled.sum(dim=0).clamp_min(1).to(example_losses.dtype)
 
 
 @dataclass(frozen=True)
@@ -58,12 +81,20 @@ class Regression(_OutputTasks):
     kind: Literal["regression"] = "regression"
 
     def losses(self, prediction: Tensor, target: Tensor) -> Tensor:
-        """Return the per-output mean squared error, shape [outputs]."""
-        return (prediction - target).pow(2).mean(dim=0)
+        """Return the per-output mean squared error over the labelled examples, [outputs]."""
+        labelled = ~torch.isnan(target)
+        if bool(labelled.all()):
+            return (prediction - target).pow(2).mean(dim=0)
+        return _masked_mean(self.example_losses(prediction, target), labelled)
 
     def example_losses(self, prediction: Tensor, target: Tensor) -> Tensor:
-        """Return the per-example, per-output squared error, shape [B, outputs]."""
-        return (prediction - target).pow(2)
+        """Return the per-example, per-output squared error, [B, outputs] (0 where missing)."""
+        labelled = ~torch.isnan(target)
+        if bool(labelled.all()):
+            return (prediction - target).pow(2)
+        # The missing targets are replaced before the difference, so no NaN reaches the graph.
+        filled = torch.where(labelled, target, prediction.detach())
+        return (prediction - filled).pow(2)
 
 
 @dataclass(frozen=True)
@@ -73,14 +104,24 @@ class Binary(_OutputTasks):
     kind: Literal["binary"] = "binary"
 
     def losses(self, prediction: Tensor, target: Tensor) -> Tensor:
-        """Return the per-task mean binary cross-entropy (logits in), shape [outputs]."""
-        return self.example_losses(prediction, target).mean(dim=0)
+        """Return the per-task mean binary cross-entropy (logits in) over the labelled
+        examples, shape [outputs]."""
+        labelled = target != MISSING
+        if bool(labelled.all()):
+            return self.example_losses(prediction, target).mean(dim=0)
+        return _masked_mean(self.example_losses(prediction, target), labelled)
 
     def example_losses(self, prediction: Tensor, target: Tensor) -> Tensor:
-        """Return the per-example, per-task binary cross-entropy, shape [B, outputs]."""
-        return F.binary_cross_entropy_with_logits(
-            prediction, target.to(prediction.dtype), reduction="none"
-        )
+        """Return the per-example, per-task binary cross-entropy, [B, outputs] (0 where
+        missing)."""
+        labelled = target != MISSING
+        if bool(labelled.all()):
+            return F.binary_cross_entropy_with_logits(
+                prediction, target.to(prediction.dtype), reduction="none"
+            )
+        filled = torch.where(labelled, target, torch.zeros_like(target)).to(prediction.dtype)
+        losses = F.binary_cross_entropy_with_logits(prediction, filled, reduction="none")
+        return torch.where(labelled, losses, torch.zeros_like(losses))
 
 
 @dataclass(frozen=True)
@@ -100,12 +141,18 @@ class Multiclass:
         return self.classes
 
     def losses(self, prediction: Tensor, target: Tensor) -> Tensor:
-        """Return the mean cross-entropy as a one-element tensor, shape [1]."""
-        return F.cross_entropy(prediction, target.long()).reshape(1)
+        """Return the mean cross-entropy over the labelled examples, shape [1] (0 if none)."""
+        target = target.long()
+        if bool((target == MISSING).all()):
+            return (prediction.sum() * 0).reshape(1) + 0.0  # +0, not -0
+        # cross_entropy ignores MISSING (its ignore_index) and averages over the rest.
+        return F.cross_entropy(prediction, target, ignore_index=MISSING).reshape(1)
 
     def example_losses(self, prediction: Tensor, target: Tensor) -> Tensor:
-        """Return the per-example cross-entropy, shape [B, 1]."""
-        return F.cross_entropy(prediction, target.long(), reduction="none").unsqueeze(1)
+        """Return the per-example cross-entropy, shape [B, 1] (0 where missing)."""
+        return F.cross_entropy(
+            prediction, target.long(), reduction="none", ignore_index=MISSING
+        ).unsqueeze(1)
 
 
 TaskGroup = Regression | Binary | Multiclass
@@ -165,4 +212,20 @@ def task_losses(
         raise ValueError(
             f"{len(groups)} task groups but {len(predictions)} predictions and {len(targets)} targets"
         )
-    return torch.cat([g.losses(p, t) for g, p, t in zip(groups, predictions, targets, strict=True)])
+    losses = [g.losses(p, t) for g, p, t in zip(groups, predictions, targets, strict=True)]
+    for g, t in zip(groups, targets, strict=True):
+        _say_unlabelled(g, t)
+    return torch.cat(losses)
+
+
+def _say_unlabelled(group: TaskGroup, target: Tensor) -> None:
+    """Log once per task (per process) that a batch had no label for it (its loss is 0)."""
+    missing = torch.isnan(target) if isinstance(group, Regression) else target == MISSING
+    if isinstance(group, Multiclass):
+        missing = missing.reshape(-1, 1)
+    if not bool(missing.any()):
+        return
+    for name, empty in zip(task_names([group]), missing.all(dim=0).tolist(), strict=True):
+        if empty and name not in _said_unlabelled:
+            _said_unlabelled.add(name)
+            _log.warning("task %r has no label in a batch: its loss is 0 there", name)
