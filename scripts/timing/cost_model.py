@@ -179,8 +179,10 @@ def measure(config: dict[str, Any], repeats: int, warmup: int, device: str) -> d
     }
 
 
-def _child(config: dict[str, Any], repeats: int, warmup: int, device: str, queue: Any) -> None:
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+def _child(
+    config: dict[str, Any], repeats: int, warmup: int, device: str, threads: int, queue: Any
+) -> None:
+    torch.set_num_threads(threads)  # the parent's: a forked process may not inherit it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -205,7 +207,8 @@ def run_config(config: dict[str, Any], args: argparse.Namespace) -> dict[str, An
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     process = context.Process(
-        target=_child, args=(config, args.repeats, args.warmup, args.device, queue)
+        target=_child,
+        args=(config, args.repeats, args.warmup, args.device, torch.get_num_threads(), queue),
     )
     process.start()
     try:
