@@ -7,7 +7,7 @@
 
 A configuration is K multiclass tasks of C classes, each a linear head on D features, and a
 batch of B examples (default grid: C in {2, 10, 100, 1000}, D in {64, 512}, B in {32, 256},
-K in {2, 10, 40}). Each runs in its own forked process, which reports:
+K in {2, 10, 40}). Each runs in a fresh process of its own, which reports:
 
 - ``ls``: linear scalarisation's backward through the heads (the heads' forward, the K
   cross-entropies, ``losses.sum().backward()``), on a leaf h [B, D] standing for the encoder's
@@ -204,7 +204,8 @@ def run_config(config: dict[str, Any], args: argparse.Namespace) -> dict[str, An
             **config,
             "skipped": f"~{seconds:.0f} s estimated (> --max-seconds {args.max_seconds:g})",
         }
-    context = multiprocessing.get_context("fork")
+    # spawn, not fork: a process forked after torch's OpenMP threads started can deadlock.
+    context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(
         target=_child,
