@@ -324,3 +324,23 @@ def test_a_compare_loads_its_data_once_and_a_lone_run_each_time(
     for method in ("ls", "rlw"):
         run(RunConfig(benchmark="fake", method=method, out=str(tmp_path / "r")))
     assert loads == ["ls", "rlw"]
+
+
+@pytest.mark.parametrize("name", ["ls", "famo", "bayesagg"])
+def test_bf16_precision_runs_in_its_own_folder_near_the_fp32_run(install_fake, tmp_path, name):
+    """--precision bf16: the training forward passes under bfloat16 autocast; the results go to
+    <protocol>+bf16, the fp32 run's identity is unchanged, and the training losses stay within
+    10 % of the fp32 run's (bfloat16 keeps 8 bits of mantissa)."""
+    base = RunConfig(benchmark="fake", method=name, seed=1, out=str(tmp_path))
+    assert "precision" not in base.identity()  # the runs made before the option keep their id
+    [fp32] = run(base)
+    [bf16] = run(base.with_(precision="bf16"))
+    assert (tmp_path / "fake" / "quick+bf16").is_dir()
+    assert bf16["config"]["precision"] == "bf16"
+    pairs = [
+        (x, y)
+        for a, b in zip(fp32["history"], bf16["history"], strict=True)
+        for x, y in zip(a["train_loss"], b["train_loss"], strict=True)
+    ]
+    assert all(abs(y - x) <= 0.1 * abs(x) for x, y in pairs)
+    assert any(x != y for x, y in pairs)  # the forward passes did run in bfloat16

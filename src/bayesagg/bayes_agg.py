@@ -464,7 +464,9 @@ class BayesAgg:
         self._heads = heads
         self.prior.reduce = self._reducer()
         if self.in_warmup:
-            losses = task_losses(self.groups, [head(h) for head in heads], targets)
+            # Heads in their own dtype: h may come from a bfloat16 autocast region.
+            outputs = [head(h.to(head.weight.dtype)) for head in heads]
+            losses = task_losses(self.groups, outputs, targets)
             with _without_autocast(h.device):  # the backward pass in the forward's dtypes
                 losses.sum().backward()
             losses = losses.detach()

@@ -60,6 +60,14 @@ def _common(p: argparse.ArgumentParser, *, benchmark_required: bool = True) -> N
     p.add_argument("--epochs", type=int, help="override the protocol's epochs (warm-up scaled)")
     p.add_argument("--batch-size", type=int, help="override the protocol's batch size")
     p.add_argument("--lr", type=float, help="override the protocol's learning rate")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="the training forward passes' precision: bf16 runs them under torch.autocast with "
+        "bfloat16 (results in <protocol>+bf16); the methods' backward and evaluation stay in "
+        "full precision",
+    )
     p.add_argument("--train-limit", type=int, help="keep at most N training examples")
     p.add_argument("--eval-limit", type=int, help="keep at most N validation and test examples")
     p.add_argument(
@@ -251,6 +259,7 @@ def _config(args: argparse.Namespace, method: str, seed: int) -> Any:
         data_options=parse_hparams(args.data_option, flag="--data-option"),
         task=getattr(args, "task", None),
         references=args.references,
+        precision=args.precision,
         data_dir=args.data_dir,
         out=args.out,
     )

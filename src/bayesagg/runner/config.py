@@ -40,6 +40,9 @@ class RunConfig:
     task: str | None = None
     #: STL references for Delta_m: "auto", "published", "own" or a JSON file.
     references: str = "auto"
+    #: The forward passes' precision: "fp32", or "bf16" (torch.autocast with bfloat16; every
+    #: method's backward and BayesAgg-MTL's posteriors run in full precision regardless).
+    precision: str = "fp32"
     data_dir: str | None = None
     out: str = "runs"
 
@@ -48,6 +51,8 @@ class RunConfig:
         d = asdict(self)
         for k in ("data_dir", "out"):
             d.pop(k)
+        if d["precision"] == "fp32":  # the runs made before the option existed are fp32 runs
+            d.pop("precision")
         d["hparams"] = dict(sorted(dict(self.hparams).items()))
         d["model_options"] = dict(sorted(dict(self.model_options).items()))
         d["data_options"] = dict(sorted(dict(self.data_options).items()))

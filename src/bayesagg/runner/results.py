@@ -78,6 +78,8 @@ def protocol_dir(config: RunConfig) -> Path:
     opts = {**{f"model.{k}": v for k, v in config.model_options.items()}}
     opts.update({f"data.{k}": v for k, v in config.data_options.items()})
     overrides += [f"{k}={v}" for k, v in sorted(opts.items())]
+    if config.precision != "fp32":
+        overrides.append(config.precision)
     protocol = config.protocol + ("+" + "-".join(_slug(o) for o in overrides) if overrides else "")
     return Path(config.out) / config.benchmark / protocol
 

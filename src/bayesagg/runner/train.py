@@ -268,6 +268,18 @@ def fit_scaler(
     return TargetScaler(groups, stats)
 
 
+def forward_precision(precision: str, device: torch.device) -> torch.autocast:
+    """Return the context of a forward pass at ``precision`` ("fp32" or "bf16") on ``device``."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def parameter_device(model: nn.Module) -> torch.device:
+    """Return the device of the model's first parameter (CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 # -- evaluation -------------------------------------------------------------------------------
 @torch.no_grad()
 def predict(
@@ -326,16 +338,19 @@ def training_step(
     *,
     sync: Callable[[], None] | None = None,
     clip: Callable[[MultiTaskModel], None] | None = None,
+    precision: str = "fp32",
 ) -> Tensor:
     """Run one whole training step; return the K task losses (detached).
 
     Forward, the task losses, ``method.backward`` (which fills the encoder's and heads'
     gradients), ``sync`` (called after ``method.backward``: multi-process runs average the
     gradients there), the protocol's gradient clipping (``clip``, on the global gradient),
-    ``optimizer.step()``, and FAMO's ``after_step`` on the same batch.
+    ``optimizer.step()``, and FAMO's ``after_step`` on the same batch. ``precision="bf16"``:
+    the forward passes and losses under ``torch.autocast`` with bfloat16 (losses in float32).
     """
-    h, outputs = model(x)
-    losses = task_losses(groups, outputs, targets)
+    with forward_precision(precision, parameter_device(model)):
+        h, outputs = model(x)
+        losses = task_losses(groups, outputs, targets).float()
     optimizer.zero_grad(set_to_none=True)
     method.backward(
         losses,
@@ -351,9 +366,10 @@ def training_step(
         clip(model)
     optimizer.step()
     if method.needs_after_step:
-        with torch.no_grad():
+        with torch.no_grad(), forward_precision(precision, parameter_device(model)):
             _, after = model(x)
-            method.after_step(task_losses(groups, after, targets))
+            after_losses = task_losses(groups, after, targets).float()
+        method.after_step(after_losses)
     return losses.detach()
 
 
@@ -643,6 +659,7 @@ class TrainingLoop:
                     targets,
                     sync=self.sync,
                     clip=clip,
+                    precision=self.plan.config.precision,
                 )
             except FloatingPointError as err:
                 raise self._diverged_in_step(epoch, steps, err) from err
