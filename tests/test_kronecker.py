@@ -303,7 +303,7 @@ def test_bayesagg_kron_state_round_trip_and_checks():
 
 
 def test_cost_model_script_measures_and_refuses_what_would_not_fit(tmp_path):
-    """scripts/timing/cost_model.py on a tiny grid: both forms measured, in forked processes,
+    """scripts/timing/cost_model.py on a tiny grid: both forms measured, in processes of their own,
     and a configuration over the memory limit refused with the reason (no timing asserted)."""
     import json
     import os

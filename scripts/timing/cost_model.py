@@ -182,7 +182,7 @@ def measure(config: dict[str, Any], repeats: int, warmup: int, device: str) -> d
 def _child(
     config: dict[str, Any], repeats: int, warmup: int, device: str, threads: int, queue: Any
 ) -> None:
-    torch.set_num_threads(threads)  # the parent's: a forked process may not inherit it
+    torch.set_num_threads(threads)  # the parent's: a fresh process starts with its own
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -192,7 +192,7 @@ def _child(
 
 
 def run_config(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Measure ``config`` in a forked process, or say why it is not tried."""
+    """Measure ``config`` in a fresh process, or say why it is not tried."""
     gib, flops = estimate(
         config["form"], config["classes"], config["dim"], config["batch"], config["tasks"]
     )
