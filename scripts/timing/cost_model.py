@@ -17,6 +17,8 @@ K in {2, 10, 40}). Each runs in a fresh process of its own, which reports:
   stages: ``posterior`` (the batch fits) and ``moments`` (the gradient moments); the rest is the
   aggregation, the backward and bookkeeping;
 - ``refit``: the end-of-epoch prior refit on those 4 batches (paid once per epoch);
+- the features are h ~ N(0, s^2 I) (``--feature-scale`` s, default 1) with random labels: the
+  wider the logits, the more nodes the moment rule takes (up to 16x its base count);
 - ``peak MiB``: the process's peak resident memory above what it held before the
   configuration was built (CPU), or ``torch.cuda.max_memory_allocated`` (``--device cuda``).
 
@@ -129,7 +131,7 @@ def measure(config: dict[str, Any], repeats: int, warmup: int, device: str) -> d
     agg = BayesAgg(groups, multiclass_posterior=form)
 
     def batch() -> tuple[torch.Tensor, list[torch.Tensor]]:
-        h = torch.randn(b, d, device=dev).requires_grad_()
+        h = (config["feature_scale"] * torch.randn(b, d, device=dev)).requires_grad_()
         return h, [torch.randint(0, c, (b,), device=dev) for _ in range(k)]
 
     for _ in range(4):  # the epoch the prior is fitted on
@@ -315,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=120.0)
     parser.add_argument("--gflops", type=float, default=20.0, help="assumed rate of estimates")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--feature-scale",
+        type=float,
+        default=1.0,
+        help="features h ~ N(0, scale^2 I): the logits' width, hence the rule's node count",
+    )
     parser.add_argument("--encoder", action="store_true", help="also time a ResNet-18 step")
     parser.add_argument("--json", help="write the rows here")
     parser.add_argument("--plot", help="write the figure here (PNG)")
@@ -342,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     for c, d, b, k, form in itertools.product(
         ints["classes"], ints["dims"], ints["batches"], ints["tasks"], args.forms.split(",")
     ):
-        row = run_config({"form": form, "classes": c, "dim": d, "batch": b, "tasks": k}, args)
+        config = {"form": form, "classes": c, "dim": d, "batch": b, "tasks": k}
+        row = run_config({**config, "feature_scale": args.feature_scale}, args)
         rows.append(row)
         print(_row(row, encoders), flush=True)
     if args.json:
