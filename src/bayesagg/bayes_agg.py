@@ -933,19 +933,25 @@ class BayesAgg:
             if isinstance(group, Multiclass):
                 valid = ((y >= 0) & (y < group.classes)).all()
                 checks.append(
-                    (ValueError, f"{name}: class ids must be in [0, {group.classes})", valid)
+                    (
+                        ValueError,
+                        f"{name}: class ids must be in [0, {group.classes}){_NO_MISSING}",
+                        valid,
+                    )
                 )
                 continue
             checks.append(
                 (
                     FloatingPointError,
-                    f"{name}: targets contain NaN or infinite values",
+                    f"{name}: targets contain NaN or infinite values{_NO_MISSING}",
                     _Finite(y),
                 )
             )
             if isinstance(group, Binary):
                 valid = ((y == 0) | (y == 1)).all()
-                checks.append((ValueError, f"{name}: binary targets must be 0 or 1", valid))
+                checks.append(
+                    (ValueError, f"{name}: binary targets must be 0 or 1{_NO_MISSING}", valid)
+                )
         screens = [flag.screen if isinstance(flag, _Finite) else flag for _, _, flag in checks]
         flags = torch.stack([flag.to(h.device) for flag in screens]).tolist()
         for (error, message, flag), ok in zip(checks, flags, strict=True):
@@ -954,6 +960,13 @@ class BayesAgg:
         bias = self._posterior_bias(heads)
         self.prior.check_bias(bias)
         return heads, targets, bias
+
+
+#: Appended to the target errors: what a missing label (NaN, -100) meets here, and the way out.
+_NO_MISSING = (
+    " (a missing label, NaN or -100? BayesAgg-MTL does not take missing labels yet: leave those "
+    "examples out, or use a registry method, whose losses bayesagg.tasks.task_losses masks)"
+)
 
 
 def _without_autocast(device: torch.device) -> torch.autocast:
