@@ -48,11 +48,13 @@ _log = logging.getLogger("bayesagg")
 _said_unlabelled: set[str] = set()
 
 
-def _masked_mean(example_losses: Tensor, labelled: Tensor) -> Tensor:
-    """Return per-column means of ``example_losses`` [B, O] over the ``labelled`` rows (0 where
-    none is labelled; the unlabelled entries must already be finite)."""
+def _masked_mean(group: TaskGroup, example_losses: Tensor, labelled: Tensor) -> Tensor:
+    """Return per-column means of ``example_losses`` [B, O] over the ``labelled`` rows: 0 where
+    none is labelled (said once per task); the unlabelled entries must already be finite."""
     kept = torch.where(labelled, example_losses, torch.zeros_like(example_losses))
-    return kept.sum(dim=0) / labelled.sum(dim=0).clamp_min(1).to(example_losses.dtype)
+    counts = labelled.sum(dim=0)
+    _say_unlabelled(group, counts == 0)
+    return kept.sum(dim=0) / counts.clamp_min(1).to(example_losses.dtype)
 
 
 @dataclass(frozen=True)
@@ -83,17 +85,15 @@ class Regression(_OutputTasks):
     def losses(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Return the per-output mean squared error over the labelled examples, [outputs]."""
         labelled = ~torch.isnan(target)
-        if bool(labelled.all()):
+        if bool(labelled.all()):  # the plain mean, as before missing labels were possible
             return (prediction - target).pow(2).mean(dim=0)
-        return _masked_mean(self.example_losses(prediction, target), labelled)
+        return _masked_mean(self, self.example_losses(prediction, target), labelled)
 
     def example_losses(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Return the per-example, per-output squared error, [B, outputs] (0 where missing)."""
-        labelled = ~torch.isnan(target)
-        if bool(labelled.all()):
-            return (prediction - target).pow(2)
-        # The missing targets are replaced before the difference, so no NaN reaches the graph.
-        filled = torch.where(labelled, target, prediction.detach())
+        # A missing target is replaced by the prediction before the difference, so no NaN
+        # reaches the graph; a present one is taken as it is (the same numbers).
+        filled = torch.where(torch.isnan(target), prediction.detach(), target)
         return (prediction - filled).pow(2)
 
 
@@ -107,18 +107,16 @@ class Binary(_OutputTasks):
         """Return the per-task mean binary cross-entropy (logits in) over the labelled
         examples, shape [outputs]."""
         labelled = target != MISSING
-        if bool(labelled.all()):
-            return self.example_losses(prediction, target).mean(dim=0)
-        return _masked_mean(self.example_losses(prediction, target), labelled)
+        if bool(labelled.all()):  # the plain mean, as before missing labels were possible
+            return F.binary_cross_entropy_with_logits(
+                prediction, target.to(prediction.dtype), reduction="none"
+            ).mean(dim=0)
+        return _masked_mean(self, self.example_losses(prediction, target), labelled)
 
     def example_losses(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Return the per-example, per-task binary cross-entropy, [B, outputs] (0 where
         missing)."""
         labelled = target != MISSING
-        if bool(labelled.all()):
-            return F.binary_cross_entropy_with_logits(
-                prediction, target.to(prediction.dtype), reduction="none"
-            )
         filled = torch.where(labelled, target, torch.zeros_like(target)).to(prediction.dtype)
         losses = F.binary_cross_entropy_with_logits(prediction, filled, reduction="none")
         return torch.where(labelled, losses, torch.zeros_like(losses))
@@ -144,6 +142,7 @@ class Multiclass:
         """Return the mean cross-entropy over the labelled examples, shape [1] (0 if none)."""
         target = target.long()
         if bool((target == MISSING).all()):
+            _say_unlabelled(self, torch.ones(1, dtype=torch.bool))
             return (prediction.sum() * 0).reshape(1) + 0.0  # +0, not -0
         # cross_entropy ignores MISSING (its ignore_index) and averages over the rest.
         return F.cross_entropy(prediction, target, ignore_index=MISSING).reshape(1)
@@ -212,20 +211,13 @@ def task_losses(
         raise ValueError(
             f"{len(groups)} task groups but {len(predictions)} predictions and {len(targets)} targets"
         )
-    losses = [g.losses(p, t) for g, p, t in zip(groups, predictions, targets, strict=True)]
-    for g, t in zip(groups, targets, strict=True):
-        _say_unlabelled(g, t)
-    return torch.cat(losses)
+    return torch.cat([g.losses(p, t) for g, p, t in zip(groups, predictions, targets, strict=True)])
 
 
-def _say_unlabelled(group: TaskGroup, target: Tensor) -> None:
-    """Log once per task (per process) that a batch had no label for it (its loss is 0)."""
-    missing = torch.isnan(target) if isinstance(group, Regression) else target == MISSING
-    if isinstance(group, Multiclass):
-        missing = missing.reshape(-1, 1)
-    if not bool(missing.any()):
-        return
-    for name, empty in zip(task_names([group]), missing.all(dim=0).tolist(), strict=True):
-        if empty and name not in _said_unlabelled:
+def _say_unlabelled(group: TaskGroup, empty: Tensor) -> None:
+    """Log once per task (per process) that a batch had no label for it (its loss is 0);
+    ``empty`` [tasks of the group] flags those tasks."""
+    for name, none in zip(task_names([group]), empty.tolist(), strict=True):
+        if none and name not in _said_unlabelled:
             _said_unlabelled.add(name)
             _log.warning("task %r has no label in a batch: its loss is 0 there", name)
