@@ -30,7 +30,7 @@ with O(N C^2 + D C^2 + D P C) work per example instead of O(C^2 P^2 + N D C^2).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ from torch import Tensor
 
 from bayesagg.linalg import NumericalError, augment, check_finite, class_ids
 from bayesagg.moments import qmc_node_counts, qmc_nodes
-from bayesagg.posterior import Reduce
+from bayesagg.posterior import Reduce, _reduced  # the dense fits' sum over processes
 
 __all__ = ["KroneckerGaussian", "KroneckerPrecision", "moments", "posterior"]
 
@@ -229,13 +229,7 @@ def posterior(
         hessians += torch.diag(prob.sum(dim=0)) - prob.mT @ prob
         scatter += hc.mT @ hc
     count = torch.tensor([float(b)], dtype=dtype, device=h.device)
-    if reduce is not None:
-        flat = reduce(torch.cat([t.reshape(-1) for t in (gradient, hessians, scatter, count)]))
-        sizes = [c * p, c * c, p * p, 1]
-        gradient, hessians, scatter, count = (
-            part.view_as(t)
-            for t, part in zip((gradient, hessians, scatter, count), flat.split(sizes), strict=True)
-        )
+    gradient, hessians, scatter, count = _reduced(reduce, gradient, hessians, scatter, count)
     n0, total = prior_precision.count, prior_precision.count + float(count.item())
     classes = (n0 * prior_precision.classes + hessians) / total
     features = prior_precision.features + scatter
@@ -247,13 +241,7 @@ def posterior(
     )
     fitted = KroneckerGaussian.decompose(theta, precision)
     gradient = gradient + prior_precision.times(theta - prior_mean)
-    return KroneckerGaussian(
-        theta - fitted.solve(gradient),
-        precision,
-        fitted.class_basis,
-        fitted.feature_basis,
-        fitted.variances,
-    )
+    return replace(fitted, mean=theta - fitted.solve(gradient))
 
 
 def moments(
