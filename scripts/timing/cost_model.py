@@ -155,9 +155,15 @@ def measure(config: dict[str, Any], repeats: int, warmup: int, device: str) -> d
         agg.backward(h, heads, targets)
 
     def sync(fn: Callable[[], None]) -> Callable[[], None]:
+        """Return ``fn`` waiting for the device, so that a timing covers its kernels."""
         if dev.type != "cuda":
             return fn
-        return lambda: (fn(), torch.cuda.synchronize(dev))[0]
+
+        def synced() -> None:
+            fn()
+            torch.cuda.synchronize(dev)
+
+        return synced
 
     for _ in range(warmup):
         ls(), ours()
