@@ -40,7 +40,7 @@ from bayesagg.runner.results import (
     write_json_atomic,
 )
 from bayesagg.runner.splits import SplitsCache, check_splits
-from bayesagg.runner.train import TrainingLoop, TrainResult, deterministic, seed_everything
+from bayesagg.runner.train import TrainResult, deterministic, seed_everything, train
 from bayesagg.tasks import task_kinds
 
 __all__ = ["Plan", "finished_result", "plan", "result_path", "run"]
@@ -223,9 +223,9 @@ def _train_one(
         model = spec.build_model(p.groups, **dict(protocol.model_options))
         method = p.create_method(task)
         label = p.label + (f" {task_name}" if task_name else "")
-        outcome = TrainingLoop(
-            p,
-            splits,
+        outcome = train(
+            plan=p,
+            splits=splits,
             model=model,
             method=method,
             criterion=p.criterion(task),
@@ -236,7 +236,7 @@ def _train_one(
             label=f"{spec.name} {label} seed {config.seed}",
             distributed=ctx,
             checkpoint=checkpoint,
-        ).run()
+        )
     document = _document(p, outcome, sizes, task, command, started, wall, model)
     document["resumed_after_epoch"] = None if checkpoint is None else checkpoint.resumed_from
     if is_main():
