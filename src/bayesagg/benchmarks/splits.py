@@ -8,7 +8,9 @@ Only numpy and torch are imported here; the loaders import their heavy libraries
 from __future__ import annotations
 
 import gzip
+import hashlib
 import itertools
+import logging
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -27,12 +29,15 @@ __all__ = [
     "IndexedImages",
     "ScaleNormalise",
     "Splits",
+    "check_label_fraction",
     "crop_transform",
+    "kept_labels",
     "limit_splits",
     "limited_sizes",
     "random_split_indices",
     "read_idx",
     "read_mnist_layout",
+    "say_kept_labels",
     "stratified_split_indices",
     "warn_skipped",
 ]
@@ -181,6 +186,42 @@ def limit_splits(splits: Splits, limit: int | None, seed: int) -> Splits:
         keep = np.sort(np.random.default_rng([seed, k]).permutation(len(dataset))[:size])
         out.append(Subset(dataset, keep.tolist()))
     return Splits(*out)
+
+
+def check_label_fraction(fraction: float) -> float:
+    """Return ``fraction`` as a float if it is in (0, 1]; ValueError naming the option otherwise."""
+    value = float(fraction)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"label_fraction must be in (0, 1], got {fraction!r}")
+    return value
+
+
+def kept_labels(keys: Sequence[str], tasks: int, fraction: float, seed: int = 0) -> np.ndarray:
+    """Return which labels a ``label_fraction`` run keeps: bool [len(keys), tasks].
+
+    Each (example, task) label is kept independently with probability ``fraction``. The draw
+    of an example comes from its ``key`` (a file name, a molecule id) and ``seed`` alone, so an
+    example has the same labels in every run: whatever the method, the run seed, the split
+    or the training limit. That is what makes runs at one fraction comparable.
+    """
+    fraction = check_label_fraction(fraction)
+    keep = np.ones((len(keys), tasks), dtype=bool)
+    if fraction == 1.0:
+        return keep
+    for i, key in enumerate(keys):
+        digest = hashlib.blake2b(f"{seed}/{key}".encode(), digest_size=8).digest()
+        keep[i] = np.random.default_rng(int.from_bytes(digest, "little")).random(tasks) < fraction
+    return keep
+
+
+def say_kept_labels(where: str, names: Sequence[str], keep: np.ndarray, fraction: float) -> None:
+    """Log how many training labels of each task a ``label_fraction`` run keeps."""
+    if fraction == 1.0:
+        return
+    counts = ", ".join(f"{n} {int(c)}" for n, c in zip(names, keep.sum(axis=0), strict=True))
+    logging.getLogger("bayesagg").info(
+        "%s: label_fraction %g keeps %s of %d training labels", where, fraction, counts, len(keep)
+    )
 
 
 def crop_transform(

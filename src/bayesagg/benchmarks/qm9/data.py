@@ -35,7 +35,14 @@ from bayesagg.tasks import Regression
 
 from ..paths import DataDir, MissingDataError, data_root
 from ..pyg import torch_geometric
-from ..splits import Splits, limited_sizes, warn_skipped
+from ..splits import (
+    Splits,
+    check_label_fraction,
+    kept_labels,
+    limited_sizes,
+    say_kept_labels,
+    warn_skipped,
+)
 
 __all__ = [
     "ATOMREF_HARTREE",
@@ -105,7 +112,7 @@ _COLUMNS = ("Index", "Elements", "XYZ_Ang", *_PROPERTY_COLUMNS)
 _CSV_PATTERN = "qm9_part*.csv"
 
 #: Bumped whenever the processing below changes, so stale caches are never read.
-PROCESS_VERSION = 1
+PROCESS_VERSION = 2  # 2: empty or NaN target fields are missing labels (NaN), not failures
 _SHARD = 1000
 _TEST, _VAL = 10_000, 10_000
 
@@ -166,7 +173,9 @@ def _parse_row(row: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
         raise ValueError(
             f"molecule {row[0]}: {len(elements)} elements {elements} vs {len(xyz)} positions"
         )
-    raw = np.asarray(row[3:], dtype=np.float64)
+    # An empty field is a missing label (NaN, the library's regression convention), not an
+    # error: files with missing properties load, and those molecules train the other tasks.
+    raw = np.asarray([v if v.strip() else "nan" for v in row[3:]], dtype=np.float64)
     y = raw.copy()
     y[[2, 3, 5]] *= HARTREE_TO_EV
     reference = np.sum([ATOMREF_HARTREE[e] for e in elements], axis=0)
@@ -456,7 +465,7 @@ class _PygQM9View(Dataset):
 
     def __getitem__(self, i: int) -> Any:
         data = self.dataset[i].clone()
-        data.y = data.y[:, list(PYG_TARGET_INDEX)]
+        data.y = self.y[i : i + 1].clone()  # the 11 targets, with any labels hidden by load()
         return _edge_features(data, self.complete_graph)
 
 
@@ -465,7 +474,17 @@ def target_statistics(train: Dataset) -> tuple[Tensor, Tensor]:
     y = _targets(train)
     if len(y) < 2:
         raise ValueError(f"target_statistics needs at least 2 molecules, got {len(y)}")
-    return y.mean(dim=0), y.std(dim=0)
+    missing = y.isnan()
+    if not bool(missing.any()):
+        return y.mean(dim=0), y.std(dim=0)
+    # Missing labels (NaN): each target's statistics over the molecules that have it.
+    counts = (~missing).sum(dim=0)
+    few = [name for name, n in zip(TARGETS, counts.tolist(), strict=True) if n < 2]
+    if few:
+        raise ValueError(f"target_statistics: fewer than 2 labelled molecules for {few}")
+    mean = y.nanmean(dim=0)
+    centred = torch.where(missing, torch.zeros_like(y), y - mean)
+    return mean, (centred.square().sum(dim=0) / (counts - 1)).sqrt()
 
 
 def _targets(dataset: Dataset) -> Tensor:
@@ -517,6 +536,8 @@ def load(
     features: Literal["pyg", "rdkit"] = "pyg",
     cache_dir: str | os.PathLike[str] | None = None,
     workers: int = 1,
+    label_fraction: float = 1.0,
+    label_seed: int = 0,
 ) -> Splits:
     """Return QM9 train/val/test of PyG ``Data`` graphs with ``y`` [1, 11] in PyG's units.
 
@@ -531,8 +552,16 @@ def load(
     ``complete_graph=False`` (default, CPU-friendly) gives the bond graph + distance; ``True``
     Nash-MTL's complete graph + distance; both have edge_attr dim 5. Processed molecules are
     cached in ``cache_dir`` (default ``~/.cache/bayesagg/qm9``); ``workers`` processes in
-    parallel. Molecules RDKit cannot process are skipped with one counted warning.
+    parallel. Molecules RDKit cannot process are skipped with one counted warning. An empty
+    target field in a CSV is a missing label (NaN).
+
+    ``label_fraction`` < 1 hides training labels: each of a training molecule's 11 targets is
+    kept with that probability and otherwise set to NaN (missing), drawn from the molecule's id
+    (the CSV's index, or the position in PyG's QM9) and ``label_seed`` only, so every method, run seed and
+    limit sees the same labels of a molecule (:func:`~bayesagg.benchmarks.splits.kept_labels`);
+    validation and test keep all theirs.
     """
+    label_fraction = check_label_fraction(label_fraction)
     if features not in ("pyg", "rdkit"):
         raise ValueError(f"features must be 'pyg' or 'rdkit', got {features!r}")
     if workers < 1:
@@ -540,7 +569,7 @@ def load(
     root = data_root(data_dir)
     folder = root / "qm9" if root is not None else None
     if folder is not None and ((folder / "raw").is_dir() or (folder / "processed").is_dir()):
-        return _load_pyg(folder, seed, limit, complete_graph)
+        return _load_pyg(folder, seed, limit, complete_graph, label_fraction, label_seed)
     source = folder if folder is not None and any(folder.glob(_CSV_PATTERN)) else _qm9pack_folder()
     files = _csv_files(source)
     rows = _read_rows(files)
@@ -559,7 +588,16 @@ def load(
         kept = [int(r) for r in ids if not isinstance(records[int(r)], str)]
         chosen = [_with_features(records[r], features) for r in kept]  # type: ignore[arg-type]
         datasets.append(QM9Graphs(chosen, [int(rows[r][0]) for r in kept], complete_graph))
+    train = datasets[0]
+    keep = kept_labels([str(int(i)) for i in train.ids], 11, label_fraction, label_seed)
+    _hide(train.y, torch.from_numpy(keep), str(source), label_fraction)
     return Splits(*datasets)
+
+
+def _hide(y: Tensor, keep: Tensor, where: str, fraction: float) -> None:
+    """Set the training targets ``y`` [N, 11] that ``keep`` drops to NaN, in place; log counts."""
+    say_kept_labels(f"QM9 ({where})", TARGETS, keep.numpy(), fraction)
+    y[~keep] = float("nan")
 
 
 def _with_features(record: dict[str, np.ndarray], features: str) -> dict[str, np.ndarray]:
@@ -574,9 +612,21 @@ def _with_features(record: dict[str, np.ndarray], features: str) -> dict[str, np
     return out
 
 
-def _load_pyg(folder: Path, seed: int, limit: int | None, complete_graph: bool) -> Splits:
+def _load_pyg(
+    folder: Path,
+    seed: int,
+    limit: int | None,
+    complete_graph: bool,
+    label_fraction: float,
+    label_seed: int,
+) -> Splits:
     QM9 = torch_geometric().datasets.QM9
 
     view = _PygQM9View(QM9(str(folder)), complete_graph)
     train, val, test = _split_ids(len(view), seed, limit)
+    keep = kept_labels([str(int(i)) for i in train], 11, label_fraction, label_seed)
+    rows = torch.from_numpy(train)
+    hidden = view.y[rows]
+    _hide(hidden, torch.from_numpy(keep), str(folder), label_fraction)
+    view.y[rows] = hidden
     return Splits(*(Subset(view, np.sort(ids).tolist()) for ids in (train, val, test)))

@@ -20,10 +20,19 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from bayesagg.tasks import Binary, Multiclass, Regression
+from bayesagg.tasks import MISSING, Binary, Multiclass, Regression
 
 from ..paths import DataDir, MissingDataError, dataset_dir, folder_locator
-from ..splits import Splits, crop_transform, limit_splits, stratified_split_indices, warn_skipped
+from ..splits import (
+    Splits,
+    check_label_fraction,
+    crop_transform,
+    kept_labels,
+    limit_splits,
+    say_kept_labels,
+    stratified_split_indices,
+    warn_skipped,
+)
 
 __all__ = [
     "AGE_MEAN",
@@ -97,6 +106,12 @@ class UTKFaceImages(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
         return self.transform(self.image(i)), (self.age[i], self.gender[i], self.ethnicity[i])
 
+    def hide(self, keep: Tensor) -> None:
+        """Mark the labels ``keep`` [N, 3] (age, gender, ethnicity) drops as missing, in place."""
+        self.age[~keep[:, 0]] = float("nan")
+        self.gender[~keep[:, 1]] = float(MISSING)
+        self.ethnicity[~keep[:, 2]] = MISSING
+
     def target_tensors(self) -> tuple[Tensor, Tensor, Tensor]:
         """Return all targets at once (no image decoding)."""
         return self.age, self.gender, self.ethnicity
@@ -162,6 +177,8 @@ def load(
     image_size: int = 128,
     cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
+    label_fraction: float = 1.0,
+    label_seed: int = 0,
 ) -> Splits:
     """Return UTKFace train/val/test: a 70/10/20 split stratified by age with ``split_seed``.
 
@@ -172,7 +189,14 @@ def load(
     0.35 GB at 64 px) so epochs skip JPEG decoding, which otherwise costs about as much as the
     model's step on a CPU (docs/speed.md, "The training loop's own costs"); ``cache=False`` decodes every
     image at every epoch. ``seed`` only picks the ``limit`` subset.
+
+    ``label_fraction`` < 1 hides training labels: each training face's age, gender and
+    ethnicity label is kept with that probability and otherwise missing (age NaN, gender and
+    ethnicity :data:`~bayesagg.tasks.MISSING`), drawn from the file name and ``label_seed`` only,
+    so every method, seed and limit sees the same labels of a face
+    (:func:`~bayesagg.benchmarks.splits.kept_labels`); validation and test keep all theirs.
     """
+    label_fraction = check_label_fraction(label_fraction)
     folder = dataset_dir(FOLDER, data_dir)
     files = sorted(entry.name for entry in os.scandir(folder) if entry.is_file())
     names, labels, bad = parse_names([f for f in files if f.endswith(".jpg")])
@@ -200,5 +224,9 @@ def load(
             None if cached is None else cached[torch.from_numpy(idx)],
         )
 
-    splits = Splits(dataset(train_idx, True), dataset(val_idx, False), dataset(test_idx, False))
+    train = dataset(train_idx, True)
+    keep = kept_labels(train.names, 3, label_fraction, label_seed)
+    say_kept_labels(f"UTKFace ({folder})", [g.name for g in GROUPS], keep, label_fraction)
+    train.hide(torch.from_numpy(keep))
+    splits = Splits(train, dataset(val_idx, False), dataset(test_idx, False))
     return limit_splits(splits, limit, seed)
