@@ -73,7 +73,9 @@ def test_utkface_hides_training_labels_only(tmp_path) -> None:
     # Validation and test keep every label.
     for split in ("val", "test"):
         for a, b in zip(
-            getattr(part, split).target_tensors(), getattr(full, split).target_tensors(), strict=True
+            getattr(part, split).target_tensors(),
+            getattr(full, split).target_tensors(),
+            strict=True,
         ):
             torch.testing.assert_close(a, b)
     # A training limit picks a subset of the same masked faces.

@@ -57,6 +57,7 @@ from bayesagg.tasks import (
     Regression,
     TaskGroup,
     check_groups,
+    check_loss_scale,
     num_tasks,
     task_kinds,
     task_losses,
@@ -443,7 +444,14 @@ class BayesAgg:
 
     # ------------------------------------------------------------------ training step
 
-    def backward(self, h: Tensor, heads: Sequence[nn.Linear], targets: Sequence[Tensor]) -> Tensor:
+    def backward(
+        self,
+        h: Tensor,
+        heads: Sequence[nn.Linear],
+        targets: Sequence[Tensor],
+        *,
+        loss_scale: float | Tensor | None = None,
+    ) -> Tensor:
         """Return the K per-task mean losses (detached) after filling this step's gradients.
 
         ``h`` [B, D] is the shared representation (part of the encoder's graph), ``heads`` one
@@ -456,11 +464,16 @@ class BayesAgg:
           (paper Algorithm 1), the classification heads get the gradient of their summed
           per-task mean losses, the regression heads none (``.grad`` set to ``None``).
 
+        ``loss_scale``: a float16 ``torch.amp.GradScaler``'s current scale; every gradient
+        filled is then the step's times it (the posteriors, moments and weights are those of the
+        unscaled step), for ``scaler.step(optimizer)`` to unscale.
+
         Every step (warm-up included) adds ``h.detach()`` and the targets to the epoch's prior
         buffers. Raises ``ValueError`` for malformed input and ``FloatingPointError`` for
         NaN/inf, naming the task group and the step.
         """
         heads, targets, bias = self._check_step(h, heads, targets)
+        scale = check_loss_scale(loss_scale, "BayesAgg")
         self._heads = heads
         self.prior.reduce = self._reducer()
         if self.in_warmup:
@@ -468,11 +481,11 @@ class BayesAgg:
             outputs = [head(h.to(head.weight.dtype)) for head in heads]
             losses = task_losses(self.groups, outputs, targets)
             with _without_autocast(h.device):  # the backward pass in the forward's dtypes
-                losses.sum().backward()
+                (losses.sum() if scale == 1.0 else losses.sum() * scale).backward()
             losses = losses.detach()
         else:
             with _without_autocast(h.device):
-                losses = self._bayesagg_step(h, heads, targets, bias)
+                losses = self._bayesagg_step(h, heads, targets, bias, scale)
         # Only a step that succeeded feeds next epoch's prior.
         self.prior.accumulate(h.detach(), targets, bias)
         self.step += 1
@@ -486,7 +499,12 @@ class BayesAgg:
         return losses
 
     def _bayesagg_step(
-        self, h: Tensor, heads: Sequence[nn.Linear], targets: Sequence[Tensor], bias: list[bool]
+        self,
+        h: Tensor,
+        heads: Sequence[nn.Linear],
+        targets: Sequence[Tensor],
+        bias: list[bool],
+        scale: float = 1.0,
     ) -> Tensor:
         features, g, alpha, mus, variances = self._aggregate(h, heads, targets, bias)
         # One check of the result (a non-finite entry makes the sum non-finite; the exact test
@@ -522,10 +540,12 @@ class BayesAgg:
                     trained.append(loss.sum())
         outputs = [h]
         grads = [(g * self._gradient_scale() / h.shape[0]).to(h.dtype)]
+        if scale != 1.0:  # a GradScaler's: the backward passes carry the scaled gradients
+            grads[0] = (g * self._gradient_scale() / h.shape[0] * scale).to(h.dtype)
         if trained:
             total = torch.stack(trained).sum()
             outputs.append(total)
-            grads.append(torch.ones_like(total))
+            grads.append(torch.full_like(total, scale))
         torch.autograd.backward(outputs, grads)
         return torch.cat(per_group)
 

@@ -19,6 +19,7 @@ missing label the losses are computed exactly as before (same operations).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -34,6 +35,7 @@ __all__ = [
     "Regression",
     "TaskGroup",
     "check_groups",
+    "check_loss_scale",
     "num_tasks",
     "task_kinds",
     "task_losses",
@@ -221,3 +223,13 @@ def _say_unlabelled(group: TaskGroup, empty: Tensor) -> None:
         if none and name not in _said_unlabelled:
             _said_unlabelled.add(name)
             _log.warning("task %r has no label in a batch: its loss is 0 there", name)
+
+
+def check_loss_scale(loss_scale: float | Tensor | None, method: str) -> float:
+    """Return ``loss_scale`` as a float (1.0 for None); ValueError unless finite and > 0."""
+    if loss_scale is None:
+        return 1.0
+    value = float(loss_scale)  # a GradScaler keeps its scale as a one-element tensor
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{method}: loss_scale must be finite and > 0, got {value}")
+    return value

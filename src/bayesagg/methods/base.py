@@ -31,6 +31,7 @@ so the caller can add them to an optimiser, or update them internally and say so
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Literal, NamedTuple
@@ -38,6 +39,8 @@ from typing import Any, ClassVar, Literal, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from bayesagg.tasks import check_loss_scale
 
 __all__ = [
     "Aggregator",
@@ -111,8 +114,16 @@ class Method(ABC):
         representation: Tensor | None = None,
         heads: Sequence[nn.Module] | None = None,
         targets: Sequence[Tensor] | None = None,
+        loss_scale: float | Tensor | None = None,
     ) -> None:
-        """Fill the ``.grad`` of shared and task-specific parameters for this step."""
+        """Fill the ``.grad`` of shared and task-specific parameters for this step.
+
+        ``loss_scale``: a float16 ``torch.amp.GradScaler``'s current scale. The method then
+        computes its weights from the step's own (unscaled) losses and gradients and fills
+        ``.grad`` with its gradients times the scale, every backward pass through the network
+        carrying the scaled values (so float16 gradients do not underflow), as
+        ``scaler.scale(loss).backward()`` would; ``scaler.step(optimizer)`` then unscales them.
+        """
 
     def after_step(self, losses: Tensor) -> None:  # noqa: B027 - optional hook
         """Called with the same batch's losses after the optimiser step (FAMO); default: nothing."""
@@ -280,6 +291,8 @@ class StepInputs(NamedTuple):
     shared_parameters: Sequence[Tensor]
     task_parameters: Sequence[Tensor]
     representation: Tensor | None
+    #: The GradScaler's scale (1.0: none): the gradients filled are the step's times it.
+    loss_scale: float = 1.0
 
 
 class StepMethod(DeclaredFields, Method):
@@ -291,6 +304,10 @@ class StepMethod(DeclaredFields, Method):
     heads and targets, implements ``backward`` itself.
     """
 
+    #: Whether :meth:`fill_gradients` honours ``inputs.loss_scale`` (a float16 GradScaler's
+    #: scale); ``backward`` refuses a scale otherwise, naming the method.
+    takes_loss_scale: ClassVar[bool] = False
+
     def backward(
         self,
         losses: Tensor,
@@ -300,14 +317,23 @@ class StepMethod(DeclaredFields, Method):
         representation: Tensor | None = None,
         heads: Sequence[nn.Module] | None = None,
         targets: Sequence[Tensor] | None = None,
+        loss_scale: float | Tensor | None = None,
     ) -> None:
         """Check the losses, then :meth:`fill_gradients` (``heads``, ``targets`` unused)."""
         check_losses(losses, self.num_tasks)
+        name = self.name or type(self).__name__
+        scale = check_loss_scale(loss_scale, name)
+        if scale != 1.0 and not self.takes_loss_scale:
+            raise ValueError(
+                f"{name} does not take a loss_scale (a float16 GradScaler) yet: its rule reads "
+                "gradient norms or keeps running gradient state; train it with bfloat16 "
+                "autocast, which needs no scaler"
+            )
         # Autocast off: under a caller's mixed precision the Gramians, solvers and weighted sums
         # would otherwise run in bfloat16 / float16; the gradients keep their own dtypes.
         with torch.autocast(losses.device.type, enabled=False):
             self.fill_gradients(
-                losses, StepInputs(shared_parameters, task_parameters, representation)
+                losses, StepInputs(shared_parameters, task_parameters, representation, scale)
             )
 
     @abstractmethod
@@ -336,6 +362,7 @@ class Aggregator(StepMethod):
     #: loses it unless it declares it again in its own body (its rule may look at single
     #: coordinates of the Jacobian, which the data-parallel forms do not see).
     data_parallel: ClassVar[bool] = False
+    takes_loss_scale: ClassVar[bool] = True
     #: What the method guarantees for every Jacobian, checked for every registered aggregator
     #: by tests/test_methods_properties.py: "non_conflicting" (``min_i g_i . d >= 0``: no
     #: task's loss increases to first order), "permutation_invariant" (reordering the tasks
@@ -405,7 +432,7 @@ class Aggregator(StepMethod):
         The Jacobian is one batched (``vmap``) backward pass; if the graph has an op that
         cannot be batched, the first call finds out, logs it and uses K passes from then on.
         """
-        shared_parameters, task_parameters, representation = inputs
+        shared_parameters, task_parameters, representation, scale = inputs
         from bayesagg.distributed import all_reduce_mean, resolve_group
         from bayesagg.methods._jacobian import accumulate_grad, check_inputs, jacobians_auto
 
@@ -426,10 +453,22 @@ class Aggregator(StepMethod):
             if not shared:
                 raise ValueError("shared_parameters is empty: nothing to aggregate over")
             targets_ = shared
+        # A GradScaler's scale: the backward passes carry the scaled losses (no float16
+        # underflow), the rule sees the step's own gradients, the output is scaled again.
         jacs = jacobians_auto(
-            losses, targets_ + task, retain_graph=False, state=self._jacobian_state
+            losses if scale == 1.0 else losses * scale,
+            targets_ + task,
+            retain_graph=False,
+            state=self._jacobian_state,
         )
         target_jacs, task_jacs = jacs[: len(targets_)], jacs[len(targets_) :]
+        if scale != 1.0:
+            target_jacs = [j / scale for j in target_jacs]
+            if not all(bool(j.isfinite().all()) for j in target_jacs):
+                # A float16 overflow: NaN gradients, so the GradScaler skips the step and lowers
+                # its scale, as it does for a plain backward; the rule never sees them.
+                self._fill_overflow(task, task_jacs, shared, representation)
+                return
         k = self.num_tasks
         group = resolve_group(self.process_group)
         if self.space == "representation" and group is not None:
@@ -448,11 +487,13 @@ class Aggregator(StepMethod):
             if group is not None:
                 losses = all_reduce_mean(losses.detach(), group)  # MGDA's loss normalisation
             direction = self.direction(flat, losses=losses, representation=None)
-        if task:
+        if task:  # the heads' rows still carry the scale
             w = self.task_weights().to(task_jacs[0])
             accumulate_grad(
                 task, torch.cat([torch.tensordot(w, j, dims=1).reshape(-1) for j in task_jacs])
             )
+        if scale != 1.0:
+            direction = direction * scale
         if self.space == "representation":
             assert representation is not None  # checked above for this space
             torch.autograd.backward(
@@ -462,6 +503,24 @@ class Aggregator(StepMethod):
             )
         else:
             accumulate_grad(shared, direction)
+
+    @staticmethod
+    def _fill_overflow(
+        task: Sequence[Tensor],
+        task_jacs: Sequence[Tensor],
+        shared: Sequence[Tensor],
+        representation: Tensor | None,
+    ) -> None:
+        """Fill every gradient with NaN (a scaled step overflowed; the scaler skips it)."""
+        from bayesagg.methods._jacobian import accumulate_grad
+
+        if task:
+            accumulate_grad(task, torch.cat([j.sum(dim=0).reshape(-1) for j in task_jacs]))
+        if representation is not None and representation.requires_grad and not shared:
+            torch.autograd.backward(representation, torch.full_like(representation, math.nan))
+            return
+        for p in shared:
+            p.grad = torch.full_like(p, math.nan)
 
     def direction(
         self, jacobian: Tensor, *, losses: Tensor, representation: Tensor | None

@@ -91,6 +91,7 @@ class BayesAggMTL(Method):
         representation: Tensor | None = None,
         heads: Sequence[nn.Module] | None = None,
         targets: Sequence[Tensor] | None = None,
+        loss_scale: float | Tensor | None = None,
     ) -> None:
         """Fill the encoder's gradients through ``representation`` and the heads' (see BayesAgg)."""
         check_losses(losses, self.num_tasks)
@@ -109,7 +110,10 @@ class BayesAggMTL(Method):
             )
         # checked above; BayesAgg checks that the heads are nn.Linear
         self.aggregator.backward(
-            cast(Tensor, representation), cast("Sequence[nn.Linear]", heads), cast(Any, targets)
+            cast(Tensor, representation),
+            cast("Sequence[nn.Linear]", heads),
+            cast(Any, targets),
+            loss_scale=loss_scale,
         )
         self.last_weights = self.aggregator.last_weights
 

@@ -349,10 +349,15 @@ class NashMTL(ClippedGramianWeighting):
     # -- steps that reuse the weights need no Jacobian ------------------------------------------
     def fill_gradients(self, losses: Tensor, inputs: StepInputs) -> None:
         """As :meth:`Aggregator.backward`; between updates, one backward of ``sum alpha_i L_i``."""
-        shared_parameters, task_parameters, representation = inputs
+        shared_parameters, task_parameters, representation, scale = inputs
         if self.step % self.update_weights_every == 0:
             super().fill_gradients(losses, inputs)
             return
+        if scale != 1.0:
+            raise ValueError(
+                f"{self.name}: a loss_scale (GradScaler) is supported with "
+                "update_weights_every=1 only (the steps between updates clip a gradient norm)"
+            )
         from bayesagg.distributed import all_reduce_mean, all_reduce_sum, resolve_group, world_size
         from bayesagg.methods._jacobian import accumulate_grad, check_inputs
 

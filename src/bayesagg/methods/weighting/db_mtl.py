@@ -66,7 +66,7 @@ class DBMTL(StepMethod):
 
     def fill_gradients(self, losses: Tensor, inputs: StepInputs) -> None:
         """Accumulate the balanced direction into shared, ``grad sum log L`` into task params."""
-        shared_parameters, task_parameters, _ = inputs
+        shared_parameters, task_parameters, _, _ = inputs
         neg = (losses.detach() + self.eps <= 0).nonzero().flatten().tolist()
         if neg:
             raise ValueError(

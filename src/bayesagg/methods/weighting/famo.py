@@ -128,7 +128,7 @@ class FAMO(StepMethod):
 
     def fill_gradients(self, losses: Tensor, inputs: StepInputs) -> None:
         """Accumulate the gradient of the FAMO objective and remember ``D(t)`` for the update."""
-        shared_parameters, task_parameters, _ = inputs
+        shared_parameters, task_parameters, _, _ = inputs
         if self._pending is not None:
             self._warn_no_after_step()
         # data parallelism: the objective's log-gaps need the global batch's losses

@@ -149,7 +149,7 @@ class GradNorm(StepMethod):
 
     def fill_gradients(self, losses: Tensor, inputs: StepInputs) -> None:
         """Accumulate the gradient of ``sum_k w_k L_k``, then update ``w`` from ``L_grad``."""
-        shared_parameters, task_parameters, _ = inputs
+        shared_parameters, task_parameters, _, _ = inputs
         if not losses.requires_grad:
             raise ValueError(
                 "gradnorm: the losses carry no autograd graph (computed under no_grad?)"

@@ -26,6 +26,7 @@ class LossWeighting(StepMethod):
     """A method whose every parameter receives the gradient of :meth:`objective`."""
 
     space = "loss"
+    takes_loss_scale = True  # the objective's gradient, times the scale
     #: Whether the objective takes the global batch's losses under data parallelism
     #: (:func:`bayesagg.distributed.global_losses`): needed when its gradient depends on the
     #: loss values (logs, softmaxes), not for a weighted sum with weights fixed for the step.
@@ -40,14 +41,15 @@ class LossWeighting(StepMethod):
 
     def fill_gradients(self, losses: Tensor, inputs: StepInputs) -> None:
         """Accumulate the gradient of :meth:`objective` into every parameter it depends on."""
-        shared_parameters, task_parameters, _ = inputs
+        shared_parameters, task_parameters, _, scale = inputs
         self.check(losses)
         if self.global_losses:
             from bayesagg.distributed import global_losses, resolve_group
 
             losses = global_losses(losses, resolve_group(self.process_group))
+        objective = self.objective(losses)  # weights from the unscaled losses
         backward_objective(
-            self.objective(losses),
+            objective if scale == 1.0 else objective * scale,
             self.name,
             shared_parameters,
             task_parameters,
