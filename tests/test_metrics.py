@@ -97,3 +97,46 @@ def test_mean_rank_with_ties_and_directions():
     assert mean_rank({"x": {"a/mae": None}}, ["a/mae"]) == {}
     assert higher_is_better("class[0]/auc") and not higher_is_better("T-shirt/top/error")
     assert not math.isnan(ranks["x"])
+
+
+def test_missing_labels_are_left_out_of_their_tasks_metrics():
+    """NaN / -100 targets: each task's metrics equal those of its labelled rows alone."""
+    from bayesagg.tasks import MISSING
+
+    g = torch.Generator().manual_seed(0)
+    groups = [Regression("r", 2), Binary("b", 2), Multiclass("m", 3)]
+    n = 40
+    preds = [
+        torch.randn(n, 2, generator=g),
+        torch.randn(n, 2, generator=g),
+        torch.randn(n, 3, generator=g),
+    ]
+    targets = [
+        torch.randn(n, 2, generator=g),
+        torch.randint(0, 2, (n, 2), generator=g).float(),
+        torch.randint(0, 3, (n,), generator=g),
+    ]
+    hidden = [t.clone() for t in targets]
+    drop_r = torch.rand(n, generator=g) < 0.4
+    drop_b = torch.rand(n, generator=g) < 0.3
+    drop_m = torch.rand(n, generator=g) < 0.5
+    hidden[0][drop_r, 1] = float("nan")
+    hidden[1][drop_b, 0] = MISSING
+    hidden[2][drop_m] = MISSING
+    hidden[1][:, 1] = MISSING  # a task with no label at all in the split
+    out = evaluate(groups, preds, hidden, calibration=True)
+    # References: the same metrics on the hand-dropped rows, task by task.
+    keep_r, keep_b, keep_m = ~drop_r, ~drop_b, ~drop_m
+    r1 = evaluate([Regression("r1")], [preds[0][keep_r, 1:]], [targets[0][keep_r, 1:]])
+    b0 = evaluate(
+        [Binary("b0")], [preds[1][keep_b, :1]], [targets[1][keep_b, :1]], calibration=True
+    )
+    m = evaluate([Multiclass("m", 3)], [preds[2][keep_m]], [targets[2][keep_m]], calibration=True)
+    full = evaluate(groups, preds, targets)
+    assert out["r[0]/mae"] == pytest.approx(full["r[0]/mae"])
+    assert out["r[1]/mae"] == pytest.approx(r1["r1/mae"])
+    for k in ("accuracy", "auc", "ece", "brier"):
+        assert out[f"b[0]/{k}"] == pytest.approx(b0[f"b0/{k}"])
+        assert out[f"b[1]/{k}"] is None
+    for k in ("accuracy", "ece", "brier"):
+        assert out[f"m/{k}"] == pytest.approx(m[f"m/{k}"])

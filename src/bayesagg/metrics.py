@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from bayesagg.tasks import Binary, Multiclass, Regression, TaskGroup, task_names
+from bayesagg.tasks import MISSING, Binary, Multiclass, Regression, TaskGroup, task_names
 
 __all__ = [
     "ECE_BINS",
@@ -76,6 +76,9 @@ def evaluate(
     bins, L1; a binary task as two classes) and Brier score of every classification task
     (binary: mean (p - y)^2; multiclass: mean over examples of the summed squared errors). With ``argmax_accuracy``: the k-way accuracy of the
     argmax over all binary logits against the one positive label of each example.
+
+    Missing labels (NaN regression targets, :data:`~bayesagg.tasks.MISSING` classification
+    ones) are left out of their task's metrics; a task with no label in the split gets None.
     """
     from sklearn.metrics import brier_score_loss
     from torchmetrics.functional.classification import (
@@ -104,11 +107,20 @@ def evaluate(
                 scale = torch.as_tensor(
                     regression_scale[offset : offset + g.outputs], dtype=torch.float64
                 )
-            if regression_metric == "mae":
-                values = diff.abs().mean(0) * scale
+            error = diff.abs() if regression_metric == "mae" else diff.pow(2)
+            factor = scale if regression_metric == "mae" else scale.pow(2)
+            missing = target.isnan()
+            if bool(missing.any()):
+                # Missing labels (NaN): each output's mean over the examples that have it;
+                # an output with none in the split has no value (null).
+                labelled = (~missing).sum(0)
+                total = torch.where(missing, torch.zeros_like(error), error).sum(0)
+                values = total / labelled.clamp_min(1) * factor
+                pairs = zip(values.tolist(), labelled.tolist(), strict=True)
+                per_output = [v if n else None for v, n in pairs]
             else:
-                values = diff.pow(2).mean(0) * scale.pow(2)
-            for v in values.tolist():
+                per_output = (error.mean(0) * factor).tolist()
+            for v in per_output:
                 out[f"{next(names)}/{regression_metric}"] = v
         elif isinstance(g, Binary):
             pred = pred.reshape(len(pred), g.outputs)
@@ -116,24 +128,32 @@ def evaluate(
             prob = torch.sigmoid(pred)
             for o in range(g.outputs):
                 name = next(names)
-                acc = float(binary_accuracy(prob[:, o], target[:, o]))
+                p_o, t_o = _labelled(prob[:, o], target[:, o], target[:, o] != MISSING)
+                if len(t_o) == 0:  # no label in the split: no value
+                    keys = ("accuracy", "error", "auc", *(("ece", "brier") if calibration else ()))
+                    out.update({f"{name}/{k}": None for k in keys})
+                    continue
+                acc = float(binary_accuracy(p_o, t_o))
                 out[f"{name}/accuracy"] = acc
                 out[f"{name}/error"] = 1.0 - acc
-                out[f"{name}/auc"] = _binary_auc(prob[:, o], target[:, o], name)
+                out[f"{name}/auc"] = _binary_auc(p_o, t_o, name)
                 if calibration:
                     # Top-label ECE (Guo et al. 2017), as for multiclass: the confidence of
                     # the predicted class, not the positive-class probability.
-                    two = torch.stack([1 - prob[:, o], prob[:, o]], dim=1)
+                    two = torch.stack([1 - p_o, p_o], dim=1)
                     out[f"{name}/ece"] = float(
-                        multiclass_calibration_error(two, target[:, o], 2, n_bins=ECE_BINS)
+                        multiclass_calibration_error(two, t_o, 2, n_bins=ECE_BINS)
                     )
-                    out[f"{name}/brier"] = float(
-                        brier_score_loss(target[:, o].numpy(), prob[:, o].numpy())
-                    )
+                    out[f"{name}/brier"] = float(brier_score_loss(t_o.numpy(), p_o.numpy()))
         elif isinstance(g, Multiclass):
             name = next(names)
             target = target.reshape(-1).long()
-            prob = torch.softmax(pred, dim=1)
+            prob, target = _labelled(torch.softmax(pred, dim=1), target, target != MISSING)
+            if len(target) == 0:  # no label in the split: no value
+                keys = ("accuracy", "error", *(("ece", "brier") if calibration else ()))
+                out.update({f"{name}/{k}": None for k in keys})
+                offset += g.num_tasks
+                continue
             acc = float(multiclass_accuracy(prob, target, g.classes, average="micro"))
             out[f"{name}/accuracy"] = acc
             out[f"{name}/error"] = 1.0 - acc
@@ -150,6 +170,14 @@ def evaluate(
     if argmax_accuracy:
         out["argmax/accuracy"] = _argmax_accuracy(groups, predictions, targets)
     return out
+
+
+def _labelled(prob: Tensor, target: Tensor, labelled: Tensor) -> tuple[Tensor, Tensor]:
+    """Return the rows of (prob, target) that have a label (all of them, as they are, if every
+    row has one)."""
+    if bool(labelled.all()):
+        return prob, target
+    return prob[labelled], target[labelled]
 
 
 def _argmax_accuracy(
