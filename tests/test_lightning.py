@@ -304,12 +304,34 @@ def test_method_parameters_left_out_of_the_optimiser_are_an_error():
         fit("uw", module_class=ForgetfulModule, epochs=1)
 
 
-def test_a_gradient_scaler_is_refused():
-    """16-bit mixed precision's scaler (fp16 on GPUs) scales the loss in manual_backward."""
-    module = MultiTaskModule(*problem.make_parts(), problem.GROUPS, "ls")
+@pytest.mark.parametrize("name", ["ls", "upgrad-ub", "bayesagg"])
+def test_a_gradient_scaler_trains_the_same_run(name):
+    """16-mixed's scaler (fp16 on GPUs; here injected into bf16-mixed on the CPU): the module
+    hands its scale to the method and Lightning's step unscales, so the weights are those of
+    the same run without a scaler (the scale is a power of two: the products are exact)."""
+    weights = []
+    for scaled in (False, True):
+        encoder, heads = problem.make_parts()
+        module = MultiTaskModule(
+            encoder, heads, problem.GROUPS, name, method_options=problem.OPTIONS.get(name),
+            lr=problem.LR,
+        )  # fmt: skip
+        trainer = pl.Trainer(max_epochs=2, precision="bf16-mixed", **problem.trainer_options())
+        if scaled:
+            scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+            trainer.precision_plugin.scaler = scaler
+        trainer.fit(module, loader())
+        weights.append({k: v.detach().clone() for k, v in module.state_dict().items()})
+    assert scaler.get_scale() == 2.0**10  # no overflow, so no skipped step
+    for key, plain in weights[0].items():
+        torch.testing.assert_close(weights[1][key], plain, rtol=1e-6, atol=1e-7)
+
+
+def test_a_method_that_refuses_a_scale_names_itself():
+    module = MultiTaskModule(*problem.make_parts(), problem.GROUPS, "famo")
     trainer = pl.Trainer(max_epochs=1, precision="bf16-mixed", **problem.trainer_options())
-    trainer.precision_plugin.scaler = torch.amp.GradScaler("cpu")  # as "16-mixed" has on GPUs
-    with pytest.raises(ValueError, match="gradient scaler"):
+    trainer.precision_plugin.scaler = torch.amp.GradScaler("cpu")
+    with pytest.raises(ValueError, match="famo does not take a loss_scale"):
         trainer.fit(module, loader())
 
 

@@ -58,9 +58,13 @@ global batch of B: the run is the one-process run with batch size B, up to round
 data-parallel form assumes each process holds a contiguous slice of the global batch (a sampler
 like the runner's); every other method only needs equal shares.
 
-Not supported: 16-bit mixed precision with its gradient scaler (the scaling lives in
-``manual_backward``; the module refuses it; ``"bf16-mixed"`` needs none); gradient accumulation
-and Lightning's ``gradient_clip_val`` (Lightning refuses both under manual optimisation; clip in
+16-bit mixed precision (``Trainer(precision="16-mixed")``): the precision plugin's gradient
+scaler lives in ``manual_backward``, which this module never calls, so the module hands the
+scaler's scale to ``method.backward(..., loss_scale=...)`` instead (the method's weights from the
+unscaled step, the scaled gradients in ``.grad``) and Lightning's optimiser step unscales them,
+skips an overflowed step and updates the scale as usual. The methods that refuse a loss scale
+(FAMO, GradNorm, DB-MTL) say so at their first step; ``"bf16-mixed"`` needs no scaler.
+Not supported: gradient accumulation and Lightning's ``gradient_clip_val`` (Lightning refuses both under manual optimisation; clip in
 ``on_before_optimizer_step``). Learning-rate schedulers of ``configure_optimizers`` with interval
 ``"step"`` or ``"epoch"`` are stepped after each step or after the epoch's end (every
 ``frequency``); a ``ReduceLROnPlateau`` is left to the user (it needs a metric).
@@ -214,13 +218,7 @@ class MultiTaskModule(pl.LightningModule):
 
     # -- Lightning's hooks -------------------------------------------------------------------
     def on_train_start(self) -> None:
-        """Refuse what the methods cannot train with: a gradient scaler, a forgotten parameter."""
-        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
-            raise ValueError(
-                f"Trainer(precision={self.trainer.precision!r}) scales the loss with a gradient "
-                "scaler inside manual_backward, which the multi-task methods do not call (they "
-                "fill .grad themselves); use precision 32, 64, '16-true' or 'bf16-mixed'"
-            )
+        """Refuse what the methods cannot train with: a forgotten parameter."""
         optimised = {
             id(p) for opt in self._optimizers() for g in opt.param_groups for p in g["params"]
         }
@@ -250,6 +248,9 @@ class MultiTaskModule(pl.LightningModule):
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         shared = self.shared_parameters()
+        # "16-mixed": the scaler's scale goes to the method (scaler.scale() also starts its
+        # bookkeeping for this step); Lightning's optimiser step unscales.
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         self.method.backward(
             losses,
             shared_parameters=shared,
@@ -257,6 +258,9 @@ class MultiTaskModule(pl.LightningModule):
             representation=h,
             heads=self._head_list(),
             targets=targets,
+            loss_scale=None
+            if scaler is None
+            else scaler.scale(torch.ones((), device=losses.device)),
         )
         # Data parallelism: the per-process shares' mean (DDP's reducer is idle, see above).
         average_gradients(
