@@ -345,3 +345,24 @@ def test_cost_model_script_measures_and_refuses_what_would_not_fit(tmp_path):
         check=True,
     )
     assert "GiB (> --max-gib 0.001)" in refused.stdout
+
+
+def test_auto_factors_heads_of_three_or_more_classes_only():
+    """The default size rule: factored from 3 classes on, dense for 2 classes, for Monte Carlo
+    moments and in the paper's behaviour."""
+    from bayesagg import Binary, Multiclass, Regression
+    from bayesagg.bayes_agg import PAPER_BEHAVIOUR, BayesAgg
+
+    groups = [Regression("r"), Binary("b"), Multiclass("two", 2), Multiclass("five", 5)]
+    agg = BayesAgg(groups)
+    assert agg.multiclass_posterior == "auto"
+    assert [agg.prior.kron(i) for i in range(4)] == [False, False, False, True]
+    assert not any(BayesAgg(groups, moments="monte_carlo").prior.kron(i) for i in range(4))
+    assert not any(BayesAgg(groups, multiclass_posterior="dense").prior.kron(i) for i in range(4))
+    assert [BayesAgg(groups, multiclass_posterior="kron").prior.kron(i) for i in range(4)] == [
+        False, False, True, True,
+    ]  # fmt: skip
+    assert PAPER_BEHAVIOUR["multiclass_posterior"] == "dense"
+    assert not any(BayesAgg.paper(groups).prior.kron(i) for i in range(4))
+    with pytest.raises(ValueError, match="'auto', 'dense' or 'kron'"):
+        BayesAgg(groups, multiclass_posterior="factored")
