@@ -593,10 +593,13 @@ def _ddp_run(rank: int | None, world: int) -> dict:
     x = h[rows].clone().requires_grad_(True)
     agg.backward(x, heads, [t[rows] for t in targets])
     agg.end_epoch()
+    # the final refit: rank 1's statistics join rank 0's per-output layout
+    refit = agg.fit_regression_heads(heads, [(h[rows], [targets[0][rows], None, None])])["r"]
     return {
         "grad": x.grad * (h[rows].shape[0] / 16),  # g / B_global on every rank
         "priors": [(p.mean, p.precision) for p in agg.prior.posteriors],
         "evidence": agg.prior.evidence[0],
+        "refit": (refit.mean, refit.precision),
     }
 
 
@@ -614,6 +617,7 @@ def test_data_parallel_missing_labels_give_the_one_process_numbers(tmp_path):
             torch.testing.assert_close(mean, mean1)
             torch.testing.assert_close(precision, precision1)
         assert vars(rank["evidence"]) == pytest.approx(vars(one["evidence"]))
+        torch.testing.assert_close(rank["refit"], one["refit"])
 
 
 if __name__ == "__main__":  # write the golden numbers (with the code they are to pin down)
