@@ -157,11 +157,12 @@ def test_end_epoch_without_heads_or_steps():
         agg.fit_regression_heads([nn.Linear(D, 1), nn.Linear(D, 2), nn.Linear(D, 3)], [])
 
 
-def test_fit_regression_heads_rejects_nan():
+def test_fit_regression_heads_rejects_infinite_targets():
+    """An infinite target is an error; a NaN one is a missing label (tests of missing labels)."""
     agg, h, heads, targets = _setup()
     bad = targets[0].clone()
-    bad[2, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match=r"batch 0, task group 'age'"):
+    bad[2, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"batch 0, task group 'age'.*infinit"):
         agg.fit_regression_heads(heads, [(h.detach(), [bad, None, None])])
     with pytest.raises(FloatingPointError, match=r"batch 1: h contains NaN"):
         agg.fit_regression_heads(
@@ -177,7 +178,7 @@ def test_large_finite_values_are_not_mistaken_for_infinities():
     """The finiteness screen sums each tensor; a sum that overflows is re-checked exactly."""
     agg, h, heads, targets = _setup()
     big = torch.full((5, 1), 3e38)  # every entry finite, the float32 sum overflows
-    checked_heads, checked, _ = agg._check_step(h, heads, [big, targets[1], targets[2]])
+    checked_heads, checked, *_ = agg._check_step(h, heads, [big, targets[1], targets[2]])
     assert torch.equal(checked[0], big) and len(checked_heads) == 3
     with pytest.raises(FloatingPointError, match="'age': targets contain NaN"):
         agg._check_step(h, heads, [torch.full((5, 1), float("-inf")), *targets[1:]])

@@ -3,8 +3,8 @@ and every method of the registry.
 
 References drop the unlabelled examples by hand and compute each task's mean loss on the rest
 (independent of :mod:`bayesagg.tasks`' masking); a task with no label in the batch has loss 0
-and gradient 0, never NaN. BayesAgg-MTL's posteriors do not take missing labels yet: it refuses
-them with an error naming the task group.
+and gradient 0, never NaN. BayesAgg-MTL takes them too (its numbers:
+tests/test_bayesagg_missing_labels.py); malformed labels still raise an error naming the group.
 """
 
 from __future__ import annotations
@@ -131,10 +131,39 @@ def test_every_method_with_an_absent_task_gives_finite_gradients(name):
         assert p.grad is None or bool(p.grad.isfinite().all()), name
 
 
-def test_bayesagg_refuses_missing_labels_naming_the_group():
+@pytest.mark.parametrize("empty_task", [False, True])
+def test_bayesagg_takes_missing_labels(empty_task):
+    """BayesAgg-MTL fits each task on its labelled examples (tests/test_bayesagg_missing_labels.py
+    checks the numbers): a step with missing labels, one task absent from the batch or not,
+    returns the masked mean losses and finite gradients."""
+    torch.manual_seed(0)
+    agg = BayesAgg(list(GROUPS))
+    heads = [nn.Linear(4, 2).double(), nn.Linear(4, 2).double(), nn.Linear(4, 3).double()]
+    h = torch.randn(12, 4, dtype=torch.float64, requires_grad=True)
+    _, targets = _batch(7, empty_task=empty_task)
+    losses = agg.backward(h, heads, targets)
+    with torch.no_grad():
+        want = _reference([head(h) for head in heads], targets)
+    torch.testing.assert_close(losses, want)
+    assert h.grad is not None and bool(h.grad.isfinite().all())
+    for head in heads[1:]:  # the classification heads are trained; the regression head fitted
+        assert all(bool(p.grad.isfinite().all()) for p in head.parameters())
+
+
+def test_bayesagg_still_refuses_malformed_labels_naming_the_group():
     agg = BayesAgg(list(GROUPS))
     heads = [nn.Linear(4, 2), nn.Linear(4, 2), nn.Linear(4, 3)]
     h = torch.randn(12, 4, requires_grad=True)
     _, targets = _batch(7)
-    with pytest.raises((ValueError, FloatingPointError), match=r"'r'.*missing label"):
-        agg.backward(h, heads, [t.float() if t.is_floating_point() else t for t in targets])
+    targets = [t.float() if t.is_floating_point() else t for t in targets]
+    for index, value, error, match in [
+        (0, float("inf"), FloatingPointError, r"'r'.*infinit.*missing label is NaN"),
+        (1, 0.5, ValueError, r"'b'.*0 or 1.*-100"),
+        (1, float("nan"), FloatingPointError, r"'b'.*NaN or infinite.*-100"),
+        (2, 7, ValueError, r"'m'.*class ids must be in \[0, 3\).*-100"),
+        (2, -1, ValueError, r"'m'.*class ids"),
+    ]:
+        bad = [t.clone() for t in targets]
+        bad[index][3] = value
+        with pytest.raises(error, match=match):
+            agg.backward(h, heads, bad)

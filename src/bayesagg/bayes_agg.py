@@ -32,6 +32,15 @@ Either way :meth:`BayesAgg.fit_regression_heads` refits on whatever features it 
 
 Scale: the weights sum to one over the K tasks, so the gradient sent into the encoder is about
 1/K of the linear-scalarisation gradient (irrelevant to Adam's direction, not to SGD's step size).
+
+Missing labels (a NaN regression target, a binary or multiclass target -100; :mod:`bayesagg.tasks`,
+docs/bayesagg.md "Missing labels"): each batch posterior is fitted on the examples labelled for
+its task only (a regression group then has one precision per output), and each example's
+gradient combines the tasks labelled on it, with weights normalised over those (paper Eq. 7: a
+task without a label has no loss, so no gradient to weigh). An example without any label sends
+no gradient. The epoch prior and :meth:`BayesAgg.fit_regression_heads` fit on the labelled
+examples of each task likewise. With every label present nothing of this runs: the computation
+is the one without masks.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ from bayesagg.newton import check_newton, newton_posterior
 from bayesagg.posterior import Gaussian
 from bayesagg.prior import EpochPrior, MulticlassPosterior, RegressionPrior, RegressionStatistics
 from bayesagg.tasks import (
+    MISSING,
     Binary,
     Multiclass,
     Regression,
@@ -342,7 +352,8 @@ class BayesAgg:
             else self.multiclass_posterior,
         )
         #: Task weights of the last BayesAgg step, alpha averaged over batch and dimensions [K]
-        #: (paper Fig. 3); ``None`` before the first step after the warm-up.
+        #: (paper Fig. 3); ``None`` before the first step after the warm-up. An example without
+        #: a task's label gives it weight 0 there, so missing labels lower its average.
         self.last_weights: Tensor | None = None
         #: alpha of the last BayesAgg step averaged over the batch only [K, D].
         self.last_weights_per_dimension: Tensor | None = None
@@ -482,7 +493,7 @@ class BayesAgg:
         buffers. Raises ``ValueError`` for malformed input and ``FloatingPointError`` for
         NaN/inf, naming the task group and the step.
         """
-        heads, targets, bias = self._check_step(h, heads, targets)
+        heads, targets, bias, labelled = self._check_step(h, heads, targets)
         scale = check_loss_scale(loss_scale, "BayesAgg")
         self._heads = heads
         self.prior.reduce = self._reducer()
@@ -495,9 +506,9 @@ class BayesAgg:
             losses = losses.detach()
         else:
             with _without_autocast(h.device):
-                losses = self._bayesagg_step(h, heads, targets, bias, scale)
+                losses = self._bayesagg_step(h, heads, targets, bias, labelled, scale)
         # Only a step that succeeded feeds next epoch's prior.
-        self.prior.accumulate(h.detach(), targets, bias)
+        self.prior.accumulate(h.detach(), targets, bias, labelled)
         self.step += 1
         if (
             self.regression_refresh
@@ -514,9 +525,10 @@ class BayesAgg:
         heads: Sequence[nn.Linear],
         targets: Sequence[Tensor],
         bias: list[bool],
+        labelled: Sequence[Tensor | None],
         scale: float = 1.0,
     ) -> Tensor:
-        features, g, alpha, mus, variances = self._aggregate(h, heads, targets, bias)
+        features, g, alpha, mus, variances = self._aggregate(h, heads, targets, bias, labelled)
         # One check of the result (a non-finite entry makes the sum non-finite; the exact test
         # runs only then), and the cause located on failure.
         if not bool(g.sum().isfinite()) and not bool(g.isfinite().all()):
@@ -560,14 +572,43 @@ class BayesAgg:
         return torch.cat(per_group)
 
     def _group_moments(
-        self, index: int, group: TaskGroup, head: nn.Linear, h: Tensor, y: Tensor, bias: bool
+        self,
+        index: int,
+        group: TaskGroup,
+        head: nn.Linear,
+        h: Tensor,
+        y: Tensor,
+        bias: bool,
+        labelled: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         """Return the gradient moments (mu, var) [B, tasks of the group, D] of one group.
 
         The inputs were validated by :meth:`_check_step` (one synchronisation for all groups)
         and the prior when it was fitted, so the stages skip their own value checks
         (``check=False``); a non-finite result is still caught on the aggregated gradient.
+        ``labelled`` (missing labels; None when every label is present): the mask of the
+        group's labelled targets, [B, O] or [B] (multiclass). The posterior is fitted on those;
+        the moments of an unlabelled entry are computed on a placeholder target (finite, never
+        NaN) and set to 0 (it gets weight 0 in the aggregation).
         """
+        if labelled is None:
+            return self._posterior_moments(index, group, head, h, y, bias, None)
+        filled = torch.where(labelled, y, torch.zeros_like(y))  # a finite placeholder
+        mu, var = self._posterior_moments(index, group, head, h, filled, bias, labelled)
+        present = labelled if labelled.ndim == 2 else labelled[:, None]
+        return torch.where(present[:, :, None], mu, torch.zeros_like(mu)), var
+
+    def _posterior_moments(
+        self,
+        index: int,
+        group: TaskGroup,
+        head: nn.Linear,
+        h: Tensor,
+        y: Tensor,
+        bias: bool,
+        labelled: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """Return :meth:`_group_moments` of every entry, the posterior fitted on ``labelled``."""
         num_params = h.shape[1] + int(bias)
         mean0, precision0 = self.prior.prior(index, num_params, dtype=h.dtype, device=h.device)
         if self.prior_mean == "live_head" and not isinstance(group, Regression):
@@ -581,7 +622,7 @@ class BayesAgg:
                 y = y - head.bias.detach().to(h.dtype)  # the live bias is part of the prediction
         try:
             if isinstance(precision0, KroneckerPrecision):  # multiclass_posterior="kron"
-                factored = self._newton("kron", h, y, head, mean0, precision0)
+                factored = self._newton("kron", h, y, head, mean0, precision0, labelled)
                 assert isinstance(factored, KroneckerGaussian)
                 return kronecker.moments(h, y, factored, check=False)
             if isinstance(group, Regression):
@@ -594,10 +635,11 @@ class BayesAgg:
                     bias=bias,
                     check=False,
                     reduce=self.prior.reduce,
+                    labelled=labelled,
                 )
                 return gradient_moments.regression(h, y, post.mean, post.covariance(), check=False)
             if isinstance(group, Binary):
-                fit = self._newton("binary", h, y, head, mean0, precision0)
+                fit = self._newton("binary", h, y, head, mean0, precision0, labelled)
                 return gradient_moments.binary(
                     h,
                     y,
@@ -610,7 +652,7 @@ class BayesAgg:
                     nodes=self.nodes,
                     check=False,
                 )
-            fit = self._newton("multiclass", h, y, head, mean0, precision0)
+            fit = self._newton("multiclass", h, y, head, mean0, precision0, labelled)
             return gradient_moments.multiclass(
                 h,
                 y,
@@ -641,9 +683,10 @@ class BayesAgg:
         head: nn.Linear,
         prior_mean: Tensor,
         prior_precision: Tensor | KroneckerPrecision,
+        labelled: Tensor | None,
     ) -> Gaussian | KroneckerGaussian:
         """Return a batch posterior of a classification group around its head
-        (:func:`newton_posterior`)."""
+        (:func:`newton_posterior`), fitted on the ``labelled`` rows (None: all)."""
         return newton_posterior(
             kind,
             h,
@@ -656,6 +699,7 @@ class BayesAgg:
             damping=self.newton_damping,
             check=False,
             reduce=self.prior.reduce,
+            labelled=labelled,
         )
 
     def _gradient_scale(self) -> float:
@@ -678,25 +722,36 @@ class BayesAgg:
         ``scale_by_tasks``), without its effects: no backward, no prior accumulation, no
         counters or weights updated. For diagnostics (:mod:`bayesagg.diagnostics`).
         """
-        heads, targets, bias = self._check_step(h, heads, targets)
-        return self._aggregate(h, heads, targets, bias)[1] * self._gradient_scale()
+        heads, targets, bias, labelled = self._check_step(h, heads, targets)
+        return self._aggregate(h, heads, targets, bias, labelled)[1] * self._gradient_scale()
 
     def _aggregate(
-        self, h: Tensor, heads: Sequence[nn.Linear], targets: Sequence[Tensor], bias: list[bool]
+        self,
+        h: Tensor,
+        heads: Sequence[nn.Linear],
+        targets: Sequence[Tensor],
+        bias: list[bool],
+        labelled: Sequence[Tensor | None],
     ) -> tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]:
         """Return (features, g, alpha, mus, variances): the aggregated gradients g [B, D] (paper
-        Eq. 7), the weights alpha [B, K, D] and each group's moments, on detached features."""
+        Eq. 7), the weights alpha [B, K, D] and each group's moments, on detached features.
+
+        With missing labels the weights are normalised over the tasks labelled on each example
+        (0 for the others; the moments of those are 0 already, :meth:`_group_moments`)."""
         dtype = torch.promote_types(h.dtype, torch.float32)
         features = h.detach().to(dtype)
         with torch.no_grad(), _without_autocast(h.device):
             moments = [
-                self._group_moments(i, group, head, features, y, bias[i])
+                self._group_moments(i, group, head, features, y, bias[i], labelled[i])
                 for i, (group, head, y) in enumerate(zip(self.groups, heads, targets, strict=True))
             ]
             mus = [m for m, _ in moments]
             variances = [v for _, v in moments]
             alpha = aggregation_weights(
-                torch.cat(variances, dim=1), self._powers_for(dtype, h.device), self.eps
+                torch.cat(variances, dim=1),
+                self._powers_for(dtype, h.device),
+                self.eps,
+                _present(self.groups, labelled, features.shape[0]),
             )
             g = (alpha * torch.cat(mus, dim=1)).sum(dim=1)
         return features, g, alpha, mus, variances
@@ -788,6 +843,7 @@ class BayesAgg:
         regression with the isotropic prior N(0, gamma I) (or the evidence maximiser, with
         ``regression_prior="evidence"``) on all the batches, streamed (O(D^2) memory); use it with the trained encoder in eval mode for the final predictions
         (docs/bayesagg.md). The heads' weights (and biases) become the posterior means.
+        A NaN target is a missing label: each output is fitted on the examples labelled for it.
         """
         regression = [i for i, g in enumerate(self.groups) if isinstance(g, Regression)]
         if not regression:
@@ -808,11 +864,12 @@ class BayesAgg:
                 raise FloatingPointError(f"{where}: h contains NaN or infinite values")
             for i in regression:
                 y = self._check_target(i, targets[i], h, where)
-                if not bool(y.isfinite().all()):
+                if bool(y.isinf().any()):
                     raise FloatingPointError(
                         f"{where}, task group {self.groups[i].name!r}: targets contain NaN or "
-                        "infinite values"
+                        "infinite values: an infinity (a NaN target is a missing label)"
                     )
+                labelled = ~torch.isnan(y)
                 features = h.detach()
                 if self._posterior_bias(heads)[i]:
                     features = torch.cat([features, torch.ones_like(features[:, :1])], dim=1)
@@ -822,7 +879,8 @@ class BayesAgg:
                         cast(Regression, self.groups[i]).outputs,
                         device=h.device,
                     )
-                statistics[i].update(features, y)
+                # The rows labelled for each output only, when some label is missing.
+                statistics[i].update(features, y, None if bool(labelled.all()) else labelled)
             count += h.shape[0]
         if count == 0:
             raise ValueError("fit_regression_heads: no batch given")
@@ -930,7 +988,11 @@ class BayesAgg:
 
     def _check_step(
         self, h: Tensor, heads: Sequence[nn.Linear], targets: Sequence[Tensor]
-    ) -> tuple[tuple[nn.Linear, ...], list[Tensor], list[bool]]:
+    ) -> tuple[tuple[nn.Linear, ...], list[Tensor], list[bool], list[Tensor | None]]:
+        """Return the checked (heads, targets, posterior biases, labelled masks) of a step.
+
+        The masks, one per group, mark the labelled targets ([B, O]; [B] multiclass), or are
+        None where every label of the group is present (then no mask is used anywhere)."""
         where = self._where()
         h = self._check_features(h, where, need_grad=True)
         heads = self._check_heads(heads, h.shape[1])
@@ -950,6 +1012,7 @@ class BayesAgg:
                 _Finite(h),
             )
         ]
+        labelled: list[Tensor] = []
         for group, head, y in zip(self.groups, heads, targets, strict=True):
             name = f"{where}, task group {group.name!r}"
             for pname, p in head.named_parameters():
@@ -961,42 +1024,91 @@ class BayesAgg:
                     )
                 )
             if isinstance(group, Multiclass):
-                valid = ((y >= 0) & (y < group.classes)).all()
+                labelled.append(y != MISSING)
+                valid = (((y >= 0) & (y < group.classes)) | ~labelled[-1]).all()
                 checks.append(
                     (
                         ValueError,
-                        f"{name}: class ids must be in [0, {group.classes}){_NO_MISSING}",
+                        f"{name}: class ids must be in [0, {group.classes}){_MISSING_LABELS}",
                         valid,
                     )
                 )
                 continue
+            if isinstance(group, Regression):
+                # NaN is a missing label; an infinity is an error.
+                labelled.append(~torch.isnan(y))
+                checks.append(
+                    (
+                        FloatingPointError,
+                        f"{name}: targets contain NaN or infinite values: an infinity"
+                        f"{_MISSING_LABELS}",
+                        _Finite(y, nan=True),
+                    )
+                )
+                continue
+            labelled.append(y != MISSING)
             checks.append(
                 (
                     FloatingPointError,
-                    f"{name}: targets contain NaN or infinite values{_NO_MISSING}",
+                    f"{name}: targets contain NaN or infinite values{_MISSING_LABELS}",
                     _Finite(y),
                 )
             )
-            if isinstance(group, Binary):
-                valid = ((y == 0) | (y == 1)).all()
-                checks.append(
-                    (ValueError, f"{name}: binary targets must be 0 or 1{_NO_MISSING}", valid)
-                )
+            valid = ((y == 0) | (y == 1) | ~labelled[-1]).all()
+            checks.append(
+                (ValueError, f"{name}: binary targets must be 0 or 1{_MISSING_LABELS}", valid)
+            )
         screens = [flag.screen if isinstance(flag, _Finite) else flag for _, _, flag in checks]
-        flags = torch.stack([flag.to(h.device) for flag in screens]).tolist()
-        for (error, message, flag), ok in zip(checks, flags, strict=True):
+        # Whether each group has every label, read in the same synchronisation as the checks.
+        complete = [mask.all() for mask in labelled]
+        flags = torch.stack([flag.to(h.device) for flag in [*screens, *complete]]).tolist()
+        for (error, message, flag), ok in zip(checks, flags[: len(checks)], strict=True):
             if not ok and (not isinstance(flag, _Finite) or not bool(flag.exact())):
                 raise error(message)
+        masks = self._agreed_masks(labelled, [bool(ok) for ok in flags[len(checks) :]])
         bias = self._posterior_bias(heads)
         self.prior.check_bias(bias)
-        return heads, targets, bias
+        return heads, targets, bias, masks
+
+    def _agreed_masks(self, labelled: list[Tensor], complete: list[bool]) -> list[Tensor | None]:
+        """Return the masks of the groups missing a label (None for the others).
+
+        Data parallelism: a regression group whose labels are all present here but not on some
+        other process takes the masked path too (an all-True mask), because the sums over
+        processes of its per-output statistics need the same layout everywhere; one more
+        reduction, only under data parallelism and only with a regression group.
+        """
+        reduce = self._reducer()
+        regression = [i for i, g in enumerate(self.groups) if isinstance(g, Regression)]
+        if reduce is not None and regression:
+            device = labelled[0].device
+            incomplete = torch.tensor([float(not complete[i]) for i in regression], device=device)
+            for i, anywhere in zip(regression, reduce(incomplete).tolist(), strict=True):
+                complete[i] = anywhere == 0
+        return [None if ok else mask for mask, ok in zip(labelled, complete, strict=True)]
 
 
-#: Appended to the target errors: what a missing label (NaN, -100) meets here, and the way out.
-_NO_MISSING = (
-    " (a missing label, NaN or -100? BayesAgg-MTL does not take missing labels yet: leave those "
-    "examples out, or use a registry method, whose losses bayesagg.tasks.task_losses masks)"
+#: Appended to the target errors: how a missing label is written (bayesagg.tasks).
+_MISSING_LABELS = (
+    f" (a missing label is NaN for a regression target and {MISSING} for a binary or multiclass "
+    "one; BayesAgg-MTL fits each task on its labelled examples)"
 )
+
+
+def _present(
+    groups: Sequence[TaskGroup], labelled: Sequence[Tensor | None], batch: int
+) -> Tensor | None:
+    """Return which of the K tasks are labelled on each example, [B, K], or None if all are."""
+    if all(mask is None for mask in labelled):
+        return None
+    columns = []
+    for group, mask in zip(groups, labelled, strict=True):
+        if mask is None:
+            device = next(m for m in labelled if m is not None).device
+            columns.append(torch.ones(batch, group.num_tasks, dtype=torch.bool, device=device))
+        else:
+            columns.append(mask if mask.ndim == 2 else mask[:, None])
+    return torch.cat(columns, dim=1)
 
 
 def _without_autocast(device: torch.device) -> torch.autocast:
@@ -1029,13 +1141,19 @@ def _write_regression_heads(
 
 
 class _Finite:
-    """A deferred finiteness test: the cheap sum screen now, the exact test only if needed."""
+    """A deferred finiteness test: the cheap sum screen now, the exact test only if needed.
 
-    def __init__(self, tensor: Tensor) -> None:
+    ``nan=True`` lets NaN pass (a missing regression label): only infinities fail.
+    """
+
+    def __init__(self, tensor: Tensor, *, nan: bool = False) -> None:
         self.tensor = tensor.detach()
-        self.screen = self.tensor.sum().isfinite()
+        self.nan = nan
+        self.screen = (self.tensor.nansum() if nan else self.tensor.sum()).isfinite()
 
     def exact(self) -> Tensor:
+        if self.nan:
+            return ~self.tensor.isinf().any()
         return self.tensor.isfinite().all()
 
 

@@ -116,7 +116,8 @@ class TrainingDiagnostics:
             for i, (group, fitted) in enumerate(zip(prior.groups, prior.posteriors, strict=True)):
                 if isinstance(group, Regression) and isinstance(fitted, Gaussian):
                     dof = effective_parameters(fitted, prior.prior_precision(i))
-                    out[f"diag/regression_dof/{group.name}"] = float(dof)
+                    # One value per output when missing labels gave each its own fit: their mean.
+                    out[f"diag/regression_dof/{group.name}"] = float(dof.mean())
                     # The full-data fit's prior and noise precisions (chosen by the evidence
                     # with regression_prior="evidence", else 1/gamma and 1/noise_var).
                     out[f"diag/regression_prior_precision/{group.name}"] = prior.prior_precision(i)

@@ -28,6 +28,17 @@ the stationarity conditions are those of PRML Eqs. 3.92 and 3.95 summed over the
 
 Everything is computed from the sufficient statistics H^T H, H^T Y, the per-output sums of
 squares y_o^T y_o and N, so a whole epoch is streamed batch by batch (:mod:`bayesagg.prior`).
+
+Missing labels: when the outputs are labelled on different examples, each output o has its own
+statistics H_o^T H_o [O, P, P] and count N_o [O], and the summed log evidence is that of one
+regression with the block-diagonal H^T H = diag(H_o^T H_o), the stacked H_o^T y_o and
+N = sum_o N_o (the log evidence of PRML Eq. 3.86 is additive over the blocks). The same fixed
+point then reads
+
+    alpha = sum_o g_o / sum_o ||m_o||^2,    1/beta = sum_o ||y_o - H_o m_o||^2 / sum_o (N_o - g_o),
+
+which is the shared-statistics one above when every H_o^T H_o and N_o are equal. Each block is
+eigen-decomposed on its own (O P^3 work, not (O P)^3).
 """
 
 from __future__ import annotations
@@ -64,7 +75,21 @@ class EvidenceFit:
     iterations: int
 
 
-def _check_statistics(hth: Tensor, hty: Tensor, yty: Tensor, count: float) -> None:
+def _check_statistics(hth: Tensor, hty: Tensor, yty: Tensor, count: float | Tensor) -> None:
+    if hth.ndim == 3:  # one block per output (missing labels): per-output counts
+        o = hth.shape[0]
+        if hth.shape[1] != hth.shape[2] or tuple(hty.shape) != (hth.shape[1], o):
+            raise ValueError(
+                f"per-output statistics must have shapes hth [O, P, P] and hty [P, O], got "
+                f"{list(hth.shape)} and {list(hty.shape)}"
+            )
+        if not isinstance(count, Tensor) or tuple(count.shape) != (o,):
+            raise ValueError(f"per-output statistics need one count per output [O={o}]")
+        if tuple(yty.shape) != (o,):
+            raise ValueError(f"yty must have shape [O={o}], got {list(yty.shape)}")
+        if not bool((count >= 0).all()) or not float(count.sum()) > 0:
+            raise ValueError(f"the evidence needs examples, got counts {count.tolist()}")
+        return
     if hth.ndim != 2 or hth.shape[0] != hth.shape[1]:
         raise ValueError(f"hth must have shape [P, P], got {list(hth.shape)}")
     if hty.ndim != 2 or hty.shape[0] != hth.shape[0]:
@@ -79,7 +104,7 @@ def log_evidence(
     hth: Tensor,
     hty: Tensor,
     yty: Tensor,
-    count: float,
+    count: float | Tensor,
     prior_precision: float,
     noise_precision: float,
 ) -> Tensor:
@@ -87,13 +112,42 @@ def log_evidence(
 
     ``hth`` H^T H [P, P], ``hty`` H^T Y [P, O], ``yty`` the sums of squares [O], ``count`` N
     (a float for exponentially forgotten sums); the model y_o = H w_o + noise, w_o ~ N(0, I / alpha), noise ~ N(0, I / beta). Computed in
-    ``hth``'s dtype (use float64).
+    ``hth``'s dtype (use float64). Per-output statistics (missing labels, module docstring):
+    ``hth`` [O, P, P] and ``count`` a tensor [O]; output o's evidence uses its own.
     """
     _check_statistics(hth, hty, yty, count)
     if not (prior_precision > 0 and noise_precision > 0):
         raise ValueError(
             f"precisions must be positive, got alpha={prior_precision}, beta={noise_precision}"
         )
+    if hth.ndim == 3:
+        assert isinstance(count, Tensor)  # checked above
+        return torch.cat(
+            [
+                _log_evidence(
+                    hth[o],
+                    hty[:, o : o + 1],
+                    yty[o : o + 1],
+                    float(count[o]),
+                    prior_precision,
+                    noise_precision,
+                )
+                for o in range(hth.shape[0])
+            ]
+        )
+    assert not isinstance(count, Tensor)
+    return _log_evidence(hth, hty, yty, count, prior_precision, noise_precision)
+
+
+def _log_evidence(
+    hth: Tensor,
+    hty: Tensor,
+    yty: Tensor,
+    count: float,
+    prior_precision: float,
+    noise_precision: float,
+) -> Tensor:
+    """:func:`log_evidence` of statistics shared by the outputs (checked by the caller)."""
     alpha, beta = float(prior_precision), float(noise_precision)
     p = hth.shape[0]
     a = beta * hth + alpha * torch.eye(p, dtype=hth.dtype, device=hth.device)
@@ -115,7 +169,7 @@ def maximise_evidence(
     hth: Tensor,
     hty: Tensor,
     yty: Tensor,
-    count: float,
+    count: float | Tensor,
     *,
     initial: tuple[float, float] | None = None,
     tolerance: float = 1e-9,
@@ -130,15 +184,69 @@ def maximise_evidence(
     raises :class:`~bayesagg.linalg.NumericalError` naming ``where`` when the targets carry no
     signal the features can fit (alpha or beta without a finite maximiser: zero targets, or a
     fit with no residual) or when ``max_iterations`` pass without convergence.
+    Per-output statistics (missing labels): ``hth`` [O, P, P] and ``count`` a tensor [O] of
+    each output's labelled examples; the maximiser of the summed evidence (module docstring).
     """
     _check_statistics(hth, hty, yty, count)
     dtype = torch.float64
     hth64, hty64, yty64 = hth.to(dtype), hty.to(dtype), yty.to(dtype)
+    if hth64.ndim == 3:
+        # The block-diagonal regression of the module docstring: one output over the O blocks'
+        # eigenvalues [O P], each block decomposed on its own.
+        assert isinstance(count, Tensor)  # checked above
+        counts = count.to(dtype)
+        values, vectors = torch.linalg.eigh(0.5 * (hth64 + hth64.mT))  # [O, P], [O, P, P]
+        blocks = (vectors.mT @ hty64.mT[:, :, None]).reshape(-1, 1)  # [O P, 1]
+        alpha, beta, g, iteration = _fixed_point(
+            values.clamp_min(0.0).reshape(-1),
+            blocks,
+            float(yty64.sum()),
+            float(counts.sum()),
+            1,
+            initial=initial,
+            tolerance=tolerance,
+            max_iterations=max_iterations,
+            where=where,
+        )
+        value = float(log_evidence(hth64, hty64, yty64, counts, alpha, beta).sum())
+        return EvidenceFit(alpha, beta, g, value, iteration)
+    assert not isinstance(count, Tensor)
     outputs = hty64.shape[1]
     eigenvalues, vectors = torch.linalg.eigh(0.5 * (hth64 + hth64.mT))
     eigenvalues = eigenvalues.clamp_min(0.0)
     z = vectors.mT @ hty64  # H^T Y in the eigenbasis [P, O]
-    total = float(yty64.sum())
+    alpha, beta, g, iteration = _fixed_point(
+        eigenvalues,
+        z,
+        float(yty64.sum()),
+        count,
+        outputs,
+        initial=initial,
+        tolerance=tolerance,
+        max_iterations=max_iterations,
+        where=where,
+    )
+    value = float(log_evidence(hth64, hty64, yty64, count, alpha, beta).sum())
+    return EvidenceFit(alpha, beta, g, value, iteration)
+
+
+def _fixed_point(
+    eigenvalues: Tensor,
+    z: Tensor,
+    total: float,
+    count: float,
+    outputs: int,
+    *,
+    initial: tuple[float, float] | None,
+    tolerance: float,
+    max_iterations: int,
+    where: str,
+) -> tuple[float, float, float, int]:
+    """Return (alpha, beta, g, iterations) of MacKay's fixed point on the eigen-statistics.
+
+    ``eigenvalues`` [P] of H^T H, ``z`` [P, O] = H^T Y in its eigenbasis, ``total`` the sum of
+    squares of all targets, ``count`` N (PRML Eqs. 3.91-3.95, summed over the O outputs).
+    """
     if not total > 0 or not bool(z.abs().sum() > 0):
         raise NumericalError(
             f"{where}: the targets have no component the features can fit (sum of squares "
@@ -189,8 +297,7 @@ def maximise_evidence(
         if step < tolerance:
             scale = beta / (alpha + beta * eigenvalues)
             g = float((scale * eigenvalues).sum())
-            value = float(log_evidence(hth64, hty64, yty64, count, alpha, beta).sum())
-            return EvidenceFit(alpha, beta, g, value, iteration)
+            return alpha, beta, g, iteration
     raise NumericalError(
         f"{where}: the evidence fixed point did not converge in {max_iterations} iterations "
         f"(last alpha {alpha:.4g}, beta {beta:.4g}, last relative step {step:.2g})"

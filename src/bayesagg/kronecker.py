@@ -179,6 +179,7 @@ def posterior(
     chunk_size: int | None = None,
     check: bool = True,
     reduce: Reduce | None = None,
+    labelled: Tensor | None = None,
 ) -> KroneckerGaussian:
     """Return the one-Newton-step posterior of a C-class head in Kronecker-factored form.
 
@@ -193,6 +194,8 @@ def posterior(
     theta_hat - P^-1 (sum_i (p_i - e_yi) h~_i^T + P0 (theta_hat - m0)), P0 the prior's exact
     precision. Arguments and checks as :func:`bayesagg.posterior.multiclass`; ``reduce`` (data
     parallelism) sums the gradient, both factors' data sums and n over the processes.
+    ``labelled`` [B] (missing labels): the rows where it is False (class id -100) are dropped
+    from the gradient, from both factors and from n.
     """
     if h.ndim != 2 or not h.is_floating_point() or h.shape[0] < 1:
         raise ValueError(f"h must be a floating-point [B >= 1, D] tensor, got {list(h.shape)}")
@@ -203,6 +206,12 @@ def posterior(
     if tuple(bias.shape) != (c,):
         raise ValueError(f"bias must have shape [{c}], got {list(bias.shape)}")
     _check_prior(prior_mean, prior_precision, c, p)
+    rows_kept = None
+    if labelled is not None:
+        if tuple(labelled.shape) != (b,):
+            raise ValueError(f"labelled must have shape [{b}], got {list(labelled.shape)}")
+        y = torch.where(labelled, y, torch.zeros_like(y))
+        rows_kept = labelled.to(h.dtype)[:, None]  # [B, 1]
     y = class_ids(y, b, c) if check else y.long()
     dtype = h.dtype
     weight, bias, prior_mean = weight.to(dtype), bias.to(dtype), prior_mean.to(dtype)
@@ -224,13 +233,25 @@ def posterior(
     for start in range(0, b, step):
         hc = augment(h[start : start + step], True)  # [b, P]
         prob = torch.softmax(hc @ theta.mT, dim=1)  # [b, C]
-        gradient += (prob - F.one_hot(y[start : start + step], c).to(dtype)).mT @ hc
-        # sum_i H_i = diag(sum_i p_i) - sum_i p_i p_i^T
-        hessians += torch.diag(prob.sum(dim=0)) - prob.mT @ prob
-        scatter += hc.mT @ hc
-    count = torch.tensor([float(b)], dtype=dtype, device=h.device)
+        if rows_kept is None:
+            gradient += (prob - F.one_hot(y[start : start + step], c).to(dtype)).mT @ hc
+            # sum_i H_i = diag(sum_i p_i) - sum_i p_i p_i^T
+            hessians += torch.diag(prob.sum(dim=0)) - prob.mT @ prob
+            scatter += hc.mT @ hc
+        else:  # the same sums over the labelled rows: weight 0 drops a row
+            kept = rows_kept[start : start + step]
+            residual = prob - F.one_hot(y[start : start + step], c).to(dtype)
+            gradient += (residual * kept).mT @ hc
+            hessians += torch.diag((prob * kept).sum(dim=0)) - (prob * kept).mT @ prob
+            scatter += (hc * kept).mT @ hc
+    if rows_kept is None:
+        count = torch.tensor([float(b)], dtype=dtype, device=h.device)
+    else:
+        count = rows_kept.sum().reshape(1)
     gradient, hessians, scatter, count = _reduced(reduce, gradient, hessians, scatter, count)
     n0, total = prior_precision.count, prior_precision.count + float(count.item())
+    if total == 0:  # no labelled example yet, anywhere: the class factor stays the prior's
+        total = 1.0
     classes = (n0 * prior_precision.classes + hessians) / total
     features = prior_precision.features + scatter
     precision = KroneckerPrecision(

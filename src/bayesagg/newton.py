@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from torch import Tensor
 
@@ -50,6 +50,7 @@ def newton_posterior(
     damping: float = 1.0,
     check: bool = True,
     reduce: Reduce | None = None,
+    labelled: Tensor | None = None,
 ) -> Gaussian | KroneckerGaussian:
     """Return the classification posterior after ``steps`` Newton steps of size ``damping``.
 
@@ -57,7 +58,8 @@ def newton_posterior(
     (``reduce``: the sum over processes of data parallelism, applied at every step); the mean
     has their layout ([O or C, D + 1], bias last). ``kind="kron"``: the multiclass posterior
     in Kronecker-factored form (:func:`bayesagg.kronecker.posterior`, ``prior_precision`` a
-    :class:`~bayesagg.kronecker.KroneckerPrecision`).
+    :class:`~bayesagg.kronecker.KroneckerPrecision`). ``labelled`` (missing labels): the mask of
+    the labelled targets, [B, O] binary or [B] multiclass; every step fits on those only.
     """
     check_newton(steps, damping)
     fits: dict[str, Callable[..., Gaussian | KroneckerGaussian]] = {
@@ -66,13 +68,17 @@ def newton_posterior(
         "kron": kronecker.posterior,
     }
     fit = fits[kind]
+    # The mask is passed only when there is one: a fit without it runs unchanged.
+    options: dict[str, Any] = {"check": check, "reduce": reduce}
+    if labelled is not None:
+        options["labelled"] = labelled
     if steps == 1 and damping == 1.0:
-        return fit(h, y, weight, bias, prior_mean, prior_precision, check=check, reduce=reduce)
+        return fit(h, y, weight, bias, prior_mean, prior_precision, **options)
     d = weight.shape[1]
     theta = None
     post = None
     for _ in range(int(steps)):
-        post = fit(h, y, weight, bias, prior_mean, prior_precision, check=check, reduce=reduce)
+        post = fit(h, y, weight, bias, prior_mean, prior_precision, **options)
         current = post.mean.new_zeros(post.mean.shape)
         current[:, :d] = weight.to(post.mean)
         current[:, d] = bias.to(post.mean)

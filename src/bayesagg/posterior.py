@@ -10,7 +10,8 @@ Layouts (P = D, or D + 1 with the bias last):
 =============  ==============  ==============================================
 group          mean            precision
 =============  ==============  ==============================================
-regression     [O, P]          [P, P], shared by all O outputs (same features)
+regression     [O, P]          [P, P], shared by all O outputs (same features);
+                               [O, P, P] when outputs miss labels (below)
 binary         [O, P]          [O, P, P], one block per task (block-diagonal)
 multiclass     [C, P]          [C*P, C*P] over the row-major flattened mean
 =============  ==============  ==============================================
@@ -18,6 +19,14 @@ multiclass     [C, P]          [C*P, C*P] over the row-major flattened mean
 All functions accept one batch or the whole training set (the epoch-level prior): the
 classification precisions are accumulated over chunks of examples so no intermediate grows
 beyond about ``2**24`` elements. Computation happens in ``h``'s dtype and on its device.
+
+Missing labels (:mod:`bayesagg.tasks`: a NaN regression target, a binary or multiclass target
+-100). Every function takes an optional ``labelled`` mask ([B, O] for regression and binary, [B]
+for multiclass; True where the label is present) and then fits each task on its labelled
+examples only: the likelihood of paper Eq. 2 / Eq. 8 has no term for an example without a label.
+A regression group then has one precision per output (its own H_o^T H_o), in the [O, P, P]
+layout of the binary groups. ``labelled=None`` (every label present) runs the computation
+without a mask, the same operations as before missing labels were accepted.
 """
 
 from __future__ import annotations
@@ -168,14 +177,20 @@ def regression_from_statistics(
     ``check=False`` skips the finiteness checks of the values (shapes are always checked), for
     callers that validated their inputs already.
     """
-    if hth.ndim != 2 or hth.shape[0] != hth.shape[1]:
-        raise ValueError(f"hth must have shape [P, P], got {list(hth.shape)}")
-    p = hth.shape[0]
+    if hth.ndim not in (2, 3) or hth.shape[-1] != hth.shape[-2]:
+        raise ValueError(f"hth must have shape [P, P] or [O, P, P], got {list(hth.shape)}")
+    p = hth.shape[-1]
     if hty.ndim != 2 or hty.shape[0] != p:
         raise ValueError(f"hty must have shape [P={p}, O], got {list(hty.shape)}")
     o = hty.shape[1]
+    if hth.ndim == 3:
+        _expect("hth", hth, (o, p, p))
     _expect("prior_mean", prior_mean, (o, p))
-    _expect("prior_precision", prior_precision, (p, p))
+    if tuple(prior_precision.shape) not in ((p, p), (o, p, p)):
+        raise ValueError(
+            f"prior_precision must have shape [{p}, {p}] or [{o}, {p}, {p}], "
+            f"got {list(prior_precision.shape)}"
+        )
     if not noise_var > 0:
         raise ValueError(f"noise_var must be positive, got {noise_var}")
     dtype = hth.dtype
@@ -184,11 +199,30 @@ def regression_from_statistics(
     prior_precision = prior_precision.to(dtype)
     if check:
         check_finite(hth=hth, hty=hty, prior_mean=prior_mean, prior_precision=prior_precision)
+    if hth.ndim == 3 or prior_precision.ndim == 3:
+        return _regression_per_output(hth, hty, prior_mean, prior_precision, noise_var)
     precision = prior_precision + hth / noise_var
     precision = 0.5 * (precision + precision.mT)
     factor = cholesky(precision, what="regression posterior precision")
     rhs = prior_precision @ prior_mean.mT + hty / noise_var  # [P, O]
     mean = torch.cholesky_solve(rhs, factor).mT.contiguous()
+    return Gaussian(mean=mean, precision=precision, cholesky=factor)
+
+
+def _regression_per_output(
+    hth: Tensor, hty: Tensor, prior_mean: Tensor, prior_precision: Tensor, noise_var: float
+) -> Gaussian:
+    """Return the posterior of Eq. 2 with one precision per output, [O, P, P].
+
+    P_o = P0_o + H_o^T H_o / sigma^2 and m_o = P_o^-1 (P0_o m0_o + H_o^T y_o / sigma^2), where
+    either statistic or the prior may be shared by the outputs ([P, P]) or per output: the
+    layout of a group whose outputs are labelled on different examples (module docstring).
+    """
+    precision = prior_precision + hth / noise_var  # [O, P, P] by broadcasting
+    precision = 0.5 * (precision + precision.mT)
+    factor = cholesky(precision, what="regression posterior precision")
+    rhs = prior_precision @ prior_mean[:, :, None] + hty.mT[:, :, None] / noise_var  # [O, P, 1]
+    mean = torch.cholesky_solve(rhs, factor).squeeze(-1)
     return Gaussian(mean=mean, precision=precision, cholesky=factor)
 
 
@@ -202,6 +236,7 @@ def regression(
     bias: bool = False,
     check: bool = True,
     reduce: Reduce | None = None,
+    labelled: Tensor | None = None,
 ) -> Gaussian:
     """Return the exact regression-head posterior (mean [O, P], precision [P, P] shared).
 
@@ -211,32 +246,50 @@ def regression(
     The paper's code has no bias; ``bias=False`` reproduces it. ``check=False`` skips the
     finiteness checks (shapes are always checked). ``reduce`` (data parallelism): a sum over
     processes applied to the statistics H~^T H~ and H~^T Y of the local examples.
+    ``labelled`` [B, O] (missing labels, module docstring): output o is fitted on the rows where
+    it is True (the others' targets are ignored, NaN or not) and the precision is [O, P, P];
+    a prior precision of that layout (a per-output epoch fit) also gives one.
     """
     b, d = _features(h)
     if y.ndim != 2 or y.shape[0] != b:
         raise ValueError(f"y must have shape [B={b}, O], got {list(y.shape)}")
     p = d + int(bias)
     y = y.to(h.dtype)
-    _expect("prior_mean", prior_mean, (y.shape[1], p))
-    _expect("prior_precision", prior_precision, (p, p))
+    o = y.shape[1]
+    _expect("prior_mean", prior_mean, (o, p))
+    if tuple(prior_precision.shape) not in ((p, p), (o, p, p)):
+        raise ValueError(
+            f"prior_precision must have shape [{p}, {p}] or [{o}, {p}, {p}], "
+            f"got {list(prior_precision.shape)}"
+        )
+    if labelled is not None:
+        _expect("labelled", labelled, (b, o))
+        y = torch.where(labelled, y, torch.zeros_like(y))  # no NaN enters the sums
     if check:
         check_finite(h=h, y=y)
-    hth, hty = _reduced(reduce, *regression_statistics(h, y, bias=bias))
+    statistics = regression_statistics(h, y, bias=bias, labelled=labelled)
+    hth, hty = _reduced(reduce, *statistics)
     return regression_from_statistics(
         hth, hty, prior_mean, prior_precision, noise_var=noise_var, check=check
     )
 
 
-def regression_statistics(h: Tensor, y: Tensor, *, bias: bool = False) -> tuple[Tensor, Tensor]:
+def regression_statistics(
+    h: Tensor, y: Tensor, *, bias: bool = False, labelled: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Return the sufficient statistics (H~^T H~ [P, P], H~^T Y [P, O]) of h [B, D], y [B, O].
 
     Sums over examples: add them up batch by batch for the epoch-level full-data fit
     (:func:`regression_from_statistics`). h is not copied into an augmented [B, D+1] matrix.
+    ``labelled`` [B, O] (missing labels): the sums of output o run over its labelled rows only,
+    so H~^T H~ is per output, [O, P, P]; the targets of the other rows are ignored.
     """
     b, _ = _features(h)
     if y.ndim != 2 or y.shape[0] != b:
         raise ValueError(f"y must have shape [B={b}, O], got {list(y.shape)}")
     y = y.to(h.dtype)
+    if labelled is not None:
+        return _masked_statistics(h, y, labelled, bias)
     hth = h.mT @ h
     hty = h.mT @ y
     if not bias:
@@ -244,6 +297,22 @@ def regression_statistics(h: Tensor, y: Tensor, *, bias: bool = False) -> tuple[
     s = h.sum(dim=0)
     n = h.new_tensor([[float(h.shape[0])]])
     hth = torch.cat([torch.cat([hth, s[:, None]], 1), torch.cat([s[None], n], 1)], 0)
+    hty = torch.cat([hty, y.sum(dim=0, keepdim=True)], 0)
+    return hth, hty
+
+
+def _masked_statistics(h: Tensor, y: Tensor, labelled: Tensor, bias: bool) -> tuple[Tensor, Tensor]:
+    """Return (H_o~^T H_o~ [O, P, P], H~^T Y [P, O]) over each output's labelled rows."""
+    _expect("labelled", labelled, tuple(y.shape))
+    weight = labelled.to(h.dtype)  # [B, O]: 1 where output o is labelled
+    y = torch.where(labelled, y, torch.zeros_like(y))
+    hth = (h.mT[None] * weight.mT[:, None, :]) @ h  # [O, D, D]
+    hty = h.mT @ y
+    if not bias:
+        return hth, hty
+    s = weight.mT @ h  # [O, D]: the labelled rows' feature sums
+    n = weight.sum(dim=0)[:, None, None]  # [O, 1, 1]: the labelled counts
+    hth = torch.cat([torch.cat([hth, s[:, :, None]], 2), torch.cat([s[:, None, :], n], 2)], 1)
     hty = torch.cat([hty, y.sum(dim=0, keepdim=True)], 0)
     return hth, hty
 
@@ -272,6 +341,7 @@ def binary(
     chunk_size: int | None = None,
     check: bool = True,
     reduce: Reduce | None = None,
+    labelled: Tensor | None = None,
 ) -> Gaussian:
     """Return the one-Newton-step posterior of O binary heads (mean [O, P], precision [O, P, P]).
 
@@ -285,6 +355,8 @@ def binary(
     ``chunk_size`` examples and factorised with one batched Cholesky. ``check=False`` skips the
     value checks (finiteness, 0/1 targets) for callers that made them already. ``reduce``
     (data parallelism): a sum over processes applied to the data sums of the gradient and GGN.
+    ``labelled`` [B, O] (missing labels): the sums of task o run over its labelled rows only
+    (the others' targets, -100 or anything, are ignored).
     """
     b, d, o = _newton_checks(h, weight, bias, "O")
     p = d + 1
@@ -293,6 +365,11 @@ def binary(
     _expect("prior_mean", prior_mean, (o, p))
     _expect("prior_precision", prior_precision, (o, p, p))
     dtype = h.dtype
+    mask = None
+    if labelled is not None:
+        _expect("labelled", labelled, (b, o))
+        y = torch.where(labelled, y, torch.zeros_like(y))
+        mask = labelled.to(dtype)
     y, weight, bias = y.to(dtype), weight.to(dtype), bias.to(dtype)
     prior_mean, prior_precision = prior_mean.to(dtype), prior_precision.to(dtype)
     if check:
@@ -313,8 +390,13 @@ def binary(
     for start in range(0, b, step):
         hc = augment(h[start : start + step], True)  # [b, P]
         prob = torch.sigmoid(hc @ theta.mT)  # [b, O]
-        gradient += (prob - y[start : start + step]).mT @ hc
-        curvature = prob * (1 - prob)
+        if mask is None:
+            gradient += (prob - y[start : start + step]).mT @ hc
+            curvature = prob * (1 - prob)
+        else:  # an unlabelled (example, task) adds neither gradient nor curvature
+            rows = mask[start : start + step]
+            gradient += ((prob - y[start : start + step]) * rows).mT @ hc
+            curvature = prob * (1 - prob) * rows
         # [O, P, b] @ [b, P]: the O blocks sum_i c_io h~_i h~_i^T in one batched matmul.
         ggn += (curvature.mT[:, None, :] * hc.mT[None]) @ hc
     gradient, ggn = _reduced(reduce, gradient, ggn)
@@ -337,6 +419,7 @@ def multiclass(
     chunk_size: int | None = None,
     check: bool = True,
     reduce: Reduce | None = None,
+    labelled: Tensor | None = None,
 ) -> Gaussian:
     """Return the one-Newton-step posterior of a C-class head (mean [C, P], precision [C*P, C*P]).
 
@@ -349,11 +432,18 @@ def multiclass(
     are their transposes): never a [B, C*P, C*P] tensor. ``check=False`` skips the value
     checks (finiteness, class-id range; shapes are always checked). ``reduce`` (data
     parallelism): a sum over processes applied to the data sums of the gradient and GGN blocks.
+    ``labelled`` [B] (missing labels): the sums run over the rows where it is True only (the
+    others' class ids, -100 or anything, are ignored).
     """
     b, d, c = _newton_checks(h, weight, bias, "C")
     if c < 2:
         raise ValueError(f"weight must have at least 2 classes, got {c}")
     p = d + 1
+    rows_kept = None
+    if labelled is not None:
+        _expect("labelled", labelled, (b,))
+        y = torch.where(labelled, y, torch.zeros_like(y))
+        rows_kept = labelled.to(h.dtype)[:, None]  # [B, 1]
     y = class_ids(y, b, c) if check else y.long()
     _expect("prior_mean", prior_mean, (c, p))
     _expect("prior_precision", prior_precision, (c * p, c * p))
@@ -376,8 +466,11 @@ def multiclass(
         hc = augment(h[start : start + step], True)  # [b, P]
         prob = torch.softmax(hc @ theta.mT, dim=1)  # [b, C]
         residual = prob - F.one_hot(y[start : start + step], c).to(dtype)
-        gradient += residual.mT @ hc
         curvature = prob[:, first] * (same - prob[:, second])  # [b, pairs]: H_i[c, c']
+        if rows_kept is not None:  # an unlabelled row adds neither gradient nor curvature
+            residual = residual * rows_kept[start : start + step]
+            curvature = curvature * rows_kept[start : start + step]
+        gradient += residual.mT @ hc
         pair_blocks += (curvature.mT[:, None, :] * hc.mT[None]) @ hc  # [pairs, P, P]
     gradient, pair_blocks = _reduced(reduce, gradient, pair_blocks)
     # Contiguous, so the [C, P, C, P] view below is valid whatever the prior's strides.

@@ -12,11 +12,13 @@ What is kept during an epoch (from ``h.detach()`` of every step, warm-up steps i
 
 - regression groups: only the sufficient statistics ``H~^T H~`` [P, P] and ``H~^T Y`` [P, O]
   (P = D, or D + 1 with a bias), summed batch by batch in float64: O(D^2) memory, and the
-  full-data fit of Bayesian linear regression is exact from them;
+  full-data fit of Bayesian linear regression is exact from them. Once an output misses a
+  label (NaN target) the group's statistics become per output, ``H_o~^T H_o~`` [O, P, P] with
+  a count per output, each over the examples labelled for it, and so does its fit;
 - classification groups (binary and multiclass): the epoch's features [N, D] and targets, because
   the Newton step of the full-data fit needs the predicted probabilities at the head *as it is at
   the end of the epoch* (as in the paper's code). That is N x D numbers per epoch, kept on the
-  features' device in their dtype.
+  features' device in their dtype. Missing labels (-100) are kept too and left out of the fit.
 
 The full-data fits run in float64 (``fit_dtype``); the fitted prior is cast once to the dtype and
 device of the features that use it.
@@ -37,7 +39,7 @@ from bayesagg.kronecker import KroneckerGaussian, KroneckerPrecision
 from bayesagg.linalg import NumericalError, augment, cholesky
 from bayesagg.newton import check_newton, newton_posterior
 from bayesagg.posterior import Gaussian
-from bayesagg.tasks import Binary, Multiclass, Regression, TaskGroup, check_groups
+from bayesagg.tasks import MISSING, Binary, Multiclass, Regression, TaskGroup, check_groups
 
 __all__ = [
     "KRON_MIN_CLASSES",
@@ -80,6 +82,11 @@ class RegressionStatistics:
     """Streamed sufficient statistics of Bayesian linear regression: ``H~^T H~``, ``H~^T Y``,
     the per-output sums of squares ``y_o^T y_o`` (for the evidence, :mod:`bayesagg.evidence`)
     and N. Sums run in float64 so that 10^5 examples lose nothing; memory is O(P^2 + P O).
+
+    Missing labels: the first batch with an unlabelled output (``update``'s ``labelled``)
+    makes the statistics per output: ``hth`` [O, P, P] and ``labelled`` [O], the examples
+    labelled for each output, each sum over its own rows (memory O(O P^2)). The fits are then
+    per output too (one precision each, the evidence over the per-output counts).
     """
 
     def __init__(self, num_params: int, outputs: int, *, device: torch.device) -> None:
@@ -88,14 +95,49 @@ class RegressionStatistics:
         self.yty = torch.zeros(outputs, dtype=torch.float64, device=device)
         #: Examples summed (a float once :meth:`scale` forgets some).
         self.count: float = 0
+        #: Examples summed per output [O] (float64), once a label was missing; else None
+        #: (every output has ``count``).
+        self.labelled: Tensor | None = None
 
-    def update(self, h: Tensor, y: Tensor) -> None:
-        """Add a batch: features h [B, P] (already with the bias column if any), targets y [B, O]."""
+    @property
+    def per_output(self) -> bool:
+        """Return whether the statistics are per output (some output missed a label)."""
+        return self.labelled is not None
+
+    def split_outputs(self) -> None:
+        """Make the statistics per output (each output's sums the shared ones so far)."""
+        if self.labelled is None:
+            outputs = self.hty.shape[1]
+            self.hth = self.hth.expand(outputs, -1, -1).clone()
+            self.labelled = torch.full(
+                (outputs,), float(self.count), dtype=torch.float64, device=self.hth.device
+            )
+
+    def update(self, h: Tensor, y: Tensor, labelled: Tensor | None = None) -> None:
+        """Add a batch: features h [B, P] (already with the bias column if any), targets y [B, O].
+
+        ``labelled`` [B, O] (missing labels): output o's sums take only the rows where it is
+        True (its other targets, NaN, are ignored); the statistics become per output.
+        """
+        if labelled is None and self.labelled is None:
+            h64 = h.detach().to(torch.float64)
+            y64 = y.detach().to(torch.float64)
+            self.hth += h64.T @ h64
+            self.hty += h64.T @ y64
+            self.yty += y64.square().sum(0)
+            self.count += h.shape[0]
+            return
+        if labelled is None:
+            labelled = torch.ones(y.shape, dtype=torch.bool, device=y.device)
+        self.split_outputs()
+        assert self.labelled is not None  # split_outputs set it
         h64 = h.detach().to(torch.float64)
-        y64 = y.detach().to(torch.float64)
-        self.hth += h64.T @ h64
+        y64 = torch.where(labelled, y.detach(), torch.zeros_like(y)).to(torch.float64)
+        weight = labelled.to(torch.float64)  # [B, O]
+        self.hth += (h64.T[None] * weight.T[:, None, :]) @ h64
         self.hty += h64.T @ y64
         self.yty += y64.square().sum(0)
+        self.labelled += weight.sum(0)
         self.count += h.shape[0]
 
     def scale(self, factor: float) -> None:
@@ -104,6 +146,21 @@ class RegressionStatistics:
         self.hty *= factor
         self.yty *= factor
         self.count *= factor
+        if self.labelled is not None:
+            self.labelled *= factor
+
+    def _agreed(self, reduce: posterior.Reduce | None) -> None:
+        """Make the statistics per output if they are on any process (data parallelism).
+
+        A process whose examples all had labels holds shared statistics, another per-output
+        ones; the sums over processes need one layout. One more reduction, only under data
+        parallelism.
+        """
+        if reduce is None:
+            return
+        flag = torch.tensor([float(self.per_output)], device=self.hty.device)
+        if float(reduce(flag).item()) > 0:
+            self.split_outputs()
 
     def fit(
         self, gamma: float, noise_var: float, reduce: posterior.Reduce | None = None
@@ -111,8 +168,10 @@ class RegressionStatistics:
         """Return the full-data posterior with the prior N(0, gamma I) (paper Eq. 2), float64.
 
         ``reduce`` (data parallelism): a sum over processes of the statistics before the fit.
+        Per-output statistics give a per-output precision [O, P, P].
         """
         num_params, outputs = self.hty.shape
+        self._agreed(reduce)
         hth, hty = posterior._reduced(reduce, self.hth, self.hty)
         prior_mean, prior_precision = posterior.isotropic_prior(
             "regression", outputs, num_params, gamma, dtype=torch.float64, device=self.hty.device
@@ -136,9 +195,18 @@ class RegressionStatistics:
         fixed point (e.g. from the previous epoch's maximiser).
         """
         num_params, outputs = self.hty.shape
-        count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.hty.device)
-        hth, hty, yty, count = posterior._reduced(reduce, self.hth, self.hty, self.yty, count)
-        fit = maximise_evidence(hth, hty, yty, float(count.item()), initial=initial, where=where)
+        self._agreed(reduce)
+        if self.labelled is not None:  # per output: each output's evidence with its own count
+            hth, hty, yty, counts = posterior._reduced(
+                reduce, self.hth, self.hty, self.yty, self.labelled
+            )
+            fit = maximise_evidence(hth, hty, yty, counts, initial=initial, where=where)
+        else:
+            count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.hty.device)
+            hth, hty, yty, count = posterior._reduced(reduce, self.hth, self.hty, self.yty, count)
+            fit = maximise_evidence(
+                hth, hty, yty, float(count.item()), initial=initial, where=where
+            )
         prior_mean, prior_precision = posterior.isotropic_prior(
             "regression",
             outputs,
@@ -153,21 +221,26 @@ class RegressionStatistics:
         return gaussian, fit
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "hth": self.hth.clone(),
             "hty": self.hty.clone(),
             "yty": self.yty.clone(),
             "count": self.count,
         }
+        if self.labelled is not None:  # per-output statistics (missing labels)
+            state["labelled"] = self.labelled.clone()
+        return state
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> RegressionStatistics:
-        stats = cls(state["hth"].shape[0], state["hty"].shape[1], device=state["hth"].device)
+        stats = cls(state["hth"].shape[-1], state["hty"].shape[1], device=state["hth"].device)
         stats.hth = state["hth"].clone()
         stats.hty = state["hty"].clone()
         if "yty" in state:  # checkpoints written before the evidence option have none
             stats.yty = state["yty"].clone()
         stats.count = state["count"]
+        if state.get("labelled") is not None:
+            stats.labelled = state["labelled"].clone()
         return stats
 
 
@@ -285,9 +358,22 @@ class EpochPrior:
                 f"the head of task group(s) {changed} changed between having and not having a bias"
             )
 
-    def accumulate(self, h: Tensor, targets: Sequence[Tensor], bias: Sequence[bool]) -> None:
-        """Add one step's features h [B, D] and per-group targets to the epoch's buffers."""
+    def accumulate(
+        self,
+        h: Tensor,
+        targets: Sequence[Tensor],
+        bias: Sequence[bool],
+        labelled: Sequence[Tensor | None] | None = None,
+    ) -> None:
+        """Add one step's features h [B, D] and per-group targets to the epoch's buffers.
+
+        ``labelled``: per group, the mask of its labelled targets, or None where every label is
+        present (as :class:`~bayesagg.BayesAgg` finds them); by default found here from the
+        targets (NaN regression targets, -100 classification targets are missing labels).
+        """
         self.check_bias(bias)
+        if labelled is None:
+            labelled = [_labelled(group, y) for group, y in zip(self.groups, targets, strict=True)]
         h = h.detach()
         h_tilde = None
         needs_features = False
@@ -301,9 +387,9 @@ class EpochPrior:
                     self._statistics[i] = RegressionStatistics(
                         features.shape[1], group.outputs, device=h.device
                     )
-                self._statistics[i].update(features, y)  # type: ignore[union-attr]  # created above
+                self._statistics[i].update(features, y, labelled[i])  # type: ignore[union-attr]
                 if self.refresh_every:
-                    self._remember(i, group, features, y)
+                    self._remember(i, group, features, y, labelled[i])
             else:
                 needs_features = True
                 self._targets[i].append(y.detach())
@@ -311,7 +397,9 @@ class EpochPrior:
             self._features.append(h)
         self._count += h.shape[0]
 
-    def _remember(self, index: int, group: Regression, features: Tensor, y: Tensor) -> None:
+    def _remember(
+        self, index: int, group: Regression, features: Tensor, y: Tensor, labelled: Tensor | None
+    ) -> None:
         """Add a batch to group ``index``'s recent statistics, forgetting old ones.
 
         Each batch of B examples multiplies the old sums by 1 - B / N (N: the last epoch's
@@ -325,7 +413,7 @@ class EpochPrior:
             )
         if self._epoch_examples:
             recent.scale(max(0.0, 1.0 - features.shape[0] / self._epoch_examples))
-        recent.update(features, y)
+        recent.update(features, y, labelled)
 
     def refresh_regression(self) -> None:
         """Refit every regression group's prior on its recent statistics (``refresh_every``).
@@ -469,6 +557,8 @@ class EpochPrior:
                 steps=self.newton_steps,
                 damping=self.newton_damping,
                 reduce=self.reduce,
+                # The fit over the labelled rows only (the same sums over processes).
+                labelled=_labelled(group, y),
             )
             new.append(classified)
         self.posteriors = new
@@ -531,6 +621,16 @@ class EpochPrior:
         ]
         self._epoch_examples = int(state.get("epoch_examples", 0))
         self._cast = {}
+
+
+def _labelled(group: TaskGroup, y: Tensor) -> Tensor | None:
+    """Return the mask of ``y``'s labelled targets for ``group``, or None if none is missing.
+
+    A regression target is missing where NaN, a binary or multiclass one where -100
+    (:mod:`bayesagg.tasks`).
+    """
+    labelled = ~torch.isnan(y) if isinstance(group, Regression) else y != MISSING
+    return None if bool(labelled.all()) else labelled
 
 
 def _stored(fitted: Gaussian | KroneckerGaussian | None) -> dict[str, Any] | None:
