@@ -5,6 +5,7 @@
 # the next job with an atomic mkdir. Restart: rm -rf $CLAIMS and run again (finished runs are
 # reused, interrupted ones resume from checkpoint.pt).
 # Usage: labels_queue.sh WORKER_NAME   (two workers, one thread each)
+# (The first two jobs ran under an earlier order of this list that interleaved the benchmarks.)
 WT=/work/wt/labels   # git worktree at 9304168 (label_fraction on QM9 and UTKFace)
 cd $WT
 export PYTHONPATH=$WT/src OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -13,12 +14,15 @@ CLAIMS=/work/wt/claims-labels; mkdir -p $CLAIMS
 OUT=/work/main/results
 SEL=/work/main/results/qm9/quick/selection_references.json
 R="nice -n 10 $PY -m bayesagg run --data-dir ../shared/data --no-progress --protocol quick --data-option label_fraction=0.3 --out $OUT"
+# UTKFace first (cheaper, so one benchmark completes early), then QM9.
 jobs=()
 for s in 0 1 2; do
   for m in ls uw famo imtl-g-ub nash-mtl-ub; do jobs+=("-b utkface --method $m --seed $s"); done
-  for m in ls uw famo imtl-g-ub nash-mtl-ub; do jobs+=("-b qm9 --method $m --seed $s --references $SEL"); done
 done
 for s in 0 1 2; do jobs+=("-b utkface --method stl --seed $s"); done
+for s in 0 1 2; do
+  for m in ls uw famo imtl-g-ub nash-mtl-ub; do jobs+=("-b qm9 --method $m --seed $s --references $SEL"); done
+done
 for s in 0 1 2; do
   for t in mu alpha homo lumo r2 zpve u0_atom u_atom h_atom g_atom cv; do
     jobs+=("-b qm9 --method stl --task $t --seed $s")
