@@ -25,7 +25,8 @@ W_d, the cross-covariance of W_d with the logits a and the logits' covariance V 
 diagonal in the basis Q_c, with per-example scales; the logit draw a = mu_a + Q_c (sqrt(nu) * z)
 makes E[g_d | a] = m_d^T r + c_d^T (Q_c^T r * z), linear in x = [r, Q_c^T r * z] (2C numbers per
 node), so the fixed quasi-Monte-Carlo rule of :func:`bayesagg.moments.multiclass` integrates it
-with O(N C^2 + D C^2 + D P C) work per example instead of O(C^2 P^2 + N D C^2).
+with O(N C^2 + D C^2 + D P R) work per example instead of O(C^2 P^2 + N D C^2), R the numerical
+rank of the covariance's eigenvalues w [C, P] (a Cauchy-like matrix: a few directions).
 """
 
 from __future__ import annotations
