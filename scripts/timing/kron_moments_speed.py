@@ -12,7 +12,8 @@ revision's ``src/bayesagg/kronecker.py``, loaded as a module of its own) and of 
 :mod:`bayesagg.kronecker` run alternately, ``--warmup`` untimed turns then ``--repeats`` timed
 ones; printed: the medians (ms), old / new, and the largest differences between the two results
 (mean: relative to sqrt(mu^2 + var); variance: relative). On a busy machine only the ratio
-means anything. ``--nodes N`` fixes the rule's node count for both (default: the rule's own).
+means anything. ``--nodes N`` fixes the rule's node count for both (default: the rule's own);
+``--new-max-nodes M`` caps the new rule's counts (its ``max_nodes``, an approximation).
 """
 
 from __future__ import annotations
@@ -88,10 +89,13 @@ def compare(old: ModuleType, config: tuple[int, int, int], scale: float, args: A
     c, d, b = config
     h, y, post = batch_posterior(c, d, b, scale)
     options = {} if args.nodes is None else {"num_samples": args.nodes}
+    new_options = dict(options)
+    if args.new_max_nodes is not None:
+        new_options["max_nodes"] = args.new_max_nodes
 
     def timed(module: ModuleType) -> tuple[float, tuple[torch.Tensor, torch.Tensor]]:
         began = time.perf_counter()
-        result = module.moments(h, y, post, **options)
+        result = module.moments(h, y, post, **(new_options if module is kronecker else options))
         return 1000 * (time.perf_counter() - began), result
 
     for _ in range(args.warmup):
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--nodes", type=int, default=None)
+    parser.add_argument("--new-max-nodes", type=int, default=None)
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
