@@ -268,6 +268,18 @@ def test_max_nodes_caps_the_rule():
             kronecker.moments(h, y, post, max_nodes=bad)
 
 
+def test_bfloat16_features():
+    """Half-precision features (an autocast encoder called directly): the truncated SVD runs
+    in float32 and the moments agree with 2 x 10^5 draws to bfloat16's precision."""
+    h, y, post = _posterior(3, 5, 4, 1.0)
+    mu, var = kronecker.moments(h.to(torch.bfloat16), y, post)
+    assert mu.dtype == var.dtype == torch.bfloat16
+    ref_mu, ref_var, _, _ = _reference(h, y, post.mean, post.covariance(), 200_000, 12)
+    scale_mu = ref_var.sqrt() + ref_mu.abs()
+    assert ((mu[:, 0].double() - ref_mu).abs() / scale_mu).max() < 0.02
+    assert ((var[:, 0].double() - ref_var).abs() / ref_var).max() < 0.05
+
+
 def test_truncation_of_the_variances():
     """The default rank keeps w to round-off (its result is the untruncated one's to 1e-12),
     and a coarse tolerance loses accuracy gracefully: its error stays within the discarded

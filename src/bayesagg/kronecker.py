@@ -358,12 +358,16 @@ def moments(
 
 
 def _low_rank(w: Tensor, tolerance: float | None) -> tuple[Tensor, Tensor]:
-    """Return (diag(s) U^T [R, C], V^T [R, P]) of the SVD of w truncated at ``tolerance``."""
-    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    """Return (diag(s) U^T [R, C], V^T [R, P]) of the SVD of w truncated at ``tolerance``
+    (relative to the largest singular value; default: max(C, P) times w's machine epsilon).
+
+    The decomposition runs in at least float32 (the SVD has no half-precision kernels)."""
+    u, s, vh = torch.linalg.svd(w.to(torch.promote_types(w.dtype, torch.float32)), False)
     if tolerance is None:
         tolerance = max(w.shape) * torch.finfo(w.dtype).eps
     rank = max(1, int((s > tolerance * s[0]).sum()))
-    return s[:rank, None] * u[:, :rank].mT, vh[:rank].contiguous()
+    classes = (s[:rank, None] * u[:, :rank].mT).to(w.dtype)
+    return classes, vh[:rank].to(w.dtype).contiguous()
 
 
 def _block(
