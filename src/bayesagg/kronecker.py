@@ -342,7 +342,7 @@ def moments(
         # (the eigenbasis root Q_c diag(sqrt(nu)) was measured 3x less accurate on narrow
         # posteriors: it aligns one node axis with the logits' softmax-invariant common shift).
         z = basis.mT @ qmc_nodes(count, c, dtype=dtype, device=h.device).mT  # [C, N]
-        per_example = max(c * count, c * d, c * c, rank * p)
+        per_example = max(c * count, c * d, c * c, rank * p, _direct(c, d, count) * d * count)
         rows = chunk_size or max(1, _BLOCK_ELEMENTS // per_example)
         for start in range(0, which.numel(), rows):
             index = which[start : start + rows]
@@ -368,6 +368,12 @@ def _low_rank(w: Tensor, tolerance: float | None) -> tuple[Tensor, Tensor]:
     rank = max(1, int((s > tolerance * s[0]).sum()))
     classes = (s[:rank, None] * u[:, :rank].mT).to(w.dtype)
     return classes, vh[:rank].to(w.dtype).contiguous()
+
+
+def _direct(c: int, d: int, count: int) -> bool:
+    """Whether m_d^T Cov(r) m_d is cheaper from m_d^T r at the N nodes (D C N multiplications)
+    than through the nodes' covariance (C^2 N + D C^2): fewer dimensions than classes."""
+    return d * c * count < c * c * count + d * c * c
 
 
 def _block(
@@ -400,7 +406,6 @@ def _block(
     t_mean = t.mean(dim=2)  # [n, R]
     r_centred = r - r_mean[:, :, None]
     t_centred = t - t_mean[:, :, None]
-    cov_rr = r_centred @ r_centred.mT / count  # [n, C, C]
     cov_tr = t_centred @ r_centred.mT / count  # [n, R, C]
     cov_tt = t_centred @ t_centred.mT / count  # [n, R, R]
     second = rotated.square().mean(dim=2)  # [n, C]: E[r'_i^2]
@@ -409,7 +414,11 @@ def _block(
     inner = cov_tt - (project * second[:, None, :]) @ project.mT  # [n, R, R]
     mu = r_mean @ m + (t_mean[:, None, :] @ k).squeeze(1)
     # Var over a of E[g_d | a] = m_d^T Cov(r) m_d + 2 m_d^T Cov(r, t) k_d + k_d^T Cov(t) k_d.
-    spread = ((cov_rr.reshape(n * c, c) @ m).reshape(n, c, d) * m).sum(dim=1)
+    if _direct(c, d, count):  # m_d^T r at every node: D C N instead of C^2 N + D C^2
+        spread = (m.mT @ r_centred).square().mean(dim=2)
+    else:
+        cov_rr = r_centred @ r_centred.mT / count  # [n, C, C]
+        spread = ((cov_rr.reshape(n * c, c) @ m).reshape(n, c, d) * m).sum(dim=1)
     cross = ((cov_tr.reshape(-1, c) @ m).reshape(n, -1, d) * k).sum(dim=1)
     quadratic = ((inner @ k) * k).sum(dim=1)
     return mu, spread + 2 * cross + quadratic + second @ sigma.mT
