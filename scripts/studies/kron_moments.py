@@ -19,7 +19,10 @@ batches the batch posteriors with those priors and their gradient moments (mu, v
   (the aggregation weights are var^-s, so a log-variance error e changes a weight by about
   s e before normalisation);
 - the floor: the same errors between the dense moments with the default rule and with 4096
-  nodes for every example (what the integration rule alone contributes).
+  nodes for every example (what the integration rule alone contributes);
+- the truncation of the factored moments' variances w (``rank_tolerance``) in float32, as in
+  training: the rank R kept by default (of C) and the largest errors of the default against
+  the untruncated rule (``rank_tolerance=0``), same measures, over all examples and dimensions.
 """
 
 from __future__ import annotations
@@ -103,7 +106,8 @@ def study(benchmark: str, args: argparse.Namespace) -> None:
     )
     print(
         "\n| head | C | precision error | mu error: median | p90 | log-var error: median | p90 "
-        "| floor (dense, 4096 nodes) mu: median | log-var: median |\n|---|---|---|---|---|---|---|---|---|"
+        "| floor (dense, 4096 nodes) mu: median | log-var: median | R (float32) "
+        "| truncation mu: max | log-var: max |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     for i, group in enumerate(p.groups):
         if not isinstance(group, Multiclass):
@@ -126,6 +130,7 @@ def study(benchmark: str, args: argparse.Namespace) -> None:
             **settings,
         )
         precision_errors, mu_errors, var_errors, floor_mu, floor_var = [], [], [], [], []
+        cut_mu, cut_var, ranks = [], [], []
         start = 0
         for batch_features in features[: args.batches]:
             h = batch_features
@@ -158,10 +163,18 @@ def study(benchmark: str, args: argparse.Namespace) -> None:
             f_mu, f_var = _errors(mu_f, var_f, mu_d, var_d)
             floor_mu.append(f_mu)
             floor_var.append(f_var)
+            single = h.float()
+            ranks.append(kronecker._low_rank(kron.variances.float(), None)[0].shape[0])
+            mu_t, var_t = kronecker.moments(single, y, kron)
+            mu_u, var_u = kronecker.moments(single, y, kron, rank_tolerance=0.0)
+            t_mu, t_var = _errors(mu_t.double(), var_t.double(), mu_u.double(), var_u.double())
+            cut_mu.append(t_mu)
+            cut_var.append(t_var)
         print(
             f"| {group.name} | {c} | {sum(precision_errors) / len(precision_errors):.3f} "
             f"| {_quantiles(torch.cat(mu_errors))} | {_quantiles(torch.cat(var_errors))} "
-            f"| {torch.cat(floor_mu).median():.2e} | {torch.cat(floor_var).median():.2e} |",
+            f"| {torch.cat(floor_mu).median():.2e} | {torch.cat(floor_var).median():.2e} "
+            f"| {max(ranks)} | {torch.cat(cut_mu).max():.1e} | {torch.cat(cut_var).max():.1e} |",
             flush=True,
         )
 

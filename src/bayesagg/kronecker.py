@@ -25,7 +25,8 @@ W_d, the cross-covariance of W_d with the logits a and the logits' covariance V 
 diagonal in the basis Q_c, with per-example scales; the logit draw a = mu_a + Q_c (sqrt(nu) * z)
 makes E[g_d | a] = m_d^T r + c_d^T (Q_c^T r * z), linear in x = [r, Q_c^T r * z] (2C numbers per
 node), so the fixed quasi-Monte-Carlo rule of :func:`bayesagg.moments.multiclass` integrates it
-with O(N C^2 + D C^2 + D P C) work per example instead of O(C^2 P^2 + N D C^2).
+with O(N C^2 + D C^2 + D P R) work per example instead of O(C^2 P^2 + N D C^2), R the numerical
+rank of the covariance's eigenvalues w [C, P] (a Cauchy-like matrix: a few directions).
 """
 
 from __future__ import annotations
@@ -273,6 +274,8 @@ def moments(
     num_samples: int | None = None,
     chunk_size: int | None = None,
     check: bool = True,
+    rank_tolerance: float | None = None,
+    max_nodes: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Return (mu, var) [B, 1, D] of the cross-entropy gradient g = W^T (softmax(a) - e_y).
 
@@ -290,6 +293,21 @@ def moments(
     E[g_d | a] = m_d^T r + sum_i (kappa_di / sqrt(nu_i)) r'_i z'_i and
     Var(g_d | a) = sum_i (sigma_di - kappa_di^2 / nu_i) r'_i^2; mu_d and var_d follow by the
     laws of total expectation and variance over the rule's nodes.
+
+    The variances are used through their truncated singular value decomposition
+    w ~ U diag(s) V^T of rank R, so that kappa_d = diag(s) U^T (V^T (q * Q_f[d])) costs
+    O(P R) per dimension instead of O(P C) and the rule's node sums are projected onto R
+    directions instead of C. ``rank_tolerance`` is the largest discarded singular value
+    relative to the largest one; the default, max(C, P) times the dtype's machine epsilon, is
+    the matrix's numerical rank (what is discarded is at the level of the rounding of w
+    itself), so the result is the untruncated rule's to round-off.
+
+    ``max_nodes`` (even, >= 2C; default: no limit) caps every example's node count, trading
+    accuracy for time (the cost grows as the count): the rule stays exact for polynomials of
+    degree <= 3 in the logits at any count >= 2C, but wide logits need the rule's larger counts;
+    at 100 classes, against 10^6 draws, a cap of 4C kept the errors near 1 % where the rule
+    takes 1024-2048 nodes and let the variance's grow to 5-13 % where it takes 8192
+    (docs/bayesagg-math.md).
     """
     if h.ndim != 2 or not h.is_floating_point() or h.shape[0] < 1:
         raise ValueError(f"h must be a floating-point [B >= 1, D] tensor, got {list(h.shape)}")
@@ -301,6 +319,10 @@ def moments(
         raise ValueError(
             f"num_samples of the qmc rule must be even and >= 2 C = {2 * c}, got {num_samples}"
         )
+    if max_nodes is not None and (max_nodes < 2 * c or max_nodes % 2):
+        raise ValueError(f"max_nodes must be even and >= 2 C = {2 * c}, got {max_nodes}")
+    if rank_tolerance is not None and not 0 <= rank_tolerance < 1:
+        raise ValueError(f"rank_tolerance must be in [0, 1), got {rank_tolerance}")
     y = class_ids(y, b, c) if check else y.long()
     dtype = h.dtype
     # Contiguous copies: eigh returns column-major bases, and the batched products below
@@ -316,6 +338,7 @@ def moments(
     nu = q.square() @ w.mT  # [B, C]
     sigma = feature_basis[:d].square() @ w.mT  # [D, C]
     logit_mean = ht @ mean.mT  # [B, C]
+    classes, features = _low_rank(w, rank_tolerance)  # [R, C] = diag(s) U^T, [R, P] = V^T
     # Node counts from the logits' width (the dense rule's), V built a block of rows at a time.
     if num_samples is None:
         counts = torch.empty(b, dtype=torch.long)
@@ -325,11 +348,14 @@ def moments(
             counts[start : start + rows] = qmc_node_counts(scaled @ basis.mT, c).cpu()
     else:
         counts = torch.full((b,), num_samples, dtype=torch.long)
+    if max_nodes is not None:
+        counts = counts.clamp_max(max_nodes)
     mu = ht.new_empty(b, d)
     var = ht.new_empty(b, d)
     onehot = F.one_hot(y, c).to(dtype)
     m = mean[:, :d].contiguous()
-    feature_rows = feature_basis[:d].contiguous()
+    feature_rows = feature_basis[:d].mT.contiguous()  # [P, D]
+    rank = classes.shape[0]
     for count in counts.unique().tolist():
         which = (counts == count).nonzero().squeeze(-1).to(h.device)
         # The nodes enter as Q_c^T z: the logits are then drawn through the symmetric square
@@ -337,64 +363,83 @@ def moments(
         # (the eigenbasis root Q_c diag(sqrt(nu)) was measured 3x less accurate on narrow
         # posteriors: it aligns one node axis with the logits' softmax-invariant common shift).
         z = basis.mT @ qmc_nodes(count, c, dtype=dtype, device=h.device).mT  # [C, N]
-        per_example = max(c * count, d * c, p * c, 4 * c * c, min(d, 2 * c) * count)
+        per_example = max(c * count, c * d, c * c, rank * p, _direct(c, d, count) * d * count)
         rows = chunk_size or max(1, _BLOCK_ELEMENTS // per_example)
         for start in range(0, which.numel(), rows):
             index = which[start : start + rows]
+            n = index.numel()
+            # The cross-covariances' coordinates on the R directions: kappa_d = classes^T k_d,
+            # k_d = features (q * Q_f[d]), one [n R, P] x [P, D] product.
+            scaled = q[index, None, :] * features[None]  # [n, R, P]
+            k = (scaled.reshape(n * rank, p) @ feature_rows).reshape(n, rank, d)
             mu[index], var[index] = _block(
-                z,
-                logit_mean[index],
-                nu[index],
-                q[index],
-                onehot[index],
-                m,
-                basis,
-                feature_rows,
-                w,
-                sigma,
+                z, logit_mean[index], nu[index], k, onehot[index], m, basis, classes, sigma
             )
     return mu[:, None, :], var.clamp_min(0)[:, None, :]
+
+
+def _low_rank(w: Tensor, tolerance: float | None) -> tuple[Tensor, Tensor]:
+    """Return (diag(s) U^T [R, C], V^T [R, P]) of the SVD of w truncated at ``tolerance``
+    (relative to the largest singular value; default: max(C, P) times w's machine epsilon).
+
+    The decomposition runs in at least float32 (the SVD has no half-precision kernels)."""
+    u, s, vh = torch.linalg.svd(w.to(torch.promote_types(w.dtype, torch.float32)), False)
+    if tolerance is None:
+        tolerance = max(w.shape) * torch.finfo(w.dtype).eps
+    rank = max(1, int((s > tolerance * s[0]).sum()))
+    classes = (s[:rank, None] * u[:, :rank].mT).to(w.dtype)
+    return classes, vh[:rank].to(w.dtype).contiguous()
+
+
+def _direct(c: int, d: int, count: int) -> bool:
+    """Whether m_d^T Cov(r) m_d is cheaper from m_d^T r at the N nodes (D C N multiplications)
+    than through the nodes' covariance (C^2 N + D C^2): fewer dimensions than classes."""
+    return d * c * count < c * c * count + d * c * c
 
 
 def _block(
     z: Tensor,
     logit_mean: Tensor,
     nu: Tensor,
-    q: Tensor,
+    k: Tensor,
     onehot: Tensor,
     m: Tensor,
     basis: Tensor,
-    feature_rows: Tensor,
-    w: Tensor,
+    classes: Tensor,
     sigma: Tensor,
 ) -> tuple[Tensor, Tensor]:
-    """Return (mu, var) [n, D] of n examples from the rule's nodes z [C, N] (equal weights)."""
-    n = nu.shape[0]
+    """Return (mu, var) [n, D] of n examples from the rule's nodes z [C, N] (equal weights).
+
+    ``k`` [n, R, D] holds the cross-covariances kappa_d = classes^T k_d (``classes`` [R, C]).
+    """
+    n, c = nu.shape
     d = m.shape[1]
     count = z.shape[1]
     root = nu.sqrt()  # [n, C]
-    # kappa [n, D, C] = Q_f[:D] (q * w^T): the cross-covariances in the class basis.
-    kappa = feature_rows @ (q[:, :, None] * w.mT[None])
-    coefficient = kappa / root[:, None, :]  # [n, D, C]: c_d
     logits = logit_mean[:, :, None] + basis @ (root[:, :, None] * z)  # [n, C, N]
     r = torch.softmax(logits, dim=1) - onehot[:, :, None]
     rotated = basis.mT @ r  # [n, C, N]: r' = Q_c^T r
-    x = torch.cat([r, rotated * z], dim=1)  # [n, 2C, N]
-    a = torch.cat([m.mT.expand(n, -1, -1), coefficient], dim=2)  # [n, D, 2C]: A_d = [m_d, c_d]
-    width = x.shape[1]
-    if (count + d) * width < d * count:
-        # Many dimensions: the mean and covariance of x over the nodes, then one quadratic
-        # form per dimension, O(N (2C)^2 + D (2C)^2) instead of O(N D 2C).
-        x_mean = x.mean(dim=2)  # [n, 2C]
-        centred = x - x_mean[:, :, None]
-        x_cov = centred @ centred.mT / count  # [n, 2C, 2C]
-        mu = (a @ x_mean[:, :, None]).squeeze(-1)
-        spread = ((a @ x_cov) * a).sum(dim=-1)  # Var over a of E[g_d | a]
+    # E[g_d | a] = m_d^T r + k_d^T t with t = classes diag(1 / sqrt(nu)) (r' * z') [R, N]:
+    # x = [r, t] has C + R numbers per node instead of 2C.
+    project = classes[None] / root[:, None, :]  # [n, R, C]
+    t = project @ (rotated * z)  # [n, R, N]
+    r_mean = r.mean(dim=2)  # [n, C]
+    t_mean = t.mean(dim=2)  # [n, R]
+    r_centred = r - r_mean[:, :, None]
+    t_centred = t - t_mean[:, :, None]
+    cov_tr = t_centred @ r_centred.mT / count  # [n, R, C]
+    cov_tt = t_centred @ t_centred.mT / count  # [n, R, R]
+    second = rotated.square().mean(dim=2)  # [n, C]: E[r'_i^2]
+    # E over a of Var(g_d | a) = sigma_d^T E[r'^2] - k_d^T project diag(E[r'^2]) project^T k_d,
+    # and its quadratic part shares k_d with the spread's: one [R, R] matrix per example.
+    inner = cov_tt - (project * second[:, None, :]) @ project.mT  # [n, R, R]
+    mu = r_mean @ m + (t_mean[:, None, :] @ k).squeeze(1)
+    # Var over a of E[g_d | a] = m_d^T Cov(r) m_d + 2 m_d^T Cov(r, t) k_d + k_d^T Cov(t) k_d.
+    if _direct(c, d, count):  # m_d^T r at every node: D C N instead of C^2 N + D C^2
+        spread = (m.mT @ r_centred).square().mean(dim=2)
     else:
-        f = a @ x  # [n, D, N]: E[g_d | a_n] at every node
-        mu = f.mean(dim=2)
-        spread = (f - mu[:, :, None]).square().mean(dim=2)
-    # E over a of Var(g_d | a) = sum_i (sigma_di - kappa_di^2 / nu_i) E[r'_i^2].
-    second = rotated.square().mean(dim=2)  # [n, C]
-    conditional = sigma[None] - kappa.square() / nu[:, None, :]  # [n, D, C]
-    return mu, spread + (conditional * second[:, None, :]).sum(dim=-1)
+        cov_rr = r_centred @ r_centred.mT / count  # [n, C, C]
+        spread = ((cov_rr.reshape(n * c, c) @ m).reshape(n, c, d) * m).sum(dim=1)
+    cross = ((cov_tr.reshape(-1, c) @ m).reshape(n, -1, d) * k).sum(dim=1)
+    quadratic = ((inner @ k) * k).sum(dim=1)
+    return mu, spread + 2 * cross + quadratic + second @ sigma.mT
