@@ -476,3 +476,35 @@ def test_auto_factors_heads_of_three_or_more_classes_only():
     assert not any(BayesAgg.paper(groups).prior.kron(i) for i in range(4))
     with pytest.raises(ValueError, match="'auto', 'dense' or 'kron'"):
         BayesAgg(groups, multiclass_posterior="factored")
+
+
+def test_max_moment_nodes_caps_the_factored_rule(monkeypatch):
+    """BayesAgg's node cap reaches the factored moments, raised to an even count >= 2C; None
+    leaves the rule's own counts; a bad cap is refused."""
+    from bayesagg import Multiclass, kronecker
+    from bayesagg.bayes_agg import BayesAgg
+
+    seen = []
+    original = kronecker.moments
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("max_nodes"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kronecker, "moments", spy)
+    torch.manual_seed(0)
+    groups = [Multiclass("five", 5)]
+    h = torch.randn(32, 6, dtype=torch.float64, requires_grad=True)
+    heads = [torch.nn.Linear(6, 5).double()]
+    y = [torch.randint(0, 5, (32,))]
+    grads = {}
+    for cap in (None, 3, 1001, 100_000):
+        agg = BayesAgg(groups, warmup_epochs=0, max_moment_nodes=cap)
+        grads[cap] = agg.representation_gradient(h, heads, y)
+    assert seen == [None, 10, 1002, 100_000]
+    torch.testing.assert_close(grads[100_000], grads[None], rtol=0, atol=0)  # above every count
+    assert not torch.equal(grads[3], grads[None])  # 10 nodes: another (coarser) rule
+    torch.testing.assert_close(grads[3], grads[None], rtol=0.2, atol=1e-3)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="max_moment_nodes"):
+            BayesAgg(groups, max_moment_nodes=bad)

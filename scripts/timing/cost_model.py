@@ -128,7 +128,10 @@ def measure(config: dict[str, Any], repeats: int, warmup: int, device: str) -> d
     before = _rss_mib()
     groups = [Multiclass(f"t{i}", c) for i in range(k)]
     heads = nn.ModuleList([nn.Linear(d, c) for _ in range(k)]).to(dev)
-    agg = BayesAgg(groups, multiclass_posterior=form)
+    cap = config.get("nodes_per_class")
+    agg = BayesAgg(
+        groups, multiclass_posterior=form, max_moment_nodes=None if cap is None else cap * c
+    )
 
     def batch() -> tuple[torch.Tensor, list[torch.Tensor]]:
         h = (config["feature_scale"] * torch.randn(b, d, device=dev)).requires_grad_()
@@ -329,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="features h ~ N(0, scale^2 I): the logits' width, hence the rule's node count",
     )
+    parser.add_argument(
+        "--nodes-per-class",
+        type=int,
+        help="BayesAgg's max_moment_nodes as this many nodes per class (an approximation; "
+        "default: the rule's own count)",
+    )
     parser.add_argument("--encoder", action="store_true", help="also time a ResNet-18 step")
     parser.add_argument("--json", help="write the rows here")
     parser.add_argument("--plot", help="write the figure here (PNG)")
@@ -341,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load}, "
         f"device {args.device}; medians of {args.repeats} alternated turns"
+        + (
+            f"; moment rule capped at {args.nodes_per_class} nodes per class"
+            if args.nodes_per_class
+            else ""
+        )
     )
     encoders: dict[tuple[int, int], float] = {}
     if args.encoder:
@@ -357,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         ints["classes"], ints["dims"], ints["batches"], ints["tasks"], args.forms.split(",")
     ):
         config = {"form": form, "classes": c, "dim": d, "batch": b, "tasks": k}
-        row = run_config({**config, "feature_scale": args.feature_scale}, args)
+        options = {"feature_scale": args.feature_scale, "nodes_per_class": args.nodes_per_class}
+        row = run_config({**config, **options}, args)
         rows.append(row)
         print(_row(row, encoders), flush=True)
     if args.json:
