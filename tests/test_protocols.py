@@ -140,6 +140,7 @@ AS_PUBLISHED = {
     "regression_prior": "fixed",
     "regression_heads": "fitted",
     "regression_fit": "epoch",
+    "multiclass_posterior": "dense",  # the paper's full (C P) x (C P) posterior
 }
 
 
