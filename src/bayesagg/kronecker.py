@@ -37,9 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bayesagg.linalg import NumericalError, augment, check_finite, class_ids
+from bayesagg.linalg import (
+    NumericalError,
+    Reduce,
+    augment,
+    check_finite,
+    class_ids,
+    summed_over_processes,
+)
 from bayesagg.moments import qmc_node_counts, qmc_nodes
-from bayesagg.posterior import Reduce, _reduced  # the dense fits' sum over processes
 
 __all__ = ["KroneckerGaussian", "KroneckerPrecision", "moments", "posterior"]
 
@@ -249,7 +255,9 @@ def posterior(
         count = torch.tensor([float(b)], dtype=dtype, device=h.device)
     else:
         count = rows_kept.sum().reshape(1)
-    gradient, hessians, scatter, count = _reduced(reduce, gradient, hessians, scatter, count)
+    gradient, hessians, scatter, count = summed_over_processes(
+        reduce, gradient, hessians, scatter, count
+    )
     n0, total = prior_precision.count, prior_precision.count + float(count.item())
     if total == 0:  # no labelled example yet, anywhere: the class factor stays the prior's
         total = 1.0

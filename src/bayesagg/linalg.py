@@ -1,18 +1,21 @@
 """Numerical helpers shared by the posterior and moment stages of BayesAgg-MTL.
 
 A bounded-jitter Cholesky factorisation (the only matrix factorisation the method needs), the
-error it raises, counters of how often it had to repair a matrix, and input checks.
+error it raises, counters of how often it had to repair a matrix, input checks, and the sum over
+processes that makes every fit exact under data parallelism.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "NumericalError",
+    "Reduce",
     "augment",
     "check_finite",
     "cholesky",
@@ -20,12 +23,33 @@ __all__ = [
     "float64_fallbacks",
     "jitter_events",
     "reset_events",
+    "summed_over_processes",
 ]
 
 logger = logging.getLogger("bayesagg")
 
 # How often `cholesky` had to add jitter / fall back to float64 since the last reset.
 _EVENTS = {"jitter": 0, "float64": 0}
+
+
+#: A sum over processes (data parallelism), e.g. ``lambda t: all_reduce_sum(t, group)``.
+Reduce = Callable[[Tensor], Tensor]
+
+
+def summed_over_processes(reduce: Reduce | None, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """Return ``tensors`` after ``reduce`` (a sum over processes), in one flattened call.
+
+    The hook that makes the batch posteriors exact under data parallelism: the sums over the
+    examples (never the prior terms) are summed over the processes, so every process holds the
+    posterior of the global batch (docs/distributed.md).
+    """
+    if reduce is None:
+        return tensors
+    flat = reduce(torch.cat([t.reshape(-1) for t in tensors]))
+    return tuple(
+        part.view_as(t)
+        for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True)
+    )
 
 
 class NumericalError(FloatingPointError):

@@ -24,7 +24,8 @@ from torch import Tensor
 
 from bayesagg import kronecker, posterior
 from bayesagg.kronecker import KroneckerGaussian, KroneckerPrecision
-from bayesagg.posterior import Gaussian, Reduce
+from bayesagg.linalg import Reduce
+from bayesagg.posterior import Gaussian
 
 __all__ = ["check_newton", "newton_posterior"]
 

@@ -31,7 +31,6 @@ without a mask, the same operations as before missing labels were accepted.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,7 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bayesagg.linalg import augment, check_finite, cholesky, class_ids
+from bayesagg.linalg import (
+    Reduce,
+    augment,
+    check_finite,
+    cholesky,
+    class_ids,
+    summed_over_processes,
+)
 
 __all__ = [
     "Gaussian",
@@ -54,9 +60,6 @@ __all__ = [
 
 # Largest intermediate (in elements) built while accumulating a precision over examples.
 _CHUNK_ELEMENTS = 2**24
-
-#: A sum over processes (data parallelism), e.g. ``lambda t: all_reduce_sum(t, group)``.
-Reduce = Callable[[Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -124,22 +127,6 @@ def _chunk(chunk_size: int | None, per_example: int) -> int:
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     return chunk_size
-
-
-def _reduced(reduce: Reduce | None, *tensors: Tensor) -> tuple[Tensor, ...]:
-    """Return ``tensors`` after ``reduce`` (a sum over processes), in one flattened call.
-
-    The hook that makes the batch posteriors exact under data parallelism: the sums over the
-    examples (never the prior terms) are summed over the processes, so every process holds the
-    posterior of the global batch (docs/distributed.md).
-    """
-    if reduce is None:
-        return tensors
-    flat = reduce(torch.cat([t.reshape(-1) for t in tensors]))
-    return tuple(
-        part.view_as(t)
-        for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True)
-    )
 
 
 def effective_parameters(posterior: Gaussian, prior_precision: float) -> Tensor:
@@ -268,7 +255,7 @@ def regression(
     if check:
         check_finite(h=h, y=y)
     statistics = regression_statistics(h, y, bias=bias, labelled=labelled)
-    hth, hty = _reduced(reduce, *statistics)
+    hth, hty = summed_over_processes(reduce, *statistics)
     return regression_from_statistics(
         hth, hty, prior_mean, prior_precision, noise_var=noise_var, check=check
     )
@@ -399,7 +386,7 @@ def binary(
             curvature = prob * (1 - prob) * rows
         # [O, P, b] @ [b, P]: the O blocks sum_i c_io h~_i h~_i^T in one batched matmul.
         ggn += (curvature.mT[:, None, :] * hc.mT[None]) @ hc
-    gradient, ggn = _reduced(reduce, gradient, ggn)
+    gradient, ggn = summed_over_processes(reduce, gradient, ggn)
     precision = prior_precision + ggn
     precision = 0.5 * (precision + precision.mT)
     gradient += (prior_precision @ (theta - prior_mean)[:, :, None]).squeeze(-1)
@@ -472,7 +459,7 @@ def multiclass(
             curvature = curvature * rows_kept[start : start + step]
         gradient += residual.mT @ hc
         pair_blocks += (curvature.mT[:, None, :] * hc.mT[None]) @ hc  # [pairs, P, P]
-    gradient, pair_blocks = _reduced(reduce, gradient, pair_blocks)
+    gradient, pair_blocks = summed_over_processes(reduce, gradient, pair_blocks)
     # Contiguous, so the [C, P, C, P] view below is valid whatever the prior's strides.
     precision = prior_precision.clone(memory_format=torch.contiguous_format)
     blocks = precision.view(c, p, c, p)

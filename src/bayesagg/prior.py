@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from bayesagg import posterior
 from bayesagg.evidence import EvidenceFit, maximise_evidence
 from bayesagg.kronecker import KroneckerGaussian, KroneckerPrecision
-from bayesagg.linalg import NumericalError, augment, cholesky
+from bayesagg.linalg import NumericalError, Reduce, augment, cholesky, summed_over_processes
 from bayesagg.newton import check_newton, newton_posterior
 from bayesagg.posterior import Gaussian
 from bayesagg.tasks import MISSING, Binary, Multiclass, Regression, TaskGroup, check_groups
@@ -149,7 +149,7 @@ class RegressionStatistics:
         if self.labelled is not None:
             self.labelled *= factor
 
-    def _agreed(self, reduce: posterior.Reduce | None) -> None:
+    def _agreed(self, reduce: Reduce | None) -> None:
         """Make the statistics per output if they are on any process (data parallelism).
 
         A process whose examples all had labels holds shared statistics, another per-output
@@ -162,9 +162,7 @@ class RegressionStatistics:
         if float(reduce(flag).item()) > 0:
             self.split_outputs()
 
-    def fit(
-        self, gamma: float, noise_var: float, reduce: posterior.Reduce | None = None
-    ) -> Gaussian:
+    def fit(self, gamma: float, noise_var: float, reduce: Reduce | None = None) -> Gaussian:
         """Return the full-data posterior with the prior N(0, gamma I) (paper Eq. 2), float64.
 
         ``reduce`` (data parallelism): a sum over processes of the statistics before the fit.
@@ -172,7 +170,7 @@ class RegressionStatistics:
         """
         num_params, outputs = self.hty.shape
         self._agreed(reduce)
-        hth, hty = posterior._reduced(reduce, self.hth, self.hty)
+        hth, hty = summed_over_processes(reduce, self.hth, self.hty)
         prior_mean, prior_precision = posterior.isotropic_prior(
             "regression", outputs, num_params, gamma, dtype=torch.float64, device=self.hty.device
         )
@@ -182,7 +180,7 @@ class RegressionStatistics:
 
     def fit_evidence(
         self,
-        reduce: posterior.Reduce | None = None,
+        reduce: Reduce | None = None,
         *,
         initial: tuple[float, float] | None = None,
         where: str = "evidence",
@@ -197,13 +195,15 @@ class RegressionStatistics:
         num_params, outputs = self.hty.shape
         self._agreed(reduce)
         if self.labelled is not None:  # per output: each output's evidence with its own count
-            hth, hty, yty, counts = posterior._reduced(
+            hth, hty, yty, counts = summed_over_processes(
                 reduce, self.hth, self.hty, self.yty, self.labelled
             )
             fit = maximise_evidence(hth, hty, yty, counts, initial=initial, where=where)
         else:
             count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.hty.device)
-            hth, hty, yty, count = posterior._reduced(reduce, self.hth, self.hty, self.yty, count)
+            hth, hty, yty, count = summed_over_processes(
+                reduce, self.hth, self.hty, self.yty, count
+            )
             fit = maximise_evidence(
                 hth, hty, yty, float(count.item()), initial=initial, where=where
             )
@@ -321,7 +321,7 @@ class EpochPrior:
             tuple[int, int, torch.dtype, torch.device], tuple[Tensor, Tensor | KroneckerPrecision]
         ] = {}
         #: Sum over processes of the refit's data statistics (data parallelism; set by BayesAgg).
-        self.reduce: posterior.Reduce | None = None
+        self.reduce: Reduce | None = None
 
     @property
     def num_examples(self) -> int:
