@@ -493,6 +493,15 @@ class TrainingLoop:
     Built in the order the run needs (loaders, target scaling, the model on its device, the
     optimiser and schedule, the clipping, the checkpoint's state); :meth:`run` then runs the
     protocol's epochs and returns the selected epoch's metrics.
+
+    ``task``: the task an STL model trains (the divergence check watches it only).
+    ``distributed``: this process's :class:`bayesagg.runner.launch.Context` in a multi-process
+    run (None: one process). ``diagnostics``: BayesAgg-MTL runs add
+    :mod:`bayesagg.diagnostics`'s per-epoch columns to the epoch log. ``checkpoint``: resume
+    from it if it holds this run, and save it at the end of every epoch (runner/checkpoint.py;
+    in a multi-process run only rank 0 saves). The time per step leaves out the plan's
+    :attr:`~bayesagg.runner.plan.Plan.timed_from_epoch` first epochs (BayesAgg-MTL's warm-up
+    epochs are linear scalarisation).
     """
 
     def __init__(
@@ -846,48 +855,15 @@ class TrainingLoop:
         )
 
 
-def train(
-    *,
-    plan: Plan,
-    splits: Splits,
-    model: MultiTaskModel,
-    method: Method,
-    criterion: Criterion,
-    device: torch.device,
-    task: int | None = None,
-    epoch_log: EpochLog | None = None,
-    progress: bool = False,
-    label: str = "",
-    distributed: Context | None = None,
-    diagnostics: bool = True,
-    checkpoint: Checkpoint | None = None,
-) -> TrainResult:
-    """Train ``model`` with ``method`` under the plan's protocol; return the selected epoch.
+def train(*, plan: Plan, splits: Splits, **options: Any) -> TrainResult:
+    """Train under the plan's protocol and return the selected epoch: ``TrainingLoop(plan,
+    splits, **options).run()``, whose class documents every option (model, method, criterion,
+    device, task, epoch_log, progress, label, distributed, diagnostics, checkpoint).
 
-    ``task``: the task an STL model trains (the divergence check watches it only).
-    ``distributed``: this process's :class:`bayesagg.runner.launch.Context` in a
-    multi-process run (None: one process). ``diagnostics``: BayesAgg-MTL runs add
-    :mod:`bayesagg.diagnostics`'s per-epoch columns to the epoch log. ``checkpoint``: resume
-    from it if it holds this run, and save it at the end of every epoch (runner/checkpoint.py;
-    in a multi-process run only rank 0 saves). The time per step leaves out the plan's
-    :attr:`~bayesagg.runner.plan.Plan.timed_from_epoch` first epochs (BayesAgg-MTL's warm-up
-    epochs are linear scalarisation).
+    The one seam between a run's bookkeeping (runner/run.py) and its training: the tests of
+    ``compare``, ``sweep`` and the operator checks replace it to stay fast.
     """
-    return TrainingLoop(
-        plan,
-        splits,
-        model=model,
-        method=method,
-        criterion=criterion,
-        device=device,
-        task=task,
-        epoch_log=epoch_log,
-        progress=progress,
-        label=label,
-        distributed=distributed,
-        diagnostics=diagnostics,
-        checkpoint=checkpoint,
-    ).run()
+    return TrainingLoop(plan, splits, **options).run()
 
 
 def _is_terminal(stream: Any) -> bool:
