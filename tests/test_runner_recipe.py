@@ -285,3 +285,28 @@ def test_hparams_of_the_adapter_and_of_bayesagg_are_both_accepted(method):
     validate_hparams(method, {"reset_encoder_optimizer": True, "s_regression": 0.5})
     with pytest.raises(ConfigError, match="has no hyper-parameter 'bogus'"):
         validate_hparams(method, {"bogus": 1})
+
+
+def test_diagnostics_take_missing_labels():
+    """A batch with missing labels: the classification fits of the probe use the labelled rows
+    (as BayesAgg-MTL's own fits do), every value is finite, and the live-head loss is the mean
+    over the labelled examples."""
+    from bayesagg.tasks import MISSING
+
+    model = _model().double()
+    x, targets = _batch()
+    x = x.double()
+    targets = [targets[0].double().clone(), targets[1].double().clone(), targets[2].clone()]
+    targets[0][::2] = float("nan")
+    targets[1][1::3] = MISSING
+    targets[2][:4] = MISSING
+    agg = BayesAgg(GROUPS)
+    probe = TrainingDiagnostics(agg, batches=1)
+    probe.start_epoch(1)
+    values = probe.measure(model, GROUPS, x, targets)
+    assert all(math.isfinite(v) for v in values.values())
+    keep = targets[2] != MISSING
+    with torch.no_grad():
+        _, outputs = copy.deepcopy(model)(x)
+    live = nn.functional.cross_entropy(outputs[2][keep], targets[2][keep])
+    assert values["loss_live/c"] == pytest.approx(float(live), rel=1e-10)

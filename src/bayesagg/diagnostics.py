@@ -46,7 +46,7 @@ from bayesagg.bayes_agg import BayesAgg
 from bayesagg.kronecker import KroneckerPrecision
 from bayesagg.newton import newton_posterior
 from bayesagg.posterior import Gaussian, effective_parameters
-from bayesagg.tasks import Regression, TaskGroup, task_losses
+from bayesagg.tasks import MISSING, Regression, TaskGroup, task_losses
 
 __all__ = ["TrainingDiagnostics"]
 
@@ -155,10 +155,16 @@ class TrainingDiagnostics:
             )
             if agg.prior_mean == "live_head":
                 mean0 = theta
+            # Missing labels: the examples with every label of the group (the fit's rows).
+            rows = (y != MISSING).reshape(len(y), -1).all(dim=1)
+            if not bool(rows.any()):
+                continue
+            feats = features if bool(rows.all()) else features[rows]
+            y = y[rows] if not bool(rows.all()) else y
             y = y.to(features.dtype) if group.kind == "binary" else y.long()
             post = newton_posterior(
                 "kron" if isinstance(precision0, KroneckerPrecision) else group.kind,
-                features,
+                feats,
                 y,
                 theta[:, :-1],
                 theta[:, -1],
@@ -172,7 +178,7 @@ class TrainingDiagnostics:
             values[f"prior_distance/{group.name}"] = float((mean0 - theta).norm()) / norm
             with torch.no_grad():
                 for label, params in (("live", theta), ("posterior", post.mean), ("prior", mean0)):
-                    logits = features @ params[:, :-1].mT + params[:, -1]
+                    logits = feats @ params[:, :-1].mT + params[:, -1]
                     values[f"loss_{label}/{group.name}"] = float(group.losses(logits, y).mean())
         return values
 
