@@ -5,7 +5,7 @@
 # quick, whose earlier dense runs are kept as bayesagg-dense. Same shared claims as
 # labels_queue.sh, so a job either queue started is not run twice.
 # Usage: labels_queue2.sh WORKER_NAME   (two workers, one thread each)
-WT=/work/wt/labels2   # git worktree at b7ae63c
+WT=/work/wt/labels2   # git worktree at c7216d6 (from 17:50 UTC; before, 4234f8a, whose training diagnostics refused missing labels)
 cd $WT
 export PYTHONPATH=$WT/src OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PY=/work/main/.venv/bin/python
