@@ -202,3 +202,22 @@ def test_runner_records_the_fraction_and_trains_on_masked_labels(tmp_path, capsy
     assert result["config"]["data_options"] == {"label_fraction": 0.3}
     assert result["protocol_settings"]["data_options"]["label_fraction"] == 0.3
     assert all(np.isfinite(v) for v in result["test"].values() if v is not None)
+
+
+@pytest.mark.slow
+def test_bayesagg_trains_utkface_with_hidden_labels(tmp_path, capsys) -> None:
+    """BayesAgg-MTL through the whole runner (its diagnostics, refits, evaluation) on UTKFace's
+    smoke recipe with 30 % of the training labels: a finished run with finite metrics."""
+    import json
+
+    from bayesagg.app.cli import main
+    from conftest import real_data_dir
+
+    data_dir = str(real_data_dir("utkface").parent)
+    argv = ["run", "-b", "utkface", "-m", "bayesagg", "--protocol", "smoke", "--no-progress"]
+    options = ["--data-option", "label_fraction=0.3", "--data-dir", data_dir]
+    code = main([*argv, *options, "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    [path] = (tmp_path / "utkface").glob("smoke+data.label_fraction=0.3/bayesagg/seed0/result.json")
+    result = json.loads(path.read_text())
+    assert all(np.isfinite(v) for v in result["test"].values() if v is not None)
