@@ -7,12 +7,13 @@
 # Usage: labels_queue.sh WORKER_NAME   (two workers, one thread each)
 # (The first two jobs ran under an earlier order of this list that interleaved the benchmarks.)
 WT=/work/wt/labels   # git worktree at 9304168 (label_fraction on QM9 and UTKFace)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)  # the repository holding this script
 cd $WT
 export PYTHONPATH=$WT/src OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PY=/work/main/.venv/bin/python
 CLAIMS=/work/wt/claims-labels; mkdir -p $CLAIMS
-OUT=/work/main/results
-SEL=/work/main/results/qm9/quick/selection_references.json
+OUT=$ROOT/results
+SEL=$OUT/qm9/quick/selection_references.json
 R="nice -n 10 $PY -m bayesagg run --data-dir ../shared/data --no-progress --protocol quick --data-option label_fraction=0.3 --out $OUT"
 # UTKFace first (cheaper, so one benchmark completes early), then QM9.
 jobs=()

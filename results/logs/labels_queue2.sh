@@ -6,12 +6,13 @@
 # labels_queue.sh, so a job either queue started is not run twice.
 # Usage: labels_queue2.sh WORKER_NAME   (two workers, one thread each)
 WT=/work/wt/labels2   # git worktree at c7216d6 (from 17:50 UTC; before, 4234f8a, whose training diagnostics refused missing labels)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)  # the repository holding this script
 cd $WT
 export PYTHONPATH=$WT/src OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PY=/work/main/.venv/bin/python
 CLAIMS=/work/wt/claims-labels; mkdir -p $CLAIMS
-OUT=/work/main/results
-SEL=/work/main/results/qm9/quick/selection_references.json
+OUT=$ROOT/results
+SEL=$OUT/qm9/quick/selection_references.json
 BASE="nice -n 10 $PY -m bayesagg run --data-dir ../shared/data --no-progress --protocol quick --out $OUT"
 LF="--data-option label_fraction=0.3"
 jobs=()
