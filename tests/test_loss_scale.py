@@ -17,7 +17,7 @@ from torch import nn
 
 from bayesagg import BayesAgg, methods
 from bayesagg.tasks import task_losses
-from test_mixed_precision import GROUPS, K, _problem
+from precision_problem import GROUPS, create, problem, relative_difference
 
 SCALE = 1024.0
 
@@ -26,18 +26,9 @@ SCALE = 1024.0
 REFUSING = {"famo", "gradnorm", "db-mtl"}
 
 
-def _create(name: str) -> methods.Method:
-    options = {"groups": GROUPS} if methods.needs_groups(name) else {}
-    if name == "stl":
-        options["task"] = 0
-    if name == "bayesagg":
-        options["warmup_epochs"] = 0  # the aggregated step, not the warm-up's LS
-    return methods.create(name, num_tasks=K, **options)
-
-
 def _step(name: str, loss_scale: float | None):
-    encoder, heads, x, targets = _problem(2)
-    method = _create(name)
+    encoder, heads, x, targets = problem(2)
+    method = create(name)
     torch.manual_seed(5)  # methods that draw (RLW, PCGrad, GradDrop) draw the same
     h = encoder(x)
     losses = task_losses(GROUPS, [head(h) for head in heads], targets)
@@ -79,8 +70,8 @@ def test_bad_scale_is_named(bad):
 
 @pytest.mark.parametrize("name", ["upgrad", "mgda-ub"])
 def test_overflow_gives_nan_gradients_for_the_scaler_to_skip(name):
-    encoder, heads, x, targets = _problem(2)
-    method = _create(name)
+    encoder, heads, x, targets = problem(2)
+    method = create(name)
     with torch.autocast("cpu", dtype=torch.float16):
         h = encoder(x)
         losses = task_losses(GROUPS, [head(h) for head in heads], targets)
@@ -95,67 +86,26 @@ def test_overflow_gives_nan_gradients_for_the_scaler_to_skip(name):
     assert all(g is not None and not bool(g.isfinite().all()) for g in grads)
 
 
-def _train(name: str, device: str, mixed: bool, steps: int = 15) -> list[torch.Tensor]:
-    encoder, heads, x, targets = _problem(3)
-    encoder, heads = encoder.to(device), heads.to(device)
-    x, targets = x.to(device), [t.to(device) for t in targets]
-    start = [p.detach().clone() for p in encoder.parameters()]
-    method = _create(name)
-    params = [*encoder.parameters(), *heads.parameters(), *method.parameters()]
-    optimizer = torch.optim.SGD(params, lr=0.05)
-    # A starting scale that does not overflow here: the default 2^16 overflows on the first
-    # steps, which the scaler then skips (correct, but no longer the float32 run's 15 steps).
-    scaler = torch.amp.GradScaler(device, init_scale=2.0**10, enabled=mixed)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        with torch.autocast(device, dtype=torch.float16, enabled=mixed):
-            h = encoder(x)
-            losses = task_losses(GROUPS, [head(h) for head in heads], targets)
-        method.backward(
-            losses.float(),
-            shared_parameters=list(encoder.parameters()),
-            task_parameters=list(heads.parameters()),
-            representation=h,
-            heads=heads,
-            targets=targets,
-            # scaler.scale() starts the scaler's bookkeeping and returns its scale
-            loss_scale=scaler.scale(torch.ones((), device=device)) if mixed else None,
-        )
-        scaler.step(optimizer)
-        scaler.update()
-        if method.needs_after_step:
-            with torch.no_grad():
-                method.after_step(task_losses(GROUPS, [hd(encoder(x)) for hd in heads], targets))
-    return [(p.detach() - s).cpu() for p, s in zip(encoder.parameters(), start, strict=True)]
-
-
 #: float16 keeps 11 bits of mantissa (2^-11 = 0.05 %); 15 steps accumulate it.
 FP16_TOLERANCE = 0.02
 
 
-def _check_near(name: str, device: str) -> None:
-    exact, mixed = _train(name, device, False), _train(name, device, True)
-    change = torch.cat([d.flatten() for d in exact])
-    difference = torch.cat([(m - e).flatten() for m, e in zip(mixed, exact, strict=True)])
-    assert float(difference.norm() / change.norm()) < FP16_TOLERANCE
-
-
 @pytest.mark.parametrize("name", ["ls", "uw", "mgda", "upgrad-ub", "bayesagg"])
 def test_short_float16_run_with_a_grad_scaler_stays_near_float32_on_cpu(name):
-    _check_near(name, "cpu")
+    assert relative_difference(name, torch.float16, "cpu") < FP16_TOLERANCE
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("name", ["ls", "uw", "mgda", "upgrad-ub", "bayesagg"])
 def test_short_float16_run_with_a_grad_scaler_stays_near_float32_on_cuda(name):
-    _check_near(name, "cuda")
+    assert relative_difference(name, torch.float16, "cuda") < FP16_TOLERANCE
 
 
 def test_bayesagg_object_takes_the_scale_directly():
     """The drop-in ``BayesAgg`` object: the same contract as the registry's wrapper."""
     grads = []
     for scale in (None, SCALE):
-        encoder, heads, x, targets = _problem(4)
+        encoder, heads, x, targets = problem(4)
         agg = BayesAgg(GROUPS, warmup_epochs=0)
         agg.backward(encoder(x), list(heads), targets, loss_scale=scale)
         grads.append([p.grad for p in [*encoder.parameters(), *heads.parameters()]])
