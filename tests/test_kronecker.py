@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from bayesagg import kronecker
 from bayesagg.kronecker import KroneckerGaussian, KroneckerPrecision
+from bayesagg.moments import qmc_node_counts
 
 DT = torch.float64
 SIGMAS = 5.0
@@ -266,6 +267,23 @@ def test_max_nodes_caps_the_rule():
     for bad in (19, 18):
         with pytest.raises(ValueError, match="max_nodes must be even and >= 2 C"):
             kronecker.moments(h, y, post, max_nodes=bad)
+
+
+def test_max_nodes_above_the_smallest_count_caps_only_the_wide_examples():
+    """A cap between the rule's levels: each example gets min(its rule count, cap) nodes, so
+    narrow examples keep their own (smaller) count; the same numbers, example by example, as
+    that count fixed."""
+    h, y, post = _posterior(21, 10, 3, 0.3)
+    h = h * torch.tensor([[0.1], [0.5], [2.0], [6.0]], dtype=DT)  # narrow to wide logits
+    ht = kronecker.augment(h, True)
+    nu = (ht @ post.feature_basis).square() @ post.variances.mT
+    logit_cov = (post.class_basis * nu[:, None, :]) @ post.class_basis.mT
+    counts = qmc_node_counts(logit_cov, 10)
+    assert counts.tolist() == [128, 256, 1024, 1024]  # the rule's own counts here
+    mu, var = kronecker.moments(h, y, post, max_nodes=256)
+    for i, count in enumerate(counts.clamp_max(256).tolist()):
+        one = kronecker.moments(h[i : i + 1], y[i : i + 1], post, num_samples=count)
+        torch.testing.assert_close((mu[i : i + 1], var[i : i + 1]), one, rtol=1e-12, atol=0)
 
 
 def test_bfloat16_features():

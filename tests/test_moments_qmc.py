@@ -190,7 +190,7 @@ def test_qmc_is_deterministic_per_example_and_chunk_free() -> None:
 
 def test_qmc_rule_size_follows_the_logit_width() -> None:
     classes = 10
-    base = moments._qmc_base(classes)
+    base = moments.qmc_base_count(classes)
     assert base == 64
     for sd, factor in ((0.1, 1), (0.39, 1), (0.41, 2), (0.79, 2), (0.81, 4), (1.59, 4), (1.61, 16)):
         # Independent logits of sd s: every difference has sd s sqrt(2), so the width is s.
@@ -200,7 +200,14 @@ def test_qmc_rule_size_follows_the_logit_width() -> None:
     shifted = (0.1**2 * torch.eye(classes, dtype=DT) + 100.0)[None]
     assert int(moments.qmc_node_counts(shifted, classes)) == base
     # max(64, 4C, 640 / C) rounded up to a power of 2.
-    assert [moments._qmc_base(c) for c in (2, 3, 5, 10, 17, 40)] == [512, 256, 128, 64, 128, 256]
+    assert [moments.qmc_base_count(c) for c in (2, 3, 5, 10, 17, 40)] == [
+        512,
+        256,
+        128,
+        64,
+        128,
+        256,
+    ]
 
 
 def test_qmc_rule_size_is_checked() -> None:

@@ -45,7 +45,7 @@ from bayesagg.linalg import (
     class_ids,
     summed_over_processes,
 )
-from bayesagg.moments import qmc_node_counts, qmc_nodes
+from bayesagg.moments import qmc_base_count, qmc_node_counts, qmc_nodes
 
 __all__ = ["KroneckerGaussian", "KroneckerPrecision", "moments", "posterior"]
 
@@ -347,8 +347,11 @@ def moments(
     sigma = feature_basis[:d].square() @ w.mT  # [D, C]
     logit_mean = ht @ mean.mT  # [B, C]
     classes, features = _low_rank(w, rank_tolerance)  # [R, C] = diag(s) U^T, [R, P] = V^T
-    # Node counts from the logits' width (the dense rule's), V built a block of rows at a time.
-    if num_samples is None:
+    # Node counts from the logits' width (the dense rule's), V built a block of rows at a time;
+    # not needed when the cap is below the rule's smallest count (every example gets the cap).
+    if num_samples is None and max_nodes is not None and max_nodes <= qmc_base_count(c):
+        counts = torch.full((b,), max_nodes, dtype=torch.long)
+    elif num_samples is None:
         counts = torch.empty(b, dtype=torch.long)
         rows = max(1, _BLOCK_ELEMENTS // (c * c))
         for start in range(0, b, rows):
@@ -424,20 +427,24 @@ def _block(
     d = m.shape[1]
     count = z.shape[1]
     root = nu.sqrt()  # [n, C]
-    logits = logit_mean[:, :, None] + basis @ (root[:, :, None] * z)  # [n, C, N]
-    r = torch.softmax(logits, dim=1) - onehot[:, :, None]
+    # a = mu_a + (Q_c diag(sqrt(nu))) z' for all examples as one [n C, C] x [C, N] product with
+    # the means added in the same call (measured 5-12 % faster than scaling the [n, C, N]
+    # nodes and a batched product against the broadcast basis).
+    scaled = (basis[None] * root[:, None, :]).reshape(n * c, c)
+    logits = torch.addmm(logit_mean.reshape(n * c, 1), scaled, z).reshape(n, c, count)
+    r = torch.softmax(logits, dim=1).sub_(onehot[:, :, None])  # [n, C, N]
     rotated = basis.mT @ r  # [n, C, N]: r' = Q_c^T r
+    second = rotated.square().mean(dim=2)  # [n, C]: E[r'_i^2]
     # E[g_d | a] = m_d^T r + k_d^T t with t = classes diag(1 / sqrt(nu)) (r' * z') [R, N]:
     # x = [r, t] has C + R numbers per node instead of 2C.
     project = classes[None] / root[:, None, :]  # [n, R, C]
-    t = project @ (rotated * z)  # [n, R, N]
+    t = project @ rotated.mul_(z)  # [n, R, N]; ``rotated`` is not read again
     r_mean = r.mean(dim=2)  # [n, C]
     t_mean = t.mean(dim=2)  # [n, R]
-    r_centred = r - r_mean[:, :, None]
-    t_centred = t - t_mean[:, :, None]
+    r_centred = r.sub_(r_mean[:, :, None])  # in place: r is not read again
+    t_centred = t.sub_(t_mean[:, :, None])
     cov_tr = t_centred @ r_centred.mT / count  # [n, R, C]
     cov_tt = t_centred @ t_centred.mT / count  # [n, R, R]
-    second = rotated.square().mean(dim=2)  # [n, C]: E[r'_i^2]
     # E over a of Var(g_d | a) = sigma_d^T E[r'^2] - k_d^T project diag(E[r'^2]) project^T k_d,
     # and its quadratic part shares k_d with the spread's: one [R, R] matrix per example.
     inner = cov_tt - (project * second[:, None, :]) @ project.mT  # [n, R, R]

@@ -50,7 +50,7 @@ _BLOCK_ELEMENTS = 2**18
 DEFAULT_SAMPLES = {"monte_carlo": 1024, "rao_blackwell": 256}
 #: Multiclass ``"qmc"`` rule sizes: (width bound, factor). An example whose width, the largest
 #: standard deviation of a logit difference sd(a_i - a_j) / sqrt(2), is below a level's bound
-#: gets that level's node count: the base size (:func:`_qmc_base`) times the factor.
+#: gets that level's node count: the base size (:func:`qmc_base_count`) times the factor.
 #: The bounds come from the accuracy sweep of ``scripts/studies/multiclass_moments.py``.
 QMC_LEVELS = ((0.4, 1), (0.8, 2), (1.6, 4), (math.inf, 16))
 
@@ -490,7 +490,7 @@ def _multiclass_rao_blackwell(
     return mu, var
 
 
-def _qmc_base(classes: int) -> int:
+def qmc_base_count(classes: int) -> int:
     """Return the smallest ``"qmc"`` rule size for C classes: max(64, 4C, 640 / C), rounded up
     to a power of 2 (512 nodes for C = 2, 128 for 5, 64 for 10, 256 for 40).
 
@@ -547,7 +547,7 @@ def qmc_node_counts(logit_cov: Tensor, classes: int) -> Tensor:
     diagonal = logit_cov.diagonal(dim1=-2, dim2=-1)
     differences = diagonal[:, :, None] + diagonal[:, None, :] - 2 * logit_cov
     widest = (differences.amax(dim=(-2, -1)).clamp_min(0) / 2).sqrt()
-    base = _qmc_base(classes)
+    base = qmc_base_count(classes)
     counts = torch.full_like(widest, base * QMC_LEVELS[-1][1], dtype=torch.long)
     for bound, factor in reversed(QMC_LEVELS[:-1]):
         counts = torch.where(widest < bound, base * factor, counts)
@@ -587,7 +587,7 @@ def _multiclass_qmc(
         z_fixed = rule[0].to(dtype=ht.dtype, device=ht.device)
         w_fixed = rule[1].to(dtype=ht.dtype, device=ht.device)
     eye = torch.eye(c, dtype=ht.dtype, device=ht.device)
-    nodes = rule[0].shape[0] if rule is not None else num_samples or _qmc_base(c)
+    nodes = rule[0].shape[0] if rule is not None else num_samples or qmc_base_count(c)
     width = c + c * c
     # The largest per-example intermediates: the cross-covariances, the node products and
     # either [D, N] (many classes) or [D, C + C^2] (few classes; see _qmc_block).
