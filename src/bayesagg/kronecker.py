@@ -454,7 +454,9 @@ def _block(
         spread = (m.mT @ r_centred).square().mean(dim=2)
     else:
         cov_rr = r_centred @ r_centred.mT / count  # [n, C, C]
-        spread = ((cov_rr.reshape(n * c, c) @ m).reshape(n, c, d) * m).sum(dim=1)
-    cross = ((cov_tr.reshape(-1, c) @ m).reshape(n, -1, d) * k).sum(dim=1)
-    quadratic = ((inner @ k) * k).sum(dim=1)
+        # products in place: a fresh [n, C, D] result is freshly faulted-in memory each block
+        # (measured a third of the whole moments' time at 100 x 512)
+        spread = (cov_rr.reshape(n * c, c) @ m).reshape(n, c, d).mul_(m).sum(dim=1)
+    cross = (cov_tr.reshape(-1, c) @ m).reshape(n, -1, d).mul_(k).sum(dim=1)
+    quadratic = (inner @ k).mul_(k).sum(dim=1)
     return mu, spread + 2 * cross + quadratic + second @ sigma.mT
