@@ -9,7 +9,7 @@ import pytest
 
 from bayesagg.app.summary import paired_interval, summarise, write_summary
 from bayesagg.metrics import delta_m
-from bayesagg.runner import RunConfig
+from bayesagg.runner import ConfigError, RunConfig
 from bayesagg.runner.compare import compare
 from test_runner_fake import install_fake  # noqa: F401 - pytest fixture
 
@@ -58,3 +58,27 @@ def test_summary_keeps_only_the_chosen_seeds(install_fake, tmp_path) -> None:  #
     s = summarise(folder, seeds=[0, 1])
     assert set(s.delta["ls"]) == {0, 1} and set(s.delta["uw"]) == {0, 1}
     assert set(summarise(folder).delta["ls"]) == {0, 1, 2}
+
+
+def test_two_folders_of_one_benchmark_keep_their_own_sections_columns_and_plots(
+    install_fake,  # noqa: F811
+    tmp_path,
+) -> None:
+    # The same benchmark under its protocol and with an override (here 3 epochs): the
+    # second folder must not overwrite the first one's ranks, cost row or plot.
+    base = RunConfig(benchmark="fake", method="ls", protocol="smoke", out=str(tmp_path))
+    plain = compare(base, ["stl", "ls", "uw"], [0, 1])
+    longer = compare(RunConfig(**{**base.__dict__, "epochs": 3}), ["stl", "ls", "uw"], [0, 1])
+    assert plain != longer and longer.name == "smoke+e3"
+    assert summarise(longer).protocol == "smoke+e3"
+    text = write_summary([plain, longer], tmp_path / "RESULTS.md", plots=True)
+    assert "## fake, protocol `smoke`" in text and "## fake, protocol `smoke+e3`" in text
+    assert "| method | fake smoke | fake smoke+e3 | mean rank |" in text
+    ranks = (summarise(plain).ranks()["uw"], summarise(longer).ranks()["uw"])
+    mean = (ranks[0] + ranks[1]) / 2
+    assert f"| uw | {ranks[0]:g} | {ranks[1]:g} | {mean:.2f} | 2 |" in text
+    assert "| fake smoke | 14 |" in text and "| fake smoke+e3 | 14 |" in text
+    for name in ("paired-fake-smoke.png", "paired-fake-smoke+e3.png"):
+        assert (tmp_path / "results" / "plots" / name).is_file() and f"/{name})" in text
+    with pytest.raises(ConfigError, match="same benchmark and protocol"):
+        write_summary([plain, plain], tmp_path / "again.md", plots=False)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +39,7 @@ class BenchmarkSummary:
 
     folder: Path
     benchmark: str
+    #: The protocol folder's name: the protocol plus its overrides, if any.
     protocol: str
     references: str = "own"
     delta: dict[str, dict[int, float]] = field(default_factory=dict)
@@ -113,7 +114,10 @@ def summarise(
         )
     spec = registry.get(runs[0]["benchmark"])
     refs = table_references(spec, references, folder)
-    out = BenchmarkSummary(folder, spec.name, runs[0]["protocol"], references, left_out=left_out)
+    # The protocol folder's name (the protocol and its overrides, e.g. quick+data.label_fraction=0.3)
+    # names the section: two folders of one benchmark must not share a heading, plot or column.
+    protocol = runs[0].get("protocol_dir") or runs[0]["protocol"]
+    out = BenchmarkSummary(folder, spec.name, protocol, references, left_out=left_out)
     for path, r in found:
         out.runs += 1
         out.wall_seconds += float(r.get("wall_seconds") or 0.0)
@@ -245,11 +249,18 @@ def write_summary(
     for s in summaries:
         lines += _benchmark_section(s, plot_dir)
     lines += ["## Across benchmarks", ""]
+    # A column per folder: the benchmark's name, with the protocol where one benchmark has
+    # several folders (e.g. quick and quick+data.label_fraction=0.3).
+    count = Counter(s.benchmark for s in summaries)
+    names = [
+        s.benchmark if count[s.benchmark] == 1 else f"{s.benchmark} {s.protocol}" for s in summaries
+    ]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"two folders hold the same benchmark and protocol: {names}")
     ranks: dict[str, dict[str, float]] = defaultdict(dict)
-    for s in summaries:
+    for s, name in zip(summaries, names, strict=True):
         for m, r in s.ranks().items():
-            ranks[m][s.benchmark] = r
-    names = [s.benchmark for s in summaries]
+            ranks[m][name] = r
     lines += [
         "Rank by mean Delta_m on each benchmark (1 = best among the methods run there) and the "
         "mean of those ranks over the benchmarks where the method ran:",
@@ -269,7 +280,10 @@ def write_summary(
         "| benchmark | finished runs (STL models included) | wall time (h) |",
         "|---|---|---|",
     ]
-    lines += [f"| {s.benchmark} | {s.runs} | {s.wall_seconds / 3600:.2f} |" for s in summaries]
+    lines += [
+        f"| {name} | {s.runs} | {s.wall_seconds / 3600:.2f} |"
+        for s, name in zip(summaries, names, strict=True)
+    ]
     lines += [
         f"| all | {sum(s.runs for s in summaries)} | {total / 3600:.2f} |",
         "",
