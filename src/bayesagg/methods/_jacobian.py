@@ -36,9 +36,9 @@ def check_inputs(tensors: Sequence[Tensor], what: str) -> list[Tensor]:
 COMPILED_MODEL = (
     "the losses' graph runs through a model compiled by torch.compile, and this method "
     "differentiates the K task losses through the shared parameters one by one (K backward "
-    "passes over one graph); compiled graphs do not support that: with torch's default donated "
-    "buffers the second pass raises, and without them it returns wrong gradients (measured "
-    "with torch 2.14 on the CPU: the first task's gradient right, the others not). Use the "
+    "passes over one graph); compiled graphs do not support that reliably: with torch 2.14 on "
+    "one CPU the second pass raised (default donated buffers) or returned wrong gradients "
+    "(without them), on another it was right, so it is refused everywhere. Use the "
     "method's representation form (its '-ub' name: one backward pass through the encoder), a "
     "loss weighting or BayesAgg-MTL, or leave the shared encoder uncompiled"
 )
