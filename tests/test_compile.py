@@ -5,10 +5,10 @@ K backward passes over one graph. Through a compiled graph the second pass raise
 default donated buffers) or, without donated buffers, returned wrong gradients on one of this
 project's machines (torch 2.14.1 on the CPU: the first task's gradient right, the next ones
 not) and was right on another (scripts/studies/compile_second_pass.py says what a machine
-does). So every
-method either gives the eager model's gradients or refuses the compiled graph with an error
-that names what to use instead, never a silent wrong gradient; the representation forms
-("-ub"), the loss weightings and BayesAgg-MTL, one backward pass through the encoder, work.
+does). So every method either gives the eager model's gradients or refuses the compiled graph
+with an error that names what to use instead, never a silent wrong gradient; the
+representation forms ("-ub"), the loss weightings and BayesAgg-MTL, one backward pass through
+the encoder, work.
 """
 
 from __future__ import annotations
