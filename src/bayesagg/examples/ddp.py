@@ -16,6 +16,7 @@ are per-process shares); the optimiser step. Rank 0 prints the epoch's mean trai
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 from collections.abc import Sequence
 
@@ -132,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> list[list[float]]:
         shown = [f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith(("/mse", "/accuracy"))]
         print("test:", ", ".join(shown))
     if group is not None:
+        # DDP's reference cycles would leave it to the interpreter's exit, where freeing it
+        # after the process group can abort a gloo process (scripts/studies/ddp_teardown.py).
+        del ddp
+        gc.collect()
         dist.destroy_process_group()
     return history
 
