@@ -5,10 +5,10 @@
 ``DistributedDataParallel`` holds reference cycles, so a DDP object that goes out of scope is
 not freed until the garbage collector runs, which, in a short worker, is the interpreter's
 exit, after ``destroy_process_group``. With torch 2.14.1 on a 2-core CPU machine this aborted
-one of the two gloo processes in 7-28 % of the runs (11 of 40 with this script, and 0 of 40
-with the DDP object freed first) ("terminate called without an active
-exception", SIGABRT) after every collective had finished, which made a documentation snippet
-and the runner's ``--nproc`` runs fail now and then. Freeing the DDP object first (``del ddp``,
+one of the two gloo processes ("terminate called without an active exception", SIGABRT) after
+every collective had finished, in 7-28 % of the runs (11 of 40 with this script; 0 of 40 with
+the DDP object freed first), which made a documentation snippet fail now and then in CI and
+can do the same to the runner's ``--nproc`` runs. Freeing the DDP object first (``del ddp``,
 ``gc.collect()``, then ``destroy_process_group``) is what the library's runner, its example and
 docs/distributed.md do. This script starts ``--runs`` two-process groups each way (a DDP model,
 one collective, the group destroyed) and prints how many failed.
