@@ -526,3 +526,81 @@ def test_max_moment_nodes_caps_the_factored_rule(monkeypatch):
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="max_moment_nodes"):
             BayesAgg(groups, max_moment_nodes=bad)
+
+
+@pytest.mark.parametrize("d", [3, 40])  # the direct route and the one through Cov(r)
+def test_stacked_heads_give_each_head_its_own_moments(d):
+    """G heads of one shape on the same features, stacked, give each head's own moments (to
+    float64 rounding): by the rule's own counts (here several levels: each head on its own)
+    and capped at 4C nodes (one level: the heads stacked in every operation); heads of
+    different numerical ranks (one of rank 1) share the padded directions."""
+    c = 5
+    heads = [_posterior(40 + i, c, d, scale) for i, scale in enumerate((0.3, 1.0, 3.0))]
+    h = heads[0][0] * torch.tensor([[0.2], [1.0], [4.0], [8.0]], dtype=DT)
+    # A head whose covariance eigenvalues are one direction: variances of rank 1.
+    post = heads[2][2]
+    rank_one = torch.outer(torch.rand(c, generator=_gen(5), dtype=DT) + 0.5, post.variances[0])
+    posts = [heads[0][2], heads[1][2], KroneckerGaussian(**{**vars(post), "variances": rank_one})]
+    ranks = [kronecker._low_rank(p.variances[None], None)[0].shape[1] for p in posts]
+    assert ranks[2] == 1 and max(ranks) > 1
+    y = torch.stack([y for _, y, _ in heads])
+    mu, var = kronecker.stacked_moments(h, y, posts)
+    assert mu.shape == var.shape == (4, 3, d)
+    for i, one in enumerate(posts):
+        want = kronecker.moments(h, y[i], one)
+        torch.testing.assert_close(
+            (mu[:, i : i + 1], var[:, i : i + 1]), want, rtol=1e-10, atol=1e-14
+        )
+    capped = kronecker.stacked_moments(h, y, posts, max_nodes=4 * c)  # one level everywhere
+    for i, one in enumerate(posts):
+        want = kronecker.moments(h, y[i], one, max_nodes=4 * c)
+        torch.testing.assert_close(
+            (capped[0][:, i : i + 1], capped[1][:, i : i + 1]), want, rtol=1e-10, atol=1e-14
+        )
+
+
+def test_stacked_moments_refuse_heads_of_different_shapes():
+    h, y, post = _posterior(3, 5, 4, 1.0)
+    _, _, other = _posterior(4, 6, 4, 1.0)
+    with pytest.raises(ValueError, match="share one shape"):
+        kronecker.stacked_moments(h, torch.stack([y, y]), [post, other])
+    with pytest.raises(ValueError, match=r"y must have shape \[G=2"):
+        kronecker.stacked_moments(h, y, [post, post])
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("same_priors", [False, True])
+def test_stacked_posterior_gives_each_head_its_own_fit(masked, same_priors):
+    """G heads fitted together give each head's own Newton step (mean, factors, count and
+    covariance to float64 rounding): with one prior feature factor for all heads (shared, one
+    eigendecomposition) or different ones, with every label or per-head masks."""
+    c, d, b, g = 4, 3, 9, 3
+    gen = _gen(77)
+    h = torch.randn(b, d, generator=gen, dtype=DT)
+    y = torch.randint(0, c, (g, b), generator=gen)
+    weight = torch.randn(g, c, d, generator=gen, dtype=DT)
+    bias = torch.randn(g, c, generator=gen, dtype=DT)
+    mean0 = torch.randn(g, c, d + 1, generator=gen, dtype=DT)
+    if same_priors:
+        priors = [KroneckerPrecision.isotropic(c, d + 1, 0.5, dtype=DT)] * g
+    else:  # each head's prior an earlier fit on its own data
+        priors = [_posterior(60 + i, c, d, 0.5 + i)[2].precision for i in range(g)]
+    labelled = torch.rand(g, b, generator=gen) > 0.4 if masked else None
+    fits = kronecker.stacked_posterior(h, y, weight, bias, mean0, priors, labelled=labelled)
+    for i, fit in enumerate(fits):
+        one = kronecker.posterior(
+            h,
+            y[i],
+            weight[i],
+            bias[i],
+            mean0[i],
+            priors[i],
+            labelled=None if labelled is None else labelled[i],
+        )
+        assert fit.precision.count == one.precision.count
+        torch.testing.assert_close(fit.mean, one.mean, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(fit.precision.classes, one.precision.classes)
+        torch.testing.assert_close(fit.precision.features, one.precision.features)
+        torch.testing.assert_close(fit.covariance(), one.covariance(), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="one prior precision per head"):
+        kronecker.stacked_posterior(h, y, weight, bias, mean0, priors[:2])

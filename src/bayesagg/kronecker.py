@@ -31,7 +31,8 @@ rank of the covariance's eigenvalues w [C, P] (a Cauchy-like matrix: a few direc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,14 @@ from bayesagg.linalg import (
 )
 from bayesagg.moments import qmc_base_count, qmc_node_counts, qmc_nodes
 
-__all__ = ["KroneckerGaussian", "KroneckerPrecision", "moments", "posterior"]
+__all__ = [
+    "KroneckerGaussian",
+    "KroneckerPrecision",
+    "moments",
+    "posterior",
+    "stacked_moments",
+    "stacked_posterior",
+]
 
 # Target size (in elements) of each per-block intermediate of the moments (as in moments.py).
 _BLOCK_ELEMENTS = 2**18
@@ -141,20 +149,15 @@ class KroneckerGaussian:
         """
         if not precision.tau > 0:
             raise ValueError(f"the isotropic precision tau must be positive, got {precision.tau}")
-        try:
-            class_values, class_basis = torch.linalg.eigh(precision.classes)
-            feature_values, feature_basis = torch.linalg.eigh(precision.features)
-        except RuntimeError as err:  # torch.linalg.LinAlgError: non-finite factors
-            raise NumericalError(
-                f"Kronecker posterior factors could not be decomposed: {err}"
-            ) from err
-        scales = class_values.clamp_min(0)[:, None] * feature_values.clamp_min(0)[None, :]
-        return cls(mean, precision, class_basis, feature_basis, 1.0 / (scales + precision.tau))
+        tau = torch.tensor([precision.tau], dtype=mean.dtype, device=mean.device)
+        class_basis, feature_basis, variances = _eigen(
+            precision.classes[None], precision.features[None], tau
+        )
+        return cls(mean, precision, class_basis[0], feature_basis[0], variances[0])
 
     def solve(self, v: Tensor) -> Tensor:
         """Return the precision's inverse times a [C, P] matrix ``v`` (row-major), as [C, P]."""
-        rotated = self.class_basis.mT @ v @ self.feature_basis
-        return self.class_basis @ (rotated * self.variances) @ self.feature_basis.mT
+        return _solve(self.class_basis, self.feature_basis, self.variances, v)
 
     def covariance(self) -> Tensor:
         """Return the dense (C P) x (C P) covariance (for checks and small heads)."""
@@ -209,69 +212,167 @@ def posterior(
     b, d = h.shape
     if weight.ndim != 2 or weight.shape[1] != d or weight.shape[0] < 2:
         raise ValueError(f"weight must have shape [C >= 2, D={d}], got {list(weight.shape)}")
-    c, p = weight.shape[0], d + 1
+    c = weight.shape[0]
     if tuple(bias.shape) != (c,):
         raise ValueError(f"bias must have shape [{c}], got {list(bias.shape)}")
-    _check_prior(prior_mean, prior_precision, c, p)
+    _check_prior(prior_mean, prior_precision, c, d + 1)
+    if labelled is not None and tuple(labelled.shape) != (b,):
+        raise ValueError(f"labelled must have shape [{b}], got {list(labelled.shape)}")
+    return stacked_posterior(
+        h,
+        y[None],
+        weight[None],
+        bias[None],
+        prior_mean[None],
+        [prior_precision],
+        chunk_size=chunk_size,
+        check=check,
+        reduce=reduce,
+        labelled=None if labelled is None else labelled[None],
+    )[0]
+
+
+def stacked_posterior(
+    h: Tensor,
+    y: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    prior_mean: Tensor,
+    prior_precision: Sequence[KroneckerPrecision],
+    *,
+    chunk_size: int | None = None,
+    check: bool = True,
+    reduce: Reduce | None = None,
+    labelled: Tensor | None = None,
+) -> list[KroneckerGaussian]:
+    """Return :func:`posterior` of G heads of one shape on the same features, as G posteriors.
+
+    ``y`` [G, B], ``weight`` [G, C, D], ``bias`` [G, C], ``prior_mean`` [G, C, D + 1], one prior
+    precision per head, ``labelled`` [G, B] or None. The numbers are those of G calls of
+    :func:`posterior` (to rounding); the heads' sums, all-reductions and eigendecompositions
+    are stacked (batched) operations, and with every label present and equal prior feature
+    factors (an epoch prior fitted on the same features) the heads share one feature factor
+    and its eigendecomposition.
+    """
+    if h.ndim != 2 or not h.is_floating_point() or h.shape[0] < 1:
+        raise ValueError(f"h must be a floating-point [B >= 1, D] tensor, got {list(h.shape)}")
+    b, d = h.shape
+    if weight.ndim != 3 or weight.shape[2] != d or weight.shape[1] < 2:
+        raise ValueError(f"weight must have shape [G, C >= 2, D={d}], got {list(weight.shape)}")
+    g, c, p = weight.shape[0], weight.shape[1], d + 1
+    for name, value, shape in (
+        ("y", y, (g, b)),
+        ("bias", bias, (g, c)),
+        ("prior_mean", prior_mean, (g, c, p)),
+    ):
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{name} must have shape {list(shape)}, got {list(value.shape)}")
+    if len(prior_precision) != g:
+        raise ValueError(f"need one prior precision per head ({g}), got {len(prior_precision)}")
+    for i in range(g):
+        _check_prior(prior_mean[i], prior_precision[i], c, p)
     rows_kept = None
     if labelled is not None:
-        if tuple(labelled.shape) != (b,):
-            raise ValueError(f"labelled must have shape [{b}], got {list(labelled.shape)}")
+        if tuple(labelled.shape) != (g, b):
+            raise ValueError(f"labelled must have shape [{g}, {b}], got {list(labelled.shape)}")
         y = torch.where(labelled, y, torch.zeros_like(y))
-        rows_kept = labelled.to(h.dtype)[:, None]  # [B, 1]
-    y = class_ids(y, b, c) if check else y.long()
+        rows_kept = labelled.to(h.dtype)[..., None]  # [G, B, 1]
+    y = torch.stack([class_ids(row, b, c) for row in y]) if check else y.long()
     dtype = h.dtype
     weight, bias, prior_mean = weight.to(dtype), bias.to(dtype), prior_mean.to(dtype)
-    prior_precision = prior_precision.to(dtype, h.device)
+    priors = [prior.to(dtype, h.device) for prior in prior_precision]
+    prior_classes = torch.stack([prior.classes for prior in priors])  # [G, C, C]
+    prior_features = torch.stack([prior.features for prior in priors])  # [G, P, P]
     if check:
         check_finite(
             h=h,
             weight=weight,
             bias=bias,
             prior_mean=prior_mean,
-            prior_classes=prior_precision.classes,
-            prior_features=prior_precision.features,
+            prior_classes=prior_classes,
+            prior_features=prior_features,
         )
-    theta = torch.cat([weight, bias[:, None]], dim=1)  # [C, P]
-    gradient = torch.zeros(c, p, dtype=dtype, device=h.device)
-    hessians = torch.zeros(c, c, dtype=dtype, device=h.device)
-    scatter = torch.zeros(p, p, dtype=dtype, device=h.device)
-    step = chunk_size or max(1, _CHUNK_ELEMENTS // max(c * c, p))
+    theta = torch.cat([weight, bias[..., None]], dim=2)  # [G, C, P]
+    gradient = torch.zeros(g, c, p, dtype=dtype, device=h.device)
+    hessians = torch.zeros(g, c, c, dtype=dtype, device=h.device)
+    # With every label present the data's feature factor is the same for every head.
+    scatter = torch.zeros(*(() if rows_kept is None else (g,)), p, p, dtype=dtype, device=h.device)
+    step = chunk_size or max(1, _CHUNK_ELEMENTS // (g * max(c * c, p)))
     for start in range(0, b, step):
         hc = augment(h[start : start + step], True)  # [b, P]
-        prob = torch.softmax(hc @ theta.mT, dim=1)  # [b, C]
+        prob = torch.softmax(hc @ theta.mT, dim=2)  # [G, b, C]
+        residual = prob - F.one_hot(y[:, start : start + step], c).to(dtype)
         if rows_kept is None:
-            gradient += (prob - F.one_hot(y[start : start + step], c).to(dtype)).mT @ hc
+            gradient += residual.mT @ hc
             # sum_i H_i = diag(sum_i p_i) - sum_i p_i p_i^T
-            hessians += torch.diag(prob.sum(dim=0)) - prob.mT @ prob
+            hessians += torch.diag_embed(prob.sum(dim=1)) - prob.mT @ prob
             scatter += hc.mT @ hc
         else:  # the same sums over the labelled rows: weight 0 drops a row
-            kept = rows_kept[start : start + step]
-            residual = prob - F.one_hot(y[start : start + step], c).to(dtype)
+            kept = rows_kept[:, start : start + step]  # [G, b, 1]
             gradient += (residual * kept).mT @ hc
-            hessians += torch.diag((prob * kept).sum(dim=0)) - (prob * kept).mT @ prob
+            hessians += torch.diag_embed((prob * kept).sum(dim=1)) - (prob * kept).mT @ prob
             scatter += (hc * kept).mT @ hc
     if rows_kept is None:
-        count = torch.tensor([float(b)], dtype=dtype, device=h.device)
+        count = torch.full((g,), float(b), dtype=dtype, device=h.device)
     else:
-        count = rows_kept.sum().reshape(1)
+        count = rows_kept.sum(dim=(1, 2))
     gradient, hessians, scatter, count = summed_over_processes(
         reduce, gradient, hessians, scatter, count
     )
-    n0, total = prior_precision.count, prior_precision.count + float(count.item())
-    if total == 0:  # no labelled example yet, anywhere: the class factor stays the prior's
-        total = 1.0
-    classes = (n0 * prior_precision.classes + hessians) / total
-    features = prior_precision.features + scatter
-    precision = KroneckerPrecision(
-        classes=0.5 * (classes + classes.mT),
-        features=0.5 * (features + features.mT),
-        count=total,
-        tau=prior_precision.tau,
+    # No labelled example yet, anywhere: the class factor stays the prior's (total 1).
+    totals = [
+        (prior.count + n) if prior.count + n > 0 else 1.0
+        for prior, n in zip(priors, count.tolist(), strict=True)
+    ]
+    n0 = torch.tensor([prior.count for prior in priors], dtype=dtype, device=h.device)
+    total = torch.tensor(totals, dtype=dtype, device=h.device)
+    classes = (n0[:, None, None] * prior_classes + hessians) / total[:, None, None]
+    classes = 0.5 * (classes + classes.mT)
+    shared = rows_kept is None and all(
+        torch.equal(prior.features, priors[0].features) for prior in priors[1:]
     )
-    fitted = KroneckerGaussian.decompose(theta, precision)
-    gradient = gradient + prior_precision.times(theta - prior_mean)
-    return replace(fitted, mean=theta - fitted.solve(gradient))
+    features = (prior_features[:1] if shared else prior_features) + scatter
+    features = 0.5 * (features + features.mT)
+    tau = torch.tensor([prior.tau for prior in priors], dtype=dtype, device=h.device)
+    if not bool((tau > 0).all()):
+        raise ValueError(f"the isotropic precision tau must be positive, got {tau.tolist()}")
+    class_basis, feature_basis, variances = _eigen(classes, features, tau)
+    features = features.expand(g, p, p)
+    feature_basis = feature_basis.expand(g, p, p)
+    moved = theta - prior_mean
+    gradient = gradient + prior_classes @ moved @ prior_features + tau[:, None, None] * moved
+    mean = theta - _solve(class_basis, feature_basis, variances, gradient)
+    return [
+        KroneckerGaussian(
+            mean[i],
+            KroneckerPrecision(classes[i], features[i], totals[i], priors[i].tau),
+            class_basis[i],
+            feature_basis[i],
+            variances[i],
+        )
+        for i in range(g)
+    ]
+
+
+def _eigen(classes: Tensor, features: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Return (Q_c [G, C, C], Q_f [G or 1, P, P], variances [G, C, P]) of G precisions
+    kron(classes_g, features_g) + tau_g I (``features`` [1, P, P]: one factor for all heads).
+
+    The factors are positive semi-definite; eigenvalues below 0 (rounding) are set to 0, so
+    every variance is at most 1 / tau."""
+    try:
+        class_values, class_basis = torch.linalg.eigh(classes)
+        feature_values, feature_basis = torch.linalg.eigh(features)
+    except RuntimeError as err:  # torch.linalg.LinAlgError: non-finite factors
+        raise NumericalError(f"Kronecker posterior factors could not be decomposed: {err}") from err
+    scales = class_values.clamp_min(0)[:, :, None] * feature_values.clamp_min(0)[:, None, :]
+    return class_basis, feature_basis, 1.0 / (scales + tau[:, None, None])
+
+
+def _solve(class_basis: Tensor, feature_basis: Tensor, variances: Tensor, v: Tensor) -> Tensor:
+    """Return the inverse of the precision(s) with these eigendecompositions times v [..., C, P]."""
+    rotated = class_basis.mT @ v @ feature_basis
+    return class_basis @ (rotated * variances) @ feature_basis.mT
 
 
 def moments(
@@ -317,12 +418,53 @@ def moments(
     takes 1024-2048 nodes and let the variance's grow to 5-13 % where it takes 8192
     (docs/bayesagg-math.md).
     """
+    mu, var = stacked_moments(
+        h,
+        y[None],
+        [post],
+        num_samples=num_samples,
+        chunk_size=chunk_size,
+        check=check,
+        rank_tolerance=rank_tolerance,
+        max_nodes=max_nodes,
+    )
+    return mu, var
+
+
+def stacked_moments(
+    h: Tensor,
+    y: Tensor,
+    posts: Sequence[KroneckerGaussian],
+    *,
+    num_samples: int | None = None,
+    chunk_size: int | None = None,
+    check: bool = True,
+    rank_tolerance: float | None = None,
+    max_nodes: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Return (mu, var) [B, G, D]: :func:`moments` of G heads of one shape on the same features.
+
+    ``y`` [G, B] holds each head's class ids and ``posts`` its G posteriors, all [C, D + 1]. The
+    numbers are those of G calls of :func:`moments` (to rounding); the heads' work is done as
+    stacked (batched) operations, so a step with several equal heads pays the fixed cost of
+    one call (measured: about 0.45 ms of ~100 small operations per call for a 10-class head on
+    50 features, scripts/timing/cost_model.py). When the heads' examples need different node
+    counts (several levels of the rule), each head runs on its own.
+    """
     if h.ndim != 2 or not h.is_floating_point() or h.shape[0] < 1:
         raise ValueError(f"h must be a floating-point [B >= 1, D] tensor, got {list(h.shape)}")
     b, d = h.shape
-    c, p = post.mean.shape
+    if not posts:
+        raise ValueError("posts must hold at least one posterior")
+    c, p = posts[0].mean.shape
     if p != d + 1:
         raise ValueError(f"the posterior has {p} weights per class, expected D + 1 = {d + 1}")
+    if any(tuple(post.mean.shape) != (c, p) for post in posts):
+        shapes = [list(post.mean.shape) for post in posts]
+        raise ValueError(f"stacked posteriors must share one shape [C, D + 1], got {shapes}")
+    g = len(posts)
+    if tuple(y.shape) != (g, b):
+        raise ValueError(f"y must have shape [G={g}, B={b}], got {list(y.shape)}")
     if num_samples is not None and (num_samples < 2 * c or num_samples % 2):
         raise ValueError(
             f"num_samples of the qmc rule must be even and >= 2 C = {2 * c}, got {num_samples}"
@@ -331,77 +473,142 @@ def moments(
         raise ValueError(f"max_nodes must be even and >= 2 C = {2 * c}, got {max_nodes}")
     if rank_tolerance is not None and not 0 <= rank_tolerance < 1:
         raise ValueError(f"rank_tolerance must be in [0, 1), got {rank_tolerance}")
-    y = class_ids(y, b, c) if check else y.long()
+    y = torch.stack([class_ids(row, b, c) for row in y]) if check else y.long()
     dtype = h.dtype
     # Contiguous copies: eigh returns column-major bases, and the batched products below
     # against strided operands were measured several times slower.
-    mean = post.mean.to(dtype).contiguous()
-    basis = post.class_basis.to(dtype).contiguous()
-    feature_basis = post.feature_basis.to(dtype).contiguous()
-    w = post.variances.to(dtype).contiguous()
+    mean = torch.stack([post.mean for post in posts]).to(dtype)  # [G, C, P]
+    basis = torch.stack([post.class_basis for post in posts]).to(dtype)  # [G, C, C]
+    feature_basis = torch.stack([post.feature_basis for post in posts]).to(dtype)  # [G, P, P]
+    w = torch.stack([post.variances for post in posts]).to(dtype)  # [G, C, P]
     if check:
         check_finite(h=h, mean=mean, variances=w)
     ht = augment(h, True)
-    q = ht @ feature_basis  # [B, P]: h~ in the feature basis
-    nu = q.square() @ w.mT  # [B, C]
-    sigma = feature_basis[:d].square() @ w.mT  # [D, C]
-    logit_mean = ht @ mean.mT  # [B, C]
-    classes, features = _low_rank(w, rank_tolerance)  # [R, C] = diag(s) U^T, [R, P] = V^T
+    q = ht @ feature_basis  # [G, B, P]: h~ in each feature basis
+    nu = q.square() @ w.mT  # [G, B, C]
+    sigma = feature_basis[:, :d].square() @ w.mT  # [G, D, C]
+    logit_mean = ht @ mean.mT  # [G, B, C]
+    classes, features = _low_rank(w, rank_tolerance)  # [G, R, C] = diag(s) U^T, [G, R, P] = V^T
     # Node counts from the logits' width (the dense rule's), V built a block of rows at a time;
     # not needed when the cap is below the rule's smallest count (every example gets the cap).
     if num_samples is None and max_nodes is not None and max_nodes <= qmc_base_count(c):
-        counts = torch.full((b,), max_nodes, dtype=torch.long)
+        counts = torch.full((g, b), max_nodes, dtype=torch.long)
     elif num_samples is None:
-        counts = torch.empty(b, dtype=torch.long)
-        rows = max(1, _BLOCK_ELEMENTS // (c * c))
+        counts = torch.empty(g, b, dtype=torch.long)
+        rows = max(1, _BLOCK_ELEMENTS // (g * c * c))
         for start in range(0, b, rows):
-            scaled = basis * nu[start : start + rows, None, :]  # [n, C, C]: Q_c diag(nu)
-            counts[start : start + rows] = qmc_node_counts(scaled @ basis.mT, c).cpu()
+            scaled = basis[:, None] * nu[:, start : start + rows, None, :]  # [G, n, C, C]
+            logit_cov = (scaled @ basis[:, None].mT).reshape(-1, c, c)
+            counts[:, start : start + rows] = qmc_node_counts(logit_cov, c).reshape(g, -1).cpu()
     else:
-        counts = torch.full((b,), num_samples, dtype=torch.long)
+        counts = torch.full((g, b), num_samples, dtype=torch.long)
     if max_nodes is not None:
         counts = counts.clamp_max(max_nodes)
-    mu = ht.new_empty(b, d)
-    var = ht.new_empty(b, d)
-    onehot = F.one_hot(y, c).to(dtype)
-    m = mean[:, :d].contiguous()
-    feature_rows = feature_basis[:d].mT.contiguous()  # [P, D]
-    rank = classes.shape[0]
+    onehot = F.one_hot(y, c).to(dtype)  # [G, B, C]
+    m = mean[:, :, :d].contiguous()  # [G, C, D]
+    feature_rows = feature_basis[:, :d].mT.contiguous()  # [G, P, D]
     levels = counts.unique().tolist()
-    for count in levels:
-        # One level (the usual case) reads rows by slices, without gathering or scattering.
-        which = None if len(levels) == 1 else (counts == count).nonzero().squeeze(-1).to(h.device)
-        # The nodes enter as Q_c^T z: the logits are then drawn through the symmetric square
-        # root Q_c diag(sqrt(nu)) Q_c^T of V, as accurate as the dense rule's Cholesky factor
-        # (the eigenbasis root Q_c diag(sqrt(nu)) was measured 3x less accurate on narrow
-        # posteriors: it aligns one node axis with the logits' softmax-invariant common shift).
-        z = basis.mT @ qmc_nodes(count, c, dtype=dtype, device=h.device).mT  # [C, N]
-        per_example = max(c * count, c * d, c * c, rank * p, _direct(c, d, count) * d * count)
-        rows = chunk_size or max(1, _BLOCK_ELEMENTS // per_example)
-        for start in range(0, b if which is None else which.numel(), rows):
-            index = slice(start, start + rows) if which is None else which[start : start + rows]
-            n = q[index].shape[0]
-            # The cross-covariances' coordinates on the R directions: kappa_d = classes^T k_d,
-            # k_d = features (q * Q_f[d]), one [n R, P] x [P, D] product.
-            scaled = q[index, None, :] * features[None]  # [n, R, P]
-            k = (scaled.reshape(n * rank, p) @ feature_rows).reshape(n, rank, d)
-            mu[index], var[index] = _block(
-                z, logit_mean[index], nu[index], k, onehot[index], m, basis, classes, sigma
-            )
-    return mu[:, None, :], var.clamp_min(0)[:, None, :]
+    if len(levels) == 1:  # one node count for every head and example (the usual case)
+        mu, var = _level(
+            levels[0],
+            None,
+            q,
+            logit_mean,
+            nu,
+            onehot,
+            m,
+            basis,
+            classes,
+            features,
+            feature_rows,
+            sigma,
+            chunk_size,
+        )
+    else:  # each head on its own, a level at a time
+        mu = ht.new_empty(g, b, d)
+        var = ht.new_empty(g, b, d)
+        for i in range(g):
+            head = slice(i, i + 1)
+            for count in counts[i].unique().tolist():
+                which = (counts[i] == count).nonzero().squeeze(-1).to(h.device)
+                mu[head, which], var[head, which] = _level(
+                    count,
+                    which,
+                    q[head],
+                    logit_mean[head],
+                    nu[head],
+                    onehot[head],
+                    m[head],
+                    basis[head],
+                    classes[head],
+                    features[head],
+                    feature_rows[head],
+                    sigma[head],
+                    chunk_size,
+                )
+    return mu.transpose(0, 1), var.clamp_min(0).transpose(0, 1)
+
+
+def _level(
+    count: int,
+    which: Tensor | None,
+    q: Tensor,
+    logit_mean: Tensor,
+    nu: Tensor,
+    onehot: Tensor,
+    m: Tensor,
+    basis: Tensor,
+    classes: Tensor,
+    features: Tensor,
+    feature_rows: Tensor,
+    sigma: Tensor,
+    chunk_size: int | None,
+) -> tuple[Tensor, Tensor]:
+    """Return (mu, var) [G, n, D] of the examples ``which`` (None: all, read by slices) of G
+    stacked heads, all integrated with ``count`` nodes, a block of rows at a time."""
+    g, _, c = nu.shape
+    d = m.shape[2]
+    rank, p = features.shape[1:]
+    n_rows = nu.shape[1] if which is None else which.numel()
+    # The nodes enter as Q_c^T z: the logits are then drawn through the symmetric square
+    # root Q_c diag(sqrt(nu)) Q_c^T of V, as accurate as the dense rule's Cholesky factor
+    # (the eigenbasis root Q_c diag(sqrt(nu)) was measured 3x less accurate on narrow
+    # posteriors: it aligns one node axis with the logits' softmax-invariant common shift).
+    nodes = qmc_nodes(count, c, dtype=nu.dtype, device=nu.device)
+    z = basis.mT @ nodes.mT  # [G, C, N]
+    per_example = g * max(c * count, c * d, c * c, rank * p, _direct(c, d, count) * d * count)
+    rows = chunk_size or max(1, _BLOCK_ELEMENTS // per_example)
+    mu = nu.new_empty(g, n_rows, d)
+    var = nu.new_empty(g, n_rows, d)
+    for start in range(0, n_rows, rows):
+        block = slice(start, start + rows)
+        index = block if which is None else which[block]
+        n = mu[:, block].shape[1]
+        # The cross-covariances' coordinates on the R directions: kappa_d = classes^T k_d,
+        # k_d = features (q * Q_f[d]), one [n R, P] x [P, D] product per head.
+        scaled = q[:, index, None, :] * features[:, None]  # [G, n, R, P]
+        k = (scaled.reshape(g, n * rank, p) @ feature_rows).reshape(g, n, rank, d)
+        mu[:, block], var[:, block] = _block(
+            z, logit_mean[:, index], nu[:, index], k, onehot[:, index], m, basis, classes, sigma
+        )
+    return mu, var
 
 
 def _low_rank(w: Tensor, tolerance: float | None) -> tuple[Tensor, Tensor]:
-    """Return (diag(s) U^T [R, C], V^T [R, P]) of the SVD of w truncated at ``tolerance``
-    (relative to the largest singular value; default: max(C, P) times w's machine epsilon).
+    """Return (diag(s) U^T [G, R, C], V^T [G, R, P]) of the SVDs of G stacked w [G, C, P], each
+    truncated at ``tolerance`` (relative to its largest singular value; default: max(C, P) times
+    w's machine epsilon); R is the largest of the G ranks, and a head of lower rank has zero
+    directions beyond its own (they add nothing to the moments).
 
     The decomposition runs in at least float32 (the SVD has no half-precision kernels)."""
     u, s, vh = torch.linalg.svd(w.to(torch.promote_types(w.dtype, torch.float32)), False)
     if tolerance is None:
-        tolerance = max(w.shape) * torch.finfo(w.dtype).eps
-    rank = max(1, int((s > tolerance * s[0]).sum()))
-    classes = (s[:rank, None] * u[:, :rank].mT).to(w.dtype)
-    return classes, vh[:rank].to(w.dtype).contiguous()
+        tolerance = max(w.shape[1:]) * torch.finfo(w.dtype).eps
+    kept = s > tolerance * s[:, :1]  # [G, K]
+    rank = max(1, int(kept.sum(dim=1).max()))
+    s = torch.where(kept, s, torch.zeros_like(s))
+    classes = (s[:, :rank, None] * u[:, :, :rank].mT).to(w.dtype)
+    return classes, vh[:, :rank].to(w.dtype).contiguous()
 
 
 def _direct(c: int, d: int, count: int) -> bool:
@@ -421,44 +628,45 @@ def _block(
     classes: Tensor,
     sigma: Tensor,
 ) -> tuple[Tensor, Tensor]:
-    """Return (mu, var) [n, D] of n examples from the rule's nodes z [C, N] (equal weights).
+    """Return (mu, var) [G, n, D] of n examples of G stacked heads from the rule's nodes
+    z [G, C, N] (equal weights; Q_c^T z per head).
 
-    ``k`` [n, R, D] holds the cross-covariances kappa_d = classes^T k_d (``classes`` [R, C]).
+    ``k`` [G, n, R, D] holds the cross-covariances kappa_d = classes^T k_d (``classes`` [G, R, C]).
     """
-    n, c = nu.shape
-    d = m.shape[1]
-    count = z.shape[1]
-    root = nu.sqrt()  # [n, C]
-    # a = mu_a + (Q_c diag(sqrt(nu))) z' for all examples as one [n C, C] x [C, N] product with
-    # the means added in the same call (measured 5-12 % faster than scaling the [n, C, N]
-    # nodes and a batched product against the broadcast basis).
-    scaled = (basis[None] * root[:, None, :]).reshape(n * c, c)
-    logits = torch.addmm(logit_mean.reshape(n * c, 1), scaled, z).reshape(n, c, count)
-    r = torch.softmax(logits, dim=1).sub_(onehot[:, :, None])  # [n, C, N]
-    rotated = basis.mT @ r  # [n, C, N]: r' = Q_c^T r
-    second = rotated.square().mean(dim=2)  # [n, C]: E[r'_i^2]
+    g, n, c = nu.shape
+    d = m.shape[2]
+    count = z.shape[2]
+    root = nu.sqrt()  # [G, n, C]
+    # a = mu_a + (Q_c diag(sqrt(nu))) z' for all examples as one [n C, C] x [C, N] product per
+    # head with the means added in the same call (measured 5-12 % faster than scaling the
+    # [n, C, N] nodes and a batched product against the broadcast basis).
+    scaled = (basis[:, None] * root[:, :, None, :]).reshape(g, n * c, c)
+    logits = torch.baddbmm(logit_mean.reshape(g, n * c, 1), scaled, z).reshape(g, n, c, count)
+    r = torch.softmax(logits, dim=2).sub_(onehot[..., None])  # [G, n, C, N]
+    rotated = basis[:, None].mT @ r  # [G, n, C, N]: r' = Q_c^T r
+    second = rotated.square().mean(dim=3)  # [G, n, C]: E[r'_i^2]
     # E[g_d | a] = m_d^T r + k_d^T t with t = classes diag(1 / sqrt(nu)) (r' * z') [R, N]:
     # x = [r, t] has C + R numbers per node instead of 2C.
-    project = classes[None] / root[:, None, :]  # [n, R, C]
-    t = project @ rotated.mul_(z)  # [n, R, N]; ``rotated`` is not read again
-    r_mean = r.mean(dim=2)  # [n, C]
-    t_mean = t.mean(dim=2)  # [n, R]
-    r_centred = r.sub_(r_mean[:, :, None])  # in place: r is not read again
-    t_centred = t.sub_(t_mean[:, :, None])
-    cov_tr = t_centred @ r_centred.mT / count  # [n, R, C]
-    cov_tt = t_centred @ t_centred.mT / count  # [n, R, R]
+    project = classes[:, None] / root[:, :, None, :]  # [G, n, R, C]
+    t = project @ rotated.mul_(z[:, None])  # [G, n, R, N]; ``rotated`` is not read again
+    r_mean = r.mean(dim=3)  # [G, n, C]
+    t_mean = t.mean(dim=3)  # [G, n, R]
+    r_centred = r.sub_(r_mean[..., None])  # in place: r is not read again
+    t_centred = t.sub_(t_mean[..., None])
+    cov_tr = t_centred @ r_centred.mT / count  # [G, n, R, C]
+    cov_tt = t_centred @ t_centred.mT / count  # [G, n, R, R]
     # E over a of Var(g_d | a) = sigma_d^T E[r'^2] - k_d^T project diag(E[r'^2]) project^T k_d,
     # and its quadratic part shares k_d with the spread's: one [R, R] matrix per example.
-    inner = cov_tt - (project * second[:, None, :]) @ project.mT  # [n, R, R]
-    mu = r_mean @ m + (t_mean[:, None, :] @ k).squeeze(1)
+    inner = cov_tt - (project * second[:, :, None, :]) @ project.mT  # [G, n, R, R]
+    mu = r_mean @ m + (t_mean[:, :, None, :] @ k).squeeze(2)
     # Var over a of E[g_d | a] = m_d^T Cov(r) m_d + 2 m_d^T Cov(r, t) k_d + k_d^T Cov(t) k_d.
     if _direct(c, d, count):  # m_d^T r at every node: D C N instead of C^2 N + D C^2
-        spread = (m.mT @ r_centred).square().mean(dim=2)
+        spread = (m[:, None].mT @ r_centred).square().mean(dim=3)
     else:
-        cov_rr = r_centred @ r_centred.mT / count  # [n, C, C]
+        cov_rr = r_centred @ r_centred.mT / count  # [G, n, C, C]
         # products in place: a fresh [n, C, D] result is freshly faulted-in memory each block
         # (measured a third of the whole moments' time at 100 x 512)
-        spread = (cov_rr.reshape(n * c, c) @ m).reshape(n, c, d).mul_(m).sum(dim=1)
-    cross = (cov_tr.reshape(-1, c) @ m).reshape(n, -1, d).mul_(k).sum(dim=1)
-    quadratic = (inner @ k).mul_(k).sum(dim=1)
+        spread = (cov_rr.reshape(g, n * c, c) @ m).reshape(g, n, c, d).mul_(m[:, None]).sum(2)
+    cross = (cov_tr.reshape(g, -1, c) @ m).reshape(g, n, -1, d).mul_(k).sum(dim=2)
+    quadratic = (inner @ k).mul_(k).sum(dim=2)
     return mu, spread + 2 * cross + quadratic + second @ sigma.mT
