@@ -604,3 +604,66 @@ def test_stacked_posterior_gives_each_head_its_own_fit(masked, same_priors):
         torch.testing.assert_close(fit.covariance(), one.covariance(), rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="one prior precision per head"):
         kronecker.stacked_posterior(h, y, weight, bias, mean0, priors[:2])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"newton_damping": 1.0},
+        {"newton_steps": 2, "prior_mean": "live_head"},
+        {"max_moment_nodes": 8},
+        {"missing": True},
+    ],
+    ids=["defaults", "undamped", "two-steps-live-head", "node-cap", "missing-labels"],
+)
+def test_bayesagg_stacks_equal_kron_heads_with_the_numbers_of_one_head_at_a_time(
+    options, monkeypatch
+):
+    """Two 4-class groups (heads of one shape: stacked), a 5-class one (alone) and a regression
+    group: steps before and after an epoch's refit give the representation's and heads'
+    gradients and the losses of the same training with every group fitted on its own (to
+    float64 rounding)."""
+    from bayesagg import BayesAgg, Multiclass, Regression
+
+    options = dict(options)
+    missing = options.pop("missing", False)
+    groups = [Multiclass("a", 4), Regression("r", 1), Multiclass("b", 4), Multiclass("c", 5)]
+
+    def run(stacks: list) -> list:
+        torch.manual_seed(3)
+        heads = [torch.nn.Linear(3, k).double() for k in (4, 1, 4, 5)]
+        agg = BayesAgg(
+            groups,
+            multiclass_posterior="kron",
+            gamma=0.5,
+            warmup_epochs=0,
+            regression_prior="fixed",
+            **options,
+        )
+        g = _gen(9)
+        out = []
+        for step in range(3):
+            h = torch.randn(8, 3, generator=g, dtype=DT, requires_grad=True)
+            ys = [torch.randint(0, k, (8,), generator=g) for k in (4, 4, 5)]
+            if missing:  # labels missing in both stacked groups
+                for y in ys[:2]:
+                    y[torch.rand(8, generator=g) < 0.3] = -100
+            targets = [ys[0], torch.randn(8, 1, generator=g, dtype=DT), ys[1], ys[2]]
+            for head in heads:
+                head.zero_grad()
+            if step == 0:
+                assert agg._kron_stacks(heads, [None] * 4) == stacks
+            # the groups' moments as the aggregation sees them (0 where a label is missing)
+            mus = agg._aggregate(h, *agg._check_step(h, heads, targets))[3]
+            losses = agg.backward(h, heads, targets)
+            out.append((h.grad, losses, [head.weight.grad for head in heads[::2]], mus))
+            if step == 1:
+                agg.end_epoch(heads)
+        return out
+
+    together = run([[0, 2]])
+    with monkeypatch.context() as patch:
+        patch.setattr(BayesAgg, "_kron_stacks", lambda self, heads, labelled: [])
+        alone = run([])
+    torch.testing.assert_close(together, alone, rtol=1e-9, atol=1e-12)

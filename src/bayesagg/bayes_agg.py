@@ -57,7 +57,7 @@ from bayesagg import moments as gradient_moments
 from bayesagg.aggregation import weights as aggregation_weights
 from bayesagg.kronecker import KroneckerGaussian, KroneckerPrecision
 from bayesagg.linalg import NumericalError
-from bayesagg.newton import check_newton, newton_posterior
+from bayesagg.newton import check_newton, newton_posterior, stacked_kron_posterior
 from bayesagg.posterior import Gaussian
 from bayesagg.prior import EpochPrior, MulticlassPosterior, RegressionPrior, RegressionStatistics
 from bayesagg.tasks import (
@@ -617,6 +617,76 @@ class BayesAgg:
         present = labelled if labelled.ndim == 2 else labelled[:, None]
         return torch.where(present[:, :, None], mu, torch.zeros_like(mu)), var
 
+    def _kron_stacks(
+        self, heads: Sequence[nn.Linear], labelled: Sequence[Tensor | None]
+    ) -> list[list[int]]:
+        """Return the sets of >= 2 task groups whose posteriors and moments are computed stacked
+        (:func:`bayesagg.kronecker.stacked_posterior`, :func:`~bayesagg.kronecker.stacked_moments`):
+        Kronecker-factored groups whose heads have one shape, all with or all without missing
+        labels. The numbers are each group's own; only the fixed cost of a call is shared."""
+        stacks: dict[tuple[tuple[int, ...], bool], list[int]] = {}
+        for i, head in enumerate(heads):
+            if self.prior.kron(i):
+                key = (tuple(head.weight.shape), labelled[i] is None)
+                stacks.setdefault(key, []).append(i)
+        return [stack for stack in stacks.values() if len(stack) > 1]
+
+    def _stacked_moments(
+        self,
+        stack: list[int],
+        heads: Sequence[nn.Linear],
+        h: Tensor,
+        targets: Sequence[Tensor],
+        labelled: Sequence[Tensor | None],
+    ) -> dict[int, tuple[Tensor, Tensor]]:
+        """Return :meth:`_group_moments` of the task groups ``stack`` (from :meth:`_kron_stacks`),
+        their batch posteriors fitted and their moments computed together."""
+        priors = [
+            self.prior.prior(i, h.shape[1] + 1, dtype=h.dtype, device=h.device) for i in stack
+        ]
+        if self.prior_mean == "live_head":
+            mean0 = torch.stack(
+                [torch.cat([heads[i].weight, heads[i].bias[:, None]], 1).detach() for i in stack]
+            ).to(h.dtype)
+        else:
+            mean0 = torch.stack([mean for mean, _ in priors])
+        present = [labelled[i] for i in stack]
+        masks = None if present[0] is None else torch.stack(present)  # type: ignore[arg-type]
+        y = torch.stack([targets[i] for i in stack])
+        if masks is not None:
+            y = torch.where(masks, y, torch.zeros_like(y))  # a finite placeholder
+        precisions = [
+            precision for _, precision in priors if isinstance(precision, KroneckerPrecision)
+        ]
+        try:
+            posts = stacked_kron_posterior(
+                h,
+                y,
+                torch.stack([heads[i].weight for i in stack]).to(h.dtype),
+                torch.stack([heads[i].bias for i in stack]).to(h.dtype),
+                mean0,
+                precisions,
+                steps=self.newton_steps,
+                damping=self.newton_damping,
+                check=False,
+                reduce=self.prior.reduce,
+                labelled=masks,
+            )
+            cap = self.max_moment_nodes
+            if cap is not None:  # the rule's minimum: an even count >= 2C
+                cap = max(cap + cap % 2, 2 * posts[0].mean.shape[0])
+            mu, var = kronecker.stacked_moments(h, y, posts, check=False, max_nodes=cap)
+        except NumericalError as err:
+            names = [self.groups[i].name for i in stack]
+            raise NumericalError(f"{self._where()}, task groups {names}: {err}") from err
+        out = {}
+        for k, i in enumerate(stack):
+            mu_k, var_k = mu[:, k : k + 1], var[:, k : k + 1]
+            if masks is not None:  # unlabelled entries: weight 0 in the aggregation
+                mu_k = torch.where(masks[k][:, None, None], mu_k, torch.zeros_like(mu_k))
+            out[i] = (mu_k, var_k)
+        return out
+
     def _posterior_moments(
         self,
         index: int,
@@ -763,8 +833,13 @@ class BayesAgg:
         dtype = torch.promote_types(h.dtype, torch.float32)
         features = h.detach().to(dtype)
         with torch.no_grad(), _without_autocast(h.device):
+            stacked: dict[int, tuple[Tensor, Tensor]] = {}
+            for stack in self._kron_stacks(heads, labelled):
+                stacked.update(self._stacked_moments(stack, heads, features, targets, labelled))
             moments = [
-                self._group_moments(i, group, head, features, y, bias[i], labelled[i])
+                stacked[i]
+                if i in stacked
+                else self._group_moments(i, group, head, features, y, bias[i], labelled[i])
                 for i, (group, head, y) in enumerate(zip(self.groups, heads, targets, strict=True))
             ]
             mus = [m for m, _ in moments]

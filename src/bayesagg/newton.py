@@ -17,9 +17,10 @@ approach the MAP (a Laplace approximation at the mode); ``damping < 1`` shortens
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+import torch
 from torch import Tensor
 
 from bayesagg import kronecker, posterior
@@ -27,7 +28,7 @@ from bayesagg.kronecker import KroneckerGaussian, KroneckerPrecision
 from bayesagg.linalg import Reduce
 from bayesagg.posterior import Gaussian
 
-__all__ = ["check_newton", "newton_posterior"]
+__all__ = ["check_newton", "newton_posterior", "stacked_kron_posterior"]
 
 
 def check_newton(steps: int, damping: float) -> None:
@@ -75,15 +76,57 @@ def newton_posterior(
         options["labelled"] = labelled
     if steps == 1 and damping == 1.0:
         return fit(h, y, weight, bias, prior_mean, prior_precision, **options)
-    d = weight.shape[1]
     theta = None
     post = None
     for _ in range(int(steps)):
         post = fit(h, y, weight, bias, prior_mean, prior_precision, **options)
-        current = post.mean.new_zeros(post.mean.shape)
-        current[:, :d] = weight.to(post.mean)
-        current[:, d] = bias.to(post.mean)
-        theta = current + damping * (post.mean - current)
-        weight, bias = theta[:, :d], theta[:, d]
+        theta = _damped(weight, bias, post.mean, damping)
+        weight, bias = theta[..., :-1], theta[..., -1]
     assert post is not None and theta is not None
     return dataclasses.replace(post, mean=theta)
+
+
+def stacked_kron_posterior(
+    h: Tensor,
+    y: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    prior_mean: Tensor,
+    prior_precision: Sequence[KroneckerPrecision],
+    *,
+    steps: int = 1,
+    damping: float = 1.0,
+    check: bool = True,
+    reduce: Reduce | None = None,
+    labelled: Tensor | None = None,
+) -> list[KroneckerGaussian]:
+    """Return :func:`newton_posterior` (``kind="kron"``) of G heads of one shape on the same
+    features, fitted together (:func:`bayesagg.kronecker.stacked_posterior`; arguments stacked
+    as there)."""
+    check_newton(steps, damping)
+    theta = None
+    posts: list[KroneckerGaussian] = []
+    for _ in range(int(steps)):
+        posts = kronecker.stacked_posterior(
+            h,
+            y,
+            weight,
+            bias,
+            prior_mean,
+            prior_precision,
+            check=check,
+            reduce=reduce,
+            labelled=labelled,
+        )
+        if steps == 1 and damping == 1.0:
+            return posts
+        theta = _damped(weight, bias, torch.stack([post.mean for post in posts]), damping)
+        weight, bias = theta[..., :-1], theta[..., -1]
+    assert theta is not None
+    return [dataclasses.replace(post, mean=theta[i]) for i, post in enumerate(posts)]
+
+
+def _damped(weight: Tensor, bias: Tensor, mean: Tensor, damping: float) -> Tensor:
+    """Return theta + damping (mean - theta), theta = [weight, bias] the point of the step."""
+    current = torch.cat([weight, bias[..., None]], dim=-1).to(mean)
+    return current + damping * (mean - current)
