@@ -109,8 +109,9 @@ class _Stages:
 
     def __enter__(self) -> _Stages:
         self._wrap(bayes_agg_module, "newton_posterior", "posterior")
+        self._wrap(bayes_agg_module, "stacked_kron_posterior", "posterior")  # equal heads
         self._wrap(moments, "multiclass", "moments")
-        self._wrap(kronecker, "moments", "moments")
+        self._wrap(kronecker, "stacked_moments", "moments")  # kronecker.moments calls it too
         return self
 
     def __exit__(self, *exc: object) -> None:
