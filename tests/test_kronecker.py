@@ -667,3 +667,24 @@ def test_bayesagg_stacks_equal_kron_heads_with_the_numbers_of_one_head_at_a_time
         patch.setattr(BayesAgg, "_kron_stacks", lambda self, heads, labelled: [])
         alone = run([])
     torch.testing.assert_close(together, alone, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [0.05, 0.3, 1.0, 3.0])
+def test_narrow_batches_skip_the_node_counts_with_the_counts_they_would_get(scale):
+    """The width bound behind skipping the node counts: max_ij sqrt(Var(a_i - a_j) / 2) <=
+    sqrt(max_k nu_k) per example (brute force from V). Batches from narrow (below the rule's
+    first level: the counts skipped) to wide get the rule's own counts: the same numbers as
+    those counts fixed (here one count per batch: 64, 128, 256 and 256/1024 nodes)."""
+    h, y, post = _posterior(31, 10, 6, scale)
+    for factor in (0.05, 0.9):
+        hs = h * factor / h.norm(dim=1, keepdim=True)
+        ht = kronecker.augment(hs, True)
+        nu = (ht @ post.feature_basis).square() @ post.variances.mT
+        logit_cov = (post.class_basis * nu[:, None, :]) @ post.class_basis.mT
+        diag = logit_cov.diagonal(dim1=-2, dim2=-1)
+        width = ((diag[:, :, None] + diag[:, None, :] - 2 * logit_cov).amax((1, 2)) / 2).sqrt()
+        assert (width <= nu.amax(dim=1).sqrt() * (1 + 1e-12)).all()
+        count = int(qmc_node_counts(logit_cov, 10)[0])
+        assert (qmc_node_counts(logit_cov, 10) == count).all()
+        got = kronecker.moments(hs, y, post)
+        torch.testing.assert_close(got, kronecker.moments(hs, y, post, num_samples=count))

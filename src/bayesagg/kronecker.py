@@ -46,7 +46,7 @@ from bayesagg.linalg import (
     class_ids,
     summed_over_processes,
 )
-from bayesagg.moments import qmc_base_count, qmc_node_counts, qmc_nodes
+from bayesagg.moments import QMC_LEVELS, qmc_base_count, qmc_node_counts, qmc_nodes
 
 __all__ = [
     "KroneckerGaussian",
@@ -490,9 +490,15 @@ def stacked_moments(
     logit_mean = ht @ mean.mT  # [G, B, C]
     classes, features = _low_rank(w, rank_tolerance)  # [G, R, C] = diag(s) U^T, [G, R, P] = V^T
     # Node counts from the logits' width (the dense rule's), V built a block of rows at a time;
-    # not needed when the cap is below the rule's smallest count (every example gets the cap).
+    # not needed when the cap is below the rule's smallest count (every example gets the cap),
+    # nor when every example is narrower than the rule's first level: the width
+    # max_ij sqrt(Var(a_i - a_j) / 2), Var(a_i - a_j) = sum_k nu_k (Q_ik - Q_jk)^2 with
+    # orthonormal rows of Q_c, is at most sqrt(max_k nu_k) (with a 1 % margin for rounding).
+    first_bound, first_factor = QMC_LEVELS[0]
     if num_samples is None and max_nodes is not None and max_nodes <= qmc_base_count(c):
         counts = torch.full((g, b), max_nodes, dtype=torch.long)
+    elif num_samples is None and float(nu.amax()) < (0.99 * first_bound) ** 2:
+        counts = torch.full((g, b), qmc_base_count(c) * first_factor, dtype=torch.long)
     elif num_samples is None:
         counts = torch.empty(g, b, dtype=torch.long)
         rows = max(1, _BLOCK_ELEMENTS // (g * c * c))
