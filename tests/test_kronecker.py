@@ -531,9 +531,11 @@ def test_max_moment_nodes_caps_the_factored_rule(monkeypatch):
 @pytest.mark.parametrize("d", [3, 40])  # the direct route and the one through Cov(r)
 def test_stacked_heads_give_each_head_its_own_moments(d):
     """G heads of one shape on the same features, stacked, give each head's own moments (to
-    float64 rounding): by the rule's own counts (here several levels: each head on its own)
-    and capped at 4C nodes (one level: the heads stacked in every operation); heads of
-    different numerical ranks (one of rank 1) share the padded directions."""
+    float64 rounding): by the rule's own counts (here several levels: at D = 3 the heads'
+    levels mostly agree, so each level runs once for all heads on the examples where any takes
+    it; at D = 40 they do not, so each head runs on its own) and capped at 4C nodes (one level:
+    the heads stacked in every operation); heads of different numerical ranks (one of rank 1)
+    share the padded directions."""
     c = 5
     heads = [_posterior(40 + i, c, d, scale) for i, scale in enumerate((0.3, 1.0, 3.0))]
     h = heads[0][0] * torch.tensor([[0.2], [1.0], [4.0], [8.0]], dtype=DT)

@@ -514,64 +514,55 @@ def stacked_moments(
     m = mean[:, :, :d].contiguous()  # [G, C, D]
     feature_rows = feature_basis[:, :d].mT.contiguous()  # [G, P, D]
     levels = counts.unique().tolist()
+    args = (q, logit_mean, nu, onehot, m, basis, classes, features, feature_rows, sigma)
     if len(levels) == 1:  # one node count for every head and example (the usual case)
-        mu, var = _level(
-            levels[0],
-            None,
-            q,
-            logit_mean,
-            nu,
-            onehot,
-            m,
-            basis,
-            classes,
-            features,
-            feature_rows,
-            sigma,
-            chunk_size,
-        )
-    else:  # each head on its own, a level at a time
-        mu = ht.new_empty(g, b, d)
-        var = ht.new_empty(g, b, d)
-        for i in range(g):
-            head = slice(i, i + 1)
-            for count in counts[i].unique().tolist():
-                which = (counts[i] == count).nonzero().squeeze(-1).to(h.device)
-                mu[head, which], var[head, which] = _level(
-                    count,
-                    which,
-                    q[head],
-                    logit_mean[head],
-                    nu[head],
-                    onehot[head],
-                    m[head],
-                    basis[head],
-                    classes[head],
-                    features[head],
-                    feature_rows[head],
-                    sigma[head],
-                    chunk_size,
-                )
+        return _transposed(*_level(levels[0], None, args, chunk_size))
+    mu = ht.new_empty(g, b, d)
+    var = ht.new_empty(g, b, d)
+    # Several levels: each level once for all heads on the examples where any head takes it,
+    # keeping each head's own rows, when that wastes little work (examples' levels agreeing
+    # across heads, as on one batch); otherwise each head on its own, a level at a time.
+    at = [counts == count for count in levels]  # [G, B] each
+    union = sum(
+        count * int(mask.any(dim=0).sum()) * g for count, mask in zip(levels, at, strict=True)
+    )
+    own = int(counts.sum())
+    if union <= 1.25 * own:
+        for count, mask in zip(levels, at, strict=True):
+            rows = mask.any(dim=0).nonzero().squeeze(-1)
+            level_mu, level_var = _level(count, rows.to(h.device), args, chunk_size)
+            heads, kept = mask[:, rows].nonzero(as_tuple=True)
+            heads, kept = heads.to(h.device), kept.to(h.device)
+            targets = rows.to(h.device)[kept]
+            mu[heads, targets] = level_mu[heads, kept]
+            var[heads, targets] = level_var[heads, kept]
+        return _transposed(mu, var)
+    for i in range(g):
+        head = slice(i, i + 1)
+        for count in counts[i].unique().tolist():
+            which = (counts[i] == count).nonzero().squeeze(-1).to(h.device)
+            mu[head, which], var[head, which] = _level(
+                count, which, tuple(a[head] for a in args), chunk_size
+            )
+    return _transposed(mu, var)
+
+
+def _transposed(mu: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+    """Return the [G, B, D] moments as [B, G, D], the variances clamped at 0 (rounding)."""
     return mu.transpose(0, 1), var.clamp_min(0).transpose(0, 1)
 
 
 def _level(
     count: int,
     which: Tensor | None,
-    q: Tensor,
-    logit_mean: Tensor,
-    nu: Tensor,
-    onehot: Tensor,
-    m: Tensor,
-    basis: Tensor,
-    classes: Tensor,
-    features: Tensor,
-    feature_rows: Tensor,
-    sigma: Tensor,
+    tensors: tuple[Tensor, ...],
     chunk_size: int | None,
 ) -> tuple[Tensor, Tensor]:
     """Return (mu, var) [G, n, D] of the examples ``which`` (None: all, read by slices) of G
-    stacked heads, all integrated with ``count`` nodes, a block of rows at a time."""
+    stacked heads, all integrated with ``count`` nodes, a block of rows at a time; ``tensors``
+    are :func:`stacked_moments`'s (q, logit_mean, nu, onehot, m, basis, classes, features,
+    feature_rows, sigma)."""
+    q, logit_mean, nu, onehot, m, basis, classes, features, feature_rows, sigma = tensors
     g, _, c = nu.shape
     d = m.shape[2]
     rank, p = features.shape[1:]
