@@ -673,8 +673,8 @@ def test_bayesagg_stacks_equal_kron_heads_with_the_numbers_of_one_head_at_a_time
 
 @pytest.mark.parametrize("scale", [0.05, 0.3, 1.0, 3.0])
 def test_narrow_batches_skip_the_node_counts_with_the_counts_they_would_get(scale):
-    """The width bound behind skipping the node counts: max_ij sqrt(Var(a_i - a_j) / 2) <=
-    sqrt(max_k nu_k) per example (brute force from V). Batches from narrow (below the rule's
+    """The width bounds behind skipping the node counts: max_ij sqrt(Var(a_i - a_j) / 2) <=
+    sqrt(max_k nu_k) and <= sqrt(1/2 sum_k nu_k c_k) per example (brute force from V). Batches from narrow (below the rule's
     first level: the counts skipped) to wide get the rule's own counts: the same numbers as
     those counts fixed (here one count per batch: 64, 128, 256 and 256/1024 nodes)."""
     h, y, post = _posterior(31, 10, 6, scale)
@@ -685,8 +685,51 @@ def test_narrow_batches_skip_the_node_counts_with_the_counts_they_would_get(scal
         logit_cov = (post.class_basis * nu[:, None, :]) @ post.class_basis.mT
         diag = logit_cov.diagonal(dim1=-2, dim2=-1)
         width = ((diag[:, :, None] + diag[:, None, :] - 2 * logit_cov).amax((1, 2)) / 2).sqrt()
-        assert (width <= nu.amax(dim=1).sqrt() * (1 + 1e-12)).all()
+        bound = kronecker._width_bound(nu[None], post.class_basis[None])[0]
+        assert (width <= bound * (1 + 1e-12)).all()
+        ranges = (post.class_basis.amax(0) - post.class_basis.amin(0)).square()
+        spread = (0.5 * nu @ ranges).sqrt()
+        assert (width <= spread * (1 + 1e-12)).all()
+        assert (width <= nu.amax(1).sqrt() * (1 + 1e-12)).all()
+        torch.testing.assert_close(bound, torch.minimum(spread, nu.amax(1).sqrt()))
         count = int(qmc_node_counts(logit_cov, 10)[0])
         assert (qmc_node_counts(logit_cov, 10) == count).all()
         got = kronecker.moments(hs, y, post)
         torch.testing.assert_close(got, kronecker.moments(hs, y, post, num_samples=count))
+
+
+def test_width_bound_ignores_the_softmax_invariant_direction(monkeypatch):
+    """A posterior whose logits vary mostly together (the all-ones direction, to which the
+    softmax is blind, holds the prior's large variance): sqrt(max_k nu_k) is above the rule's
+    first level, the column-range bound below it and above the true widths, so the counts are
+    skipped, with the numbers of the base count fixed."""
+    c, d = 6, 4
+    gen = _gen(8)
+    ones = torch.full((c, 1), c**-0.5, dtype=DT)
+    basis, _ = torch.linalg.qr(torch.cat([ones, torch.randn(c, c - 1, generator=gen, dtype=DT)], 1))
+    feature_basis, _ = torch.linalg.qr(torch.randn(d + 1, d + 1, generator=gen, dtype=DT))
+    variances = torch.full((c, d + 1), 1e-3, dtype=DT)
+    variances[0] = 4.0  # the common shift of all logits: the prior's variance
+    mean = 0.3 * torch.randn(c, d + 1, generator=gen, dtype=DT)
+    precision = KroneckerPrecision.isotropic(c, d + 1, 4.0, dtype=DT)
+    post = KroneckerGaussian(mean, precision, basis, feature_basis, variances)
+    h = 0.5 * torch.randn(5, d, generator=gen, dtype=DT)
+    y = torch.randint(0, c, (5,), generator=gen)
+    nu = (kronecker.augment(h, True) @ feature_basis).square() @ variances.mT
+    logit_cov = (basis * nu[:, None, :]) @ basis.mT
+    diag = logit_cov.diagonal(dim1=-2, dim2=-1)
+    width = ((diag[:, :, None] + diag[:, None, :] - 2 * logit_cov).amax((1, 2)) / 2).sqrt()
+    bound = kronecker._width_bound(nu[None], basis[None])[0]
+    ranges = (basis.amax(0) - basis.amin(0)).square()
+    torch.testing.assert_close(bound, (0.5 * nu @ ranges).sqrt())
+    assert (width <= bound * (1 + 1e-12)).all() and (bound < 0.39).all()
+    assert (nu.amax(1).sqrt() > 0.4).all()
+    base = int(qmc_node_counts(logit_cov, c)[0])
+    assert (qmc_node_counts(logit_cov, c) == base).all()
+    want = kronecker.moments(h, y, post, num_samples=base)
+
+    def counted(*args):
+        raise AssertionError("the node counts were computed")
+
+    monkeypatch.setattr(kronecker, "qmc_node_counts", counted)
+    torch.testing.assert_close(kronecker.moments(h, y, post), want)

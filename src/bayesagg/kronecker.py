@@ -491,13 +491,15 @@ def stacked_moments(
     classes, features = _low_rank(w, rank_tolerance)  # [G, R, C] = diag(s) U^T, [G, R, P] = V^T
     # Node counts from the logits' width (the dense rule's), V built a block of rows at a time;
     # not needed when the cap is below the rule's smallest count (every example gets the cap),
-    # nor when every example is narrower than the rule's first level: the width
-    # max_ij sqrt(Var(a_i - a_j) / 2), Var(a_i - a_j) = sum_k nu_k (Q_ik - Q_jk)^2 with
-    # orthonormal rows of Q_c, is at most sqrt(max_k nu_k) (with a 1 % margin for rounding).
+    # nor when every example is narrower than the rule's first level. The width squared,
+    # max_ij Var(a_i - a_j) / 2 with Var(a_i - a_j) = sum_k nu_k (Q_ik - Q_jk)^2, is at most
+    # max_k nu_k (the rows of Q_c are orthonormal) and at most 1/2 sum_k nu_k c_k, c_k the
+    # squared range of column k of Q_c, 0 for the softmax-invariant direction of all ones,
+    # whose variance is the prior's; the smaller bound decides, with a 1 % margin for rounding.
     first_bound, first_factor = QMC_LEVELS[0]
     if num_samples is None and max_nodes is not None and max_nodes <= qmc_base_count(c):
         counts = torch.full((g, b), max_nodes, dtype=torch.long)
-    elif num_samples is None and float(nu.amax()) < (0.99 * first_bound) ** 2:
+    elif num_samples is None and float(_width_bound(nu, basis).amax()) < 0.99 * first_bound:
         counts = torch.full((g, b), qmc_base_count(c) * first_factor, dtype=torch.long)
     elif num_samples is None:
         counts = torch.empty(g, b, dtype=torch.long)
@@ -550,6 +552,15 @@ def stacked_moments(
 def _transposed(mu: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
     """Return the [G, B, D] moments as [B, G, D], the variances clamped at 0 (rounding)."""
     return mu.transpose(0, 1), var.clamp_min(0).transpose(0, 1)
+
+
+def _width_bound(nu: Tensor, basis: Tensor) -> Tensor:
+    """Return an upper bound [G, B] on each example's logit width max_ij sqrt(Var(a_i - a_j) / 2)
+    from the logit covariance's eigenvalues nu [G, B, C] and eigenvectors ``basis`` [G, C, C]
+    (see :func:`stacked_moments`), without building the covariance."""
+    ranges = (basis.amax(dim=1) - basis.amin(dim=1)).square()  # [G, C]: c_k per column
+    spread = 0.5 * (nu * ranges[:, None, :]).sum(dim=2)
+    return torch.minimum(nu.amax(dim=2), spread).clamp_min(0).sqrt()
 
 
 def _level(
