@@ -447,9 +447,10 @@ def stacked_moments(
     ``y`` [G, B] holds each head's class ids and ``posts`` its G posteriors, all [C, D + 1]. The
     numbers are those of G calls of :func:`moments` (to rounding); the heads' work is done as
     stacked (batched) operations, so a step with several equal heads pays the fixed cost of
-    one call (measured: about 0.45 ms of ~100 small operations per call for a 10-class head on
-    50 features, scripts/timing/cost_model.py). When the heads' examples need different node
-    counts (several levels of the rule), each head runs on its own.
+    one call (about a hundred small operations, most of a 10-class head's moments at small
+    batches; docs/speed.md). When the examples need several node counts, each count runs once
+    for all heads on the examples where any head takes it, unless that wastes more than a
+    quarter of the work, in which case each head runs on its own (docs/bayesagg-math.md).
     """
     if h.ndim != 2 or not h.is_floating_point() or h.shape[0] < 1:
         raise ValueError(f"h must be a floating-point [B >= 1, D] tensor, got {list(h.shape)}")
