@@ -672,9 +672,7 @@ class BayesAgg:
                 reduce=self.prior.reduce,
                 labelled=masks,
             )
-            cap = self.max_moment_nodes
-            if cap is not None:  # the rule's minimum: an even count >= 2C
-                cap = max(cap + cap % 2, 2 * posts[0].mean.shape[0])
+            cap = self._moment_cap(posts[0].mean.shape[0])
             mu, var = kronecker.stacked_moments(h, y, posts, check=False, max_nodes=cap)
         except NumericalError as err:
             names = [self.groups[i].name for i in stack]
@@ -713,9 +711,7 @@ class BayesAgg:
             if isinstance(precision0, KroneckerPrecision):  # multiclass_posterior="kron"
                 factored = self._newton("kron", h, y, head, mean0, precision0, labelled)
                 assert isinstance(factored, KroneckerGaussian)
-                cap = self.max_moment_nodes
-                if cap is not None:  # the rule's minimum: an even count >= 2C
-                    cap = max(cap + cap % 2, 2 * factored.mean.shape[0])
+                cap = self._moment_cap(factored.mean.shape[0])
                 return kronecker.moments(h, y, factored, check=False, max_nodes=cap)
             if isinstance(group, Regression):
                 post = posterior.regression(
@@ -757,6 +753,11 @@ class BayesAgg:
             )
         except NumericalError as err:
             raise NumericalError(f"{self._where()}, task group {group.name!r}: {err}") from err
+
+    def _moment_cap(self, classes: int) -> int | None:
+        """Return ``max_moment_nodes`` raised to the rule's minimum, an even count >= 2C."""
+        cap = self.max_moment_nodes
+        return None if cap is None else max(cap + cap % 2, 2 * classes)
 
     def _reducer(self) -> Callable[[Tensor], Tensor] | None:
         """Return the sum over the process group (None when single-process), resolved now."""
