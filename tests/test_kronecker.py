@@ -733,3 +733,15 @@ def test_width_bound_ignores_the_softmax_invariant_direction(monkeypatch):
 
     monkeypatch.setattr(kronecker, "qmc_node_counts", counted)
     torch.testing.assert_close(kronecker.moments(h, y, post), want)
+
+
+def test_single_head_calls_name_a_wrong_label_shape_in_their_own_terms():
+    """The one-head functions run as stacks of one, but a wrong y is named as [B] class ids."""
+    h, y, post = _posterior(3, 5, 4, 1.0)
+    iso = KroneckerPrecision.isotropic(5, 5, 1.0, dtype=DT)
+    zeros = (torch.zeros(5, 4, dtype=DT), torch.zeros(5, dtype=DT), torch.zeros(5, 5, dtype=DT))
+    for bad in (y[:3], y[:, None]):
+        with pytest.raises(ValueError, match=r"y must have shape \[B=4\] \(class ids\)"):
+            kronecker.moments(h, bad, post)
+        with pytest.raises(ValueError, match=r"y must have shape \[B=4\] \(class ids\)"):
+            kronecker.posterior(h, bad, *zeros, iso)

@@ -218,6 +218,7 @@ def posterior(
     _check_prior(prior_mean, prior_precision, c, d + 1)
     if labelled is not None and tuple(labelled.shape) != (b,):
         raise ValueError(f"labelled must have shape [{b}], got {list(labelled.shape)}")
+    _check_class_ids(y, b)
     return stacked_posterior(
         h,
         y[None],
@@ -230,6 +231,12 @@ def posterior(
         reduce=reduce,
         labelled=None if labelled is None else labelled[None],
     )[0]
+
+
+def _check_class_ids(y: Tensor, b: int) -> None:
+    """Raise ``ValueError`` unless ``y`` holds one class id per example, [B]."""
+    if tuple(y.shape) != (b,):
+        raise ValueError(f"y must have shape [B={b}] (class ids), got {list(y.shape)}")
 
 
 def stacked_posterior(
@@ -418,6 +425,8 @@ def moments(
     takes 1024-2048 nodes and let the variance's grow to 5-13 % where it takes 8192
     (docs/bayesagg-math.md).
     """
+    if h.ndim == 2:
+        _check_class_ids(y, h.shape[0])
     mu, var = stacked_moments(
         h,
         y[None],
