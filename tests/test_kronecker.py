@@ -745,3 +745,60 @@ def test_single_head_calls_name_a_wrong_label_shape_in_their_own_terms():
             kronecker.moments(h, bad, post)
         with pytest.raises(ValueError, match=r"y must have shape \[B=4\] \(class ids\)"):
             kronecker.posterior(h, bad, *zeros, iso)
+
+
+def _stacked_ddp_run(rank: int | None, world: int) -> list[torch.Tensor]:
+    """Two steps around an epoch refit of two equal 4-class heads (stacked) and a 5-class one
+    on this rank's half of each batch of 8 (rank None: everything, one process)."""
+    from bayesagg import BayesAgg, Multiclass
+
+    torch.manual_seed(3)
+    heads = [torch.nn.Linear(3, k).double() for k in (4, 4, 5)]
+    groups = [Multiclass("a", 4), Multiclass("b", 4), Multiclass("c", 5)]
+    agg = BayesAgg(
+        groups,
+        multiclass_posterior="kron",
+        gamma=0.5,
+        process_group=None if rank is not None else False,
+    )
+    rows = slice(None) if rank is None else slice(4 * rank, 4 * (rank + 1))
+    gen = _gen(21)
+    grads = []
+    for step in range(3):
+        h = torch.randn(8, 3, generator=gen, dtype=DT)
+        ys = [torch.randint(0, k, (8,), generator=gen) for k in (4, 4, 5)]
+        x = h[rows].clone().requires_grad_(True)
+        agg.backward(x, heads, [y[rows] for y in ys])
+        grads.append(x.grad * (x.shape[0] / 8))  # g / B_global on every rank
+        if step == 1:
+            agg.end_epoch(heads)
+    return grads
+
+
+def _stacked_ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.save(_stacked_ddp_run(rank, world), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_stacked_heads_under_data_parallelism_give_the_one_process_numbers(tmp_path):
+    """Two processes, each with half of every batch: the stacked fits all-reduce their stacked
+    sums, and every step's gradients (before and after the epoch refit) are one process's."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(
+        _stacked_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True
+    )
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    one = _stacked_ddp_run(None, 1)
+    for step, want in enumerate(one):
+        got = torch.cat([rank[step] for rank in ranks])
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
