@@ -503,13 +503,13 @@ def test_max_moment_nodes_caps_the_factored_rule(monkeypatch):
     from bayesagg.bayes_agg import BayesAgg
 
     seen = []
-    original = kronecker.moments
+    original = kronecker.stacked_moments
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("max_nodes"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(kronecker, "moments", spy)
+    monkeypatch.setattr(kronecker, "stacked_moments", spy)
     torch.manual_seed(0)
     groups = [Multiclass("five", 5)]
     h = torch.randn(32, 6, dtype=torch.float64, requires_grad=True)
@@ -664,10 +664,15 @@ def test_bayesagg_stacks_equal_kron_heads_with_the_numbers_of_one_head_at_a_time
                 agg.end_epoch(heads)
         return out
 
-    together = run([[0, 2]])
-    with monkeypatch.context() as patch:
-        patch.setattr(BayesAgg, "_kron_stacks", lambda self, heads, labelled: [])
-        alone = run([])
+    together = run([[0, 2], [3]])
+    stacks = BayesAgg._kron_stacks
+    with monkeypatch.context() as patch:  # every group a stack of its own
+        patch.setattr(
+            BayesAgg,
+            "_kron_stacks",
+            lambda self, heads, labelled: [[i] for s in stacks(self, heads, labelled) for i in s],
+        )
+        alone = run([[0], [2], [3]])
     torch.testing.assert_close(together, alone, rtol=1e-9, atol=1e-12)
 
 

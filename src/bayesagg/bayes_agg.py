@@ -620,16 +620,17 @@ class BayesAgg:
     def _kron_stacks(
         self, heads: Sequence[nn.Linear], labelled: Sequence[Tensor | None]
     ) -> list[list[int]]:
-        """Return the sets of >= 2 task groups whose posteriors and moments are computed stacked
-        (:func:`bayesagg.kronecker.stacked_posterior`, :func:`~bayesagg.kronecker.stacked_moments`):
-        Kronecker-factored groups whose heads have one shape, all with or all without missing
-        labels. The numbers are each group's own; only the fixed cost of a call is shared."""
+        """Return the Kronecker-factored task groups in the sets whose posteriors and moments
+        are computed stacked (:func:`bayesagg.kronecker.stacked_posterior`,
+        :func:`~bayesagg.kronecker.stacked_moments`): heads of one shape, all with or all
+        without missing labels; a group with no such partner is a stack of one. The numbers are
+        each group's own; only the fixed cost of a call is shared."""
         stacks: dict[tuple[tuple[int, ...], bool], list[int]] = {}
         for i, head in enumerate(heads):
             if self.prior.kron(i):
                 key = (tuple(head.weight.shape), labelled[i] is None)
                 stacks.setdefault(key, []).append(i)
-        return [stack for stack in stacks.values() if len(stack) > 1]
+        return list(stacks.values())
 
     def _stacked_moments(
         self,
@@ -655,9 +656,8 @@ class BayesAgg:
         y = torch.stack([targets[i] for i in stack])
         if masks is not None:
             y = torch.where(masks, y, torch.zeros_like(y))  # a finite placeholder
-        precisions = [
-            precision for _, precision in priors if isinstance(precision, KroneckerPrecision)
-        ]
+        precisions = [precision for _, precision in priors]
+        assert all(isinstance(p, KroneckerPrecision) for p in precisions)  # prior.kron(i)
         try:
             posts = stacked_kron_posterior(
                 h,
@@ -665,7 +665,7 @@ class BayesAgg:
                 torch.stack([heads[i].weight for i in stack]).to(h.dtype),
                 torch.stack([heads[i].bias for i in stack]).to(h.dtype),
                 mean0,
-                precisions,
+                precisions,  # type: ignore[arg-type]  # all Kronecker: asserted above
                 steps=self.newton_steps,
                 damping=self.newton_damping,
                 check=False,
@@ -676,7 +676,8 @@ class BayesAgg:
             mu, var = kronecker.stacked_moments(h, y, posts, check=False, max_nodes=cap)
         except NumericalError as err:
             names = [self.groups[i].name for i in stack]
-            raise NumericalError(f"{self._where()}, task groups {names}: {err}") from err
+            which = f"task group {names[0]!r}" if len(names) == 1 else f"task groups {names}"
+            raise NumericalError(f"{self._where()}, {which}: {err}") from err
         out = {}
         for k, i in enumerate(stack):
             mu_k, var_k = mu[:, k : k + 1], var[:, k : k + 1]
@@ -698,6 +699,8 @@ class BayesAgg:
         """Return :meth:`_group_moments` of every entry, the posterior fitted on ``labelled``."""
         num_params = h.shape[1] + int(bias)
         mean0, precision0 = self.prior.prior(index, num_params, dtype=h.dtype, device=h.device)
+        # Kronecker-factored groups go through _stacked_moments (_kron_stacks), never here.
+        assert not isinstance(precision0, KroneckerPrecision)
         if self.prior_mean == "live_head" and not isinstance(group, Regression):
             mean0 = torch.cat([head.weight.detach(), head.bias.detach()[:, None]], 1).to(h.dtype)
         if isinstance(group, Regression) and self.regression_heads == "trained":
@@ -708,11 +711,6 @@ class BayesAgg:
             elif head.bias is not None:
                 y = y - head.bias.detach().to(h.dtype)  # the live bias is part of the prediction
         try:
-            if isinstance(precision0, KroneckerPrecision):  # multiclass_posterior="kron"
-                factored = self._newton("kron", h, y, head, mean0, precision0, labelled)
-                assert isinstance(factored, KroneckerGaussian)
-                cap = self._moment_cap(factored.mean.shape[0])
-                return kronecker.moments(h, y, factored, check=False, max_nodes=cap)
             if isinstance(group, Regression):
                 post = posterior.regression(
                     h,
@@ -770,7 +768,7 @@ class BayesAgg:
 
     def _newton(
         self,
-        kind: Literal["binary", "multiclass", "kron"],
+        kind: Literal["binary", "multiclass"],
         h: Tensor,
         y: Tensor,
         head: nn.Linear,
