@@ -1,0 +1,108 @@
+"""Time the factored multiclass moments under two tables of ``"qmc"`` node-count levels.
+
+    python scripts/timing/qmc_levels.py [--classes 10 --dims 50 --batch 256 --heads 2]
+
+Side by side in one process, call after call: ``bayesagg.kronecker.stacked_moments`` of
+``--heads`` stacked C-class heads on D features for one batch, once with the library's
+:data:`bayesagg.moments.QMC_LEVELS` and once with the earlier table that had a 2 x base level
+for widths 0.4-0.8. The posterior is a Laplace fit of a random head (unit prior precision) on
+random features whose scale is set so that the examples' median logit width is ``--width``
+(default 0.55, where the two tables differ: MultiMNIST's heads sit at 0.4-0.7 after a few
+dozen steps). Prints the median milliseconds of each after warm-up and the node counts used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+
+import bayesagg.kronecker as kronecker
+import bayesagg.moments as moments
+
+#: The levels before the 2 x base level was dropped (docs/bayesagg-math.md, stage 2).
+EARLIER_LEVELS = ((0.4, 1), (0.8, 2), (1.6, 4), (math.inf, 16))
+
+
+def logit_cov(h: torch.Tensor, post: kronecker.KroneckerGaussian) -> torch.Tensor:
+    """Return each example's logit covariance V [B, C, C] under the factored posterior."""
+    ht = kronecker.augment(h, True)
+    nu = (ht @ post.feature_basis).square() @ post.variances.mT
+    return (post.class_basis * nu[:, None, :]) @ post.class_basis.mT
+
+
+def widths(cov: torch.Tensor) -> torch.Tensor:
+    """Return each example's logit width max_ij sd(a_i - a_j) / sqrt(2) (the rule's measure)."""
+    diagonal = cov.diagonal(dim1=-2, dim2=-1)
+    differences = diagonal[:, :, None] + diagonal[:, None, :] - 2 * cov
+    return (differences.amax(dim=(-2, -1)).clamp_min(0) / 2).sqrt()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--dims", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--width", type=float, default=0.55)
+    parser.add_argument("--repeats", type=int, default=25)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+    c, d, b = args.classes, args.dims, args.batch
+    g = torch.Generator().manual_seed(0)
+    fit = torch.randn(4 * c + 30, d, generator=g, dtype=torch.float64)
+    weight = torch.randn(c, d, generator=g, dtype=torch.float64) / math.sqrt(d)
+    labels = torch.multinomial(torch.softmax(fit @ weight.T, -1), 1, generator=g)[:, 0]
+    prior = kronecker.KroneckerPrecision.isotropic(c, d + 1, 1.0, dtype=torch.float64)
+    post = kronecker.posterior(
+        fit,
+        labels,
+        weight,
+        torch.zeros(c, dtype=torch.float64),
+        torch.zeros(c, d + 1, dtype=torch.float64),
+        prior,
+    )
+    h = torch.randn(b, d, generator=g, dtype=torch.float64)
+    # Logit widths grow linearly with the features' scale: set the median to --width.
+    h = h * (args.width / float(widths(logit_cov(h, post)).median()))
+    cov = logit_cov(h, post)
+    post32 = kronecker.KroneckerGaussian(
+        post.mean.float(),
+        post.precision.to(torch.float32),
+        post.class_basis.float(),
+        post.feature_basis.float(),
+        post.variances.float(),
+    )
+    h32 = h.float()
+    y = torch.randint(0, c, (args.heads, b), generator=g)
+    tables = {"library": moments.QMC_LEVELS, "earlier": EARLIER_LEVELS}
+    times: dict[str, list[float]] = {name: [] for name in tables}
+    counts: dict[str, list[int]] = {}
+    try:
+        for turn in range(args.warmup + args.repeats):
+            for name, levels in tables.items():
+                moments.QMC_LEVELS = kronecker.QMC_LEVELS = levels
+                began = time.perf_counter()
+                kronecker.stacked_moments(h32, y, [post32] * args.heads)
+                if turn >= args.warmup:
+                    times[name].append(1000 * (time.perf_counter() - began))
+                counts[name] = sorted(set(moments.qmc_node_counts(cov, c).tolist()))
+    finally:
+        moments.QMC_LEVELS = kronecker.QMC_LEVELS = tables["library"]
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.heads} stacked "
+        f"{c}-class heads on {d} features, batch {b}, median width {args.width}; median of "
+        f"{args.repeats} alternated calls after {args.warmup}"
+    )
+    for name in tables:
+        print(
+            f"{name} levels {tables[name]}: {statistics.median(times[name]):.2f} ms, "
+            f"node counts {counts[name]}"
+        )
+
+
+if __name__ == "__main__":
+    main()
