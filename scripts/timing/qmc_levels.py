@@ -9,14 +9,23 @@ for widths 0.4-0.8. The posterior is a Laplace fit of a random head (unit prior 
 random features whose scale is set so that the examples' median logit width is ``--width``
 (default 0.55, where the two tables differ: MultiMNIST's heads sit at 0.4-0.7 after a few
 dozen steps). Prints the median milliseconds of each after warm-up and the node counts used.
+
+    python scripts/timing/qmc_levels.py --overhead-with earlier -- --data-dir ../shared/data --benchmarks multimnist --methods bayesagg --rounds 7
+
+runs ``scripts/timing/overhead.py`` (whole steps against LS) with the arguments after ``--``
+and the library's levels replaced by the ``earlier`` (or the ``library``'s own) table, so that
+whole steps under the two tables can be compared run by run.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import runpy
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -50,7 +59,20 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.55)
     parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--warmup", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--overhead-with",
+        choices=("library", "earlier"),
+        help="run overhead.py (arguments after --) with this table of levels instead",
+    )
+    args, rest = parser.parse_known_args()
+    if args.overhead_with:
+        if args.overhead_with == "earlier":
+            moments.QMC_LEVELS = kronecker.QMC_LEVELS = EARLIER_LEVELS
+        sys.argv = ["overhead.py", *(rest[1:] if rest[:1] == ["--"] else rest)]
+        runpy.run_path(str(Path(__file__).with_name("overhead.py")), run_name="__main__")
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     c, d, b = args.classes, args.dims, args.batch
     g = torch.Generator().manual_seed(0)
     fit = torch.randn(4 * c + 30, d, generator=g, dtype=torch.float64)
