@@ -379,8 +379,11 @@ def test_complete_labels_reproduce_the_numbers_of_the_code_before_missing_labels
     got = _complete_label_run()
     assert got.keys() == golden.keys()
 
-    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
-        rtol = 1e-10 if a.dtype == F64 else 1e-4
+    def close(key: str, a: torch.Tensor, b: torch.Tensor) -> bool:
+        # The float32 scenarios' tolerance for all their numbers: some are kept in float64 (the
+        # regression priors' means) but are computed from float32 features, whose rounding
+        # differs by CPU (measured 3e-9 relative on one machine, beyond 1e-10).
+        rtol = 1e-4 if "/float32/" in key else 1e-10
         return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * 1e-3))
 
     # The Kronecker moments were rewritten after these numbers were written (the same sums in
@@ -388,7 +391,7 @@ def test_complete_labels_reproduce_the_numbers_of_the_code_before_missing_labels
     # epochs of float32 training grow that past the float32 tolerance: that scenario is held to
     # its float64 numbers.
     compared = [k for k in golden if not k.startswith("kron/float32/")]
-    differ = [k for k in compared if not close(got[k], golden[k])]
+    differ = [k for k in compared if not close(k, got[k], golden[k])]
     assert not differ, f"{len(differ)} of {len(golden)} numbers changed, e.g. {differ[:5]}"
 
 
