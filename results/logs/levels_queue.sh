@@ -23,3 +23,9 @@ for j in "${jobs[@]}"; do
   $BASE $j || echo "$(date -u +%H:%M:%S) $1 FAILED $j"
   echo "$(date -u +%H:%M:%S) $1 done $j"
 done
+# The MultiMNIST runs above wrote no Delta_m (their --out holds no STL references); they were run
+# again with the campaign's own references, into the folder kept in results/ablation:
+#   for s in 3 4 5 0 1 2; do (cd /work/wt/levels && PYTHONPATH=$PWD/src OMP_NUM_THREADS=1 nice -n 10 \
+#     /work/main/.venv/bin/python -m bayesagg run --data-dir /work/shared/data --no-progress --protocol quick \
+#     --out /work/tmp/levels_mm --references /work/main/results/multimnist/quick/references.json \
+#     -b multimnist --method bayesagg --seed $s); done
