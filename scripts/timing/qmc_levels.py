@@ -43,13 +43,6 @@ def logit_cov(h: torch.Tensor, post: kronecker.KroneckerGaussian) -> torch.Tenso
     return (post.class_basis * nu[:, None, :]) @ post.class_basis.mT
 
 
-def widths(cov: torch.Tensor) -> torch.Tensor:
-    """Return each example's logit width max_ij sd(a_i - a_j) / sqrt(2) (the rule's measure)."""
-    diagonal = cov.diagonal(dim1=-2, dim2=-1)
-    differences = diagonal[:, :, None] + diagonal[:, None, :] - 2 * cov
-    return (differences.amax(dim=(-2, -1)).clamp_min(0) / 2).sqrt()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--classes", type=int, default=10)
@@ -88,9 +81,29 @@ def main() -> None:
         prior,
     )
     h = torch.randn(b, d, generator=g, dtype=torch.float64)
-    # Logit widths grow linearly with the features' scale: set the median to --width.
-    h = h * (args.width / float(widths(logit_cov(h, post)).median()))
+    # Scale the features so that the median logit width is --width: the width grows with the
+    # scale, but not in proportion (the bias's share does not scale), so bisect on it.
+
+    def median_width(scale: float) -> float:
+        return float(moments.logit_width(logit_cov(scale * h, post)).median())
+
+    if median_width(0.0) > args.width:
+        parser.error(
+            f"--width {args.width} is below this posterior's smallest median width "
+            f"{median_width(0.0):.2f} (its bias alone)"
+        )
+    low, high = 0.0, 1.0
+    while median_width(high) < args.width:
+        high *= 2
+    for _ in range(50):
+        low, high = (
+            (low, (low + high) / 2)
+            if median_width((low + high) / 2) > args.width
+            else ((low + high) / 2, high)
+        )
+    h = high * h
     cov = logit_cov(h, post)
+    reached = float(moments.logit_width(cov).median())
     post32 = kronecker.KroneckerGaussian(
         post.mean.float(),
         post.precision.to(torch.float32),
@@ -111,12 +124,14 @@ def main() -> None:
                 kronecker.stacked_moments(h32, y, [post32] * args.heads)
                 if turn >= args.warmup:
                     times[name].append(1000 * (time.perf_counter() - began))
-                counts[name] = sorted(set(moments.qmc_node_counts(cov, c).tolist()))
+        for name, levels in tables.items():
+            moments.QMC_LEVELS = levels
+            counts[name] = sorted(set(moments.qmc_node_counts(cov, c).tolist()))
     finally:
         moments.QMC_LEVELS = kronecker.QMC_LEVELS = tables["library"]
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.heads} stacked "
-        f"{c}-class heads on {d} features, batch {b}, median width {args.width}; median of "
+        f"{c}-class heads on {d} features, batch {b}, median width {reached:.2f}; median of "
         f"{args.repeats} alternated calls after {args.warmup}"
     )
     for name in tables:

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_SAMPLES",
     "QMC_LEVELS",
     "binary",
+    "logit_width",
     "multiclass",
     "qmc_node_counts",
     "qmc_nodes",
@@ -538,18 +539,27 @@ def qmc_nodes(
     return _qmc_nodes_cpu(count, classes).to(dtype=dtype, device=device)
 
 
+def logit_width(logit_cov: Tensor) -> Tensor:
+    """Return each example's logit width max_ij sd(a_i - a_j) / sqrt(2) from V [n, C, C].
+
+    The softmax ignores shifts of all logits together, so the width that matters is that of
+    the differences: Var(a_i - a_j) = V_ii + V_jj - 2 V_ij, halved so that independent logits
+    of standard deviation s have width s whatever C. It sets the ``"qmc"`` rule's node count
+    (:data:`QMC_LEVELS`).
+    """
+    diagonal = logit_cov.diagonal(dim1=-2, dim2=-1)
+    differences = diagonal[:, :, None] + diagonal[:, None, :] - 2 * logit_cov
+    return (differences.amax(dim=(-2, -1)).clamp_min(0) / 2).sqrt()
+
+
 def qmc_node_counts(logit_cov: Tensor, classes: int) -> Tensor:
     """Return each example's ``"qmc"`` node count from its logit covariance V [n, C, C].
 
     The rule of :func:`multiclass` (``method="qmc"``, ``num_samples=None``): the base size
-    times the factor of the first :data:`QMC_LEVELS` bound above the example's width.
+    times the factor of the first :data:`QMC_LEVELS` bound above the example's width
+    (:func:`logit_width`).
     """
-    # The softmax ignores shifts of all logits together, so the width that matters is that of
-    # the differences: Var(a_i - a_j) = V_ii + V_jj - 2 V_ij, halved so that independent
-    # logits of standard deviation s have width s whatever C.
-    diagonal = logit_cov.diagonal(dim1=-2, dim2=-1)
-    differences = diagonal[:, :, None] + diagonal[:, None, :] - 2 * logit_cov
-    widest = (differences.amax(dim=(-2, -1)).clamp_min(0) / 2).sqrt()
+    widest = logit_width(logit_cov)
     base = qmc_base_count(classes)
     counts = torch.full_like(widest, base * QMC_LEVELS[-1][1], dtype=torch.long)
     for bound, factor in reversed(QMC_LEVELS[:-1]):
